@@ -1,0 +1,231 @@
+"""Parse and validate config.toml into ``Config``, collecting every problem at once."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config.schema import (
+    DEFAULT_SYSTEM_CONFIG,
+    Config,
+    ConfigError,
+    ControlConfig,
+    DaemonConfig,
+    DnsmasqConfig,
+    HostsFileConfig,
+    StaticEntry,
+)
+from agent.model.names import InvalidName, parse_fqdn
+from agent.model.record import AddressError, parse_address
+
+T = TypeVar("T")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+EMBEDDED = "<embedded default>"
+
+
+def default_config_path(euid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if (os.geteuid() if euid is None else euid) == 0:
+        return DEFAULT_SYSTEM_CONFIG
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    return Path(base) / "namesync" / "config.toml"
+
+
+def default_socket_path(euid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The control socket: /run/namesync for root, $XDG_RUNTIME_DIR/namesync otherwise."""
+    env = os.environ if env is None else env
+    if (os.geteuid() if euid is None else euid) == 0 or not env.get("XDG_RUNTIME_DIR"):
+        return ControlConfig.socket
+    return Path(env["XDG_RUNTIME_DIR"]) / "namesync" / "control.sock"
+
+
+def embedded_default_text() -> str:
+    return (resources.files("agent.config") / "default.toml").read_text(encoding="utf-8")
+
+
+class _Reader:
+    """Typed access to one TOML table that records problems instead of raising."""
+
+    def __init__(self, table: Mapping[str, Any], prefix: str, problems: list[str]) -> None:
+        self.table = table
+        self.prefix = prefix
+        self.problems = problems
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def get(
+        self, name: str, kind: type[T], default: T, check: Callable[[T], str | None] | None = None
+    ) -> T:
+        self.seen.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        # bool is an int in Python; a config saying `coalesce_ms = true` is a mistake.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.problems.append(
+                f"{self.key(name)}: expected {kind.__name__}, got {type(value).__name__} {value!r}"
+            )
+            return default
+        if check is not None:
+            why = check(value)
+            if why:
+                self.problems.append(f"{self.key(name)}: {why}")
+                return default
+        return value
+
+    def path(self, name: str, default: Path) -> Path:
+        raw = self.get(
+            name, str, "", lambda s: None if s.startswith("/") else "must be an absolute path"
+        )
+        return Path(raw) if raw else default
+
+    def finish(self) -> None:
+        for extra in sorted(set(self.table) - self.seen):
+            self.problems.append(f"{self.key(extra)}: unknown key")
+
+
+def _table(doc: Mapping[str, Any], name: str, problems: list[str]) -> _Reader:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        problems.append(f"{name}: expected a table ([{name}]), got {type(value).__name__}")
+        value = {}
+    return _Reader(value, f"{name}.", problems)
+
+
+def _static(doc: Mapping[str, Any], problems: list[str]) -> tuple[StaticEntry, ...]:
+    raw = doc.get("static", [])
+    if not isinstance(raw, list):
+        problems.append("static: expected an array of tables ([[static]])")
+        return ()
+    entries: list[StaticEntry] = []
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        where = f"static[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected a table")
+            continue
+        r = _Reader(item, f"{where}.", problems)
+        raw_name = r.get("name", str, "")
+        raw_addrs = r.get("addresses", list, [])
+        r.finish()
+        if "name" not in item:
+            problems.append(f"{where}.name: missing")
+        if "addresses" not in item:
+            problems.append(f"{where}.addresses: missing")
+        name = None
+        if raw_name:
+            try:
+                name = parse_fqdn(raw_name)
+            except InvalidName as e:
+                problems.append(f"{where}.name: {e.reason} (in {raw_name!r})")
+        addrs = []
+        for j, a in enumerate(raw_addrs):
+            try:
+                addrs.append(parse_address(a))
+            except AddressError as e:
+                problems.append(f"{where}.addresses[{j}]: {e.reason} (in {a!r})")
+        if "addresses" in item and not raw_addrs:
+            problems.append(f"{where}.addresses: empty; a name needs at least one address")
+        if name is None or not addrs:
+            continue
+        if name in first_seen:
+            problems.append(
+                f"{where}.name: {name!r} is already defined by static[{first_seen[name]}]"
+            )
+            continue
+        first_seen[name] = i
+        entries.append(StaticEntry(name=name, addresses=tuple(addrs)))
+    return tuple(entries)
+
+
+def parse_config(text: str, origin: str, *, socket_default: Path | None = None) -> Config:
+    """Parse TOML text; raise ConfigError listing every problem found."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(origin, [f"TOML syntax: {e}"]) from None
+    problems: list[str] = []
+    known = {"daemon", "control", "dnsmasq", "hosts_file", "static"}
+    for extra in sorted(set(doc) - known):
+        problems.append(f"{extra}: unknown section or key")
+
+    d = _table(doc, "daemon", problems)
+    daemon = DaemonConfig(
+        coalesce_ms=d.get(
+            "coalesce_ms",
+            int,
+            DaemonConfig.coalesce_ms,
+            lambda v: None if 0 <= v <= 10_000 else "must be 0..10000",
+        ),
+        log_level=d.get(
+            "log_level",
+            str,
+            DaemonConfig.log_level,
+            lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}",
+        ),
+    )
+    d.finish()
+
+    c = _table(doc, "control", problems)
+    uids = c.get("allow_uids", list, [])
+    bad_uids = [u for u in uids if not isinstance(u, int) or isinstance(u, bool) or u < 0]
+    if bad_uids:
+        problems.append(f"control.allow_uids: not uids: {bad_uids!r}")
+    control = ControlConfig(
+        socket=c.path("socket", socket_default or ControlConfig.socket),
+        allow_uids=tuple(u for u in uids if u not in bad_uids),
+    )
+    c.finish()
+
+    m = _table(doc, "dnsmasq", problems)
+    dnsmasq = DnsmasqConfig(
+        enabled=m.get("enabled", bool, True),
+        addn_hosts=m.path("addn_hosts", DnsmasqConfig.addn_hosts),
+        pid_file=m.path("pid_file", DnsmasqConfig.pid_file),
+    )
+    m.finish()
+
+    h = _table(doc, "hosts_file", problems)
+    hosts_file = HostsFileConfig(
+        enabled=h.get("enabled", bool, True),
+        path=h.path("path", HostsFileConfig.path),
+    )
+    h.finish()
+
+    static = _static(doc, problems)
+    if problems:
+        raise ConfigError(origin, problems)
+    return Config(
+        daemon=daemon,
+        control=control,
+        dnsmasq=dnsmasq,
+        hosts_file=hosts_file,
+        static=static,
+        origin=origin,
+    )
+
+
+def load_config(path: Path | None, *, socket_default: Path | None = None) -> Config:
+    """Read ``path`` (or the default path); a missing default file means the embedded default.
+
+    An explicitly named file that does not exist is an error: running on
+    defaults when the user pointed at a file would hide a typo in a path.
+    """
+    explicit = path is not None
+    target = path if path is not None else default_config_path()
+    try:
+        text = target.read_text(encoding="utf-8")
+        origin = str(target.absolute())
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(str(target), ["file not found"]) from None
+        text, origin = embedded_default_text(), EMBEDDED
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(target), [f"cannot read: {e}"]) from None
+    return parse_config(text, origin, socket_default=socket_default or default_socket_path())

@@ -1,0 +1,65 @@
+"""Typed configuration. Every field here is documented in README.md's config reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.model.record import Address
+
+DEFAULT_SYSTEM_CONFIG = Path("/etc/namesync/config.toml")
+DEFAULT_SYSTEM_SOCKET = Path("/run/namesync/control.sock")
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file, each naming its key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        detail = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config {source}:\n{detail}")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    # 20 ms: see README "Coalescing window" for the measurement behind it.
+    coalesce_ms: int = 20
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path = DEFAULT_SYSTEM_SOCKET
+    # uids besides root and the daemon's own that may use the socket.
+    allow_uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class DnsmasqConfig:
+    enabled: bool = True
+    addn_hosts: Path = Path("/run/namesync/addn-hosts")
+    pid_file: Path = Path("/run/NetworkManager/dnsmasq.pid")
+
+
+@dataclass(frozen=True)
+class HostsFileConfig:
+    enabled: bool = True
+    path: Path = Path("/etc/hosts")
+
+
+@dataclass(frozen=True)
+class StaticEntry:
+    name: str
+    addresses: tuple[Address, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    dnsmasq: DnsmasqConfig = field(default_factory=DnsmasqConfig)
+    hosts_file: HostsFileConfig = field(default_factory=HostsFileConfig)
+    static: tuple[StaticEntry, ...] = ()
+    # Where this config was read from ("<embedded default>" when no file exists).
+    origin: str = "<embedded default>"

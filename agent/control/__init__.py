@@ -1,0 +1,1 @@
+"""The control socket: a small versioned JSON protocol for agentctl and peers."""

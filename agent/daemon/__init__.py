@@ -1,0 +1,1 @@
+"""The daemon: wires sources, state, plan and sinks on one event loop."""

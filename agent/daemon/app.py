@@ -1,0 +1,260 @@
+"""The daemon: config, sources, pipeline, control socket and signals on one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent import version
+from agent.config.load import load_config
+from agent.config.schema import Config, ConfigError
+from agent.control.server import ControlServer, Peer
+from agent.sinks.addn_hosts import AddnHostsSink
+from agent.sinks.base import Sink
+from agent.sinks.dnsmasq_target import PidFileLocator
+from agent.sinks.hosts_file import HostsFileSink
+from agent.sources.base import Source
+from agent.sources.registry import build_sources
+
+from . import status as st
+from .notify import sd_notify
+from .pipeline import Pipeline
+
+log = structlog.get_logger(component="daemon")
+
+# A source that cannot reach its service at startup must not hold the first
+# sync hostage: after this, the daemon syncs with what it has and says so.
+STARTUP_SYNC_TIMEOUT_S = 10.0
+SOURCE_RESTART_MAX_S = 30.0
+
+
+def build_sinks(config: Config) -> list[Sink]:
+    sinks: list[Sink] = []
+    if config.dnsmasq.enabled:
+        sinks.append(
+            AddnHostsSink(config.dnsmasq.addn_hosts, PidFileLocator(config.dnsmasq.pid_file))
+        )
+    if config.hosts_file.enabled:
+        sinks.append(HostsFileSink(config.hosts_file.path))
+    return sinks
+
+
+def _sinks_key(config: Config) -> tuple[object, ...]:
+    return (config.dnsmasq, config.hosts_file)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.started = time.time()
+        self.pipeline = Pipeline(build_sinks(config), config.daemon.coalesce_ms / 1000)
+        self.sources: dict[str, Source] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self.ready = False
+        self.config_error: str | None = None
+        self.config_loaded_at = time.time()
+        self.control: ControlServer | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self._reload_pending = False
+
+    # --- sources -----------------------------------------------------------
+
+    async def _supervise(self, src: Source) -> None:
+        """Keep a source running; its own code handles reconnects, this catches bugs."""
+        delay = 1.0
+        while True:
+            try:
+                await src.run(self.pipeline.store)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                src.record_error(f"crashed: {type(e).__name__}: {e}")
+                src.set_state("disconnected", f"restarting in {delay:.0f}s")
+                src.mark_synced()  # do not block readiness on a broken source
+                log.exception("source crashed", source=src.name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SOURCE_RESTART_MAX_S)
+
+    def _start_source(self, src: Source) -> None:
+        self.sources[src.name] = src
+        self._tasks[src.name] = asyncio.create_task(self._supervise(src), name=f"source:{src.name}")
+
+    async def _stop_source(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        src = self.sources.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if src is not None:
+            src.set_state("stopped")
+
+    async def _apply_sources(self, config: Config) -> None:
+        wanted = {s.name: s for s in build_sources(config)}
+        for name in list(self.sources):
+            if name not in wanted:
+                await self._stop_source(name)
+                self.pipeline.store.drop(name)
+        for name, src in wanted.items():
+            current = self.sources.get(name)
+            if current is not None and current.config_key() == src.config_key():
+                continue
+            if current is not None:
+                # The replacement's first snapshot replaces the old one wholesale.
+                await self._stop_source(name)
+            self._start_source(src)
+
+    async def _wait_synced(self) -> list[str]:
+        pending = [s for s in self.sources.values() if not s.synced.is_set()]
+        if pending:
+            waits = [asyncio.create_task(s.synced.wait()) for s in pending]
+            _, not_done = await asyncio.wait(waits, timeout=STARTUP_SYNC_TIMEOUT_S)
+            for t in not_done:
+                t.cancel()
+        return [s.name for s in self.sources.values() if not s.synced.is_set()]
+
+    # --- config ------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        try:
+            new = await asyncio.to_thread(
+                load_config, self.config_path, socket_default=self.config.control.socket
+            )
+        except ConfigError as e:
+            self.config_error = str(e)
+            log.error(
+                "config reload refused; keeping the running config",
+                config=e.source,
+                problems=e.problems,
+            )
+            return {"reloaded": False, "problems": e.problems, "config": e.source}
+        old = self.config
+        self.config = new
+        self.config_error = None
+        self.config_loaded_at = time.time()
+        if new.control != old.control:
+            log.warning(
+                "control socket settings change on restart only", running=str(old.control.socket)
+            )
+        self.pipeline.coalescer.window_s = new.daemon.coalesce_ms / 1000
+        if _sinks_key(new) != _sinks_key(old):
+            self.pipeline.set_sinks(build_sinks(new))
+        await self._apply_sources(new)
+        log.info("config reloaded", config=new.origin)
+        return {"reloaded": True, "problems": [], "config": new.origin}
+
+    # --- control -----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        p = self.pipeline
+        return {
+            "status_version": st.STATUS_VERSION,
+            "daemon": {
+                "version": version(),
+                "pid": os.getpid(),
+                "started": st.ts(self.started),
+                "uptime_s": round(time.time() - self.started, 3),
+                "ready": self.ready,
+                "config": self.config.origin,
+                "config_loaded": st.ts(self.config_loaded_at),
+                "config_error": self.config_error,
+                "coalesce_ms": self.config.daemon.coalesce_ms,
+                "syncs": p.syncs,
+                "last_sync": st.ts(p.last_sync),
+                "last_sync_ok": p.last_sync_ok,
+            },
+            "sources": [st.source_status(s, p.store) for s in self.sources.values()],
+            "sinks": [st.sink_status(s) for s in p.sinks],
+            "table": st.table_status(p.table),
+        }
+
+    async def _h_hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "daemon_version": version(),
+            "protocol": 1,
+            "methods": sorted(self._handlers()),
+            "peer": {"uid": peer.uid, "pid": peer.pid},
+        }
+
+    async def _h_status(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    async def _h_reload(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.reload()
+
+    def _handlers(self) -> dict[str, Any]:
+        return {"hello": self._h_hello, "status": self._h_status, "reload": self._h_reload}
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _reload_soon(self) -> None:
+        # Reloads run one at a time; a SIGHUP during a reload queues one more.
+        self._reload_pending = True
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._reload_loop(), name="reload")
+
+    async def _reload_loop(self) -> None:
+        while self._reload_pending:
+            self._reload_pending = False
+            await self.reload()
+
+    async def run(self, *, once: bool = False) -> int:
+        loop = asyncio.get_running_loop()
+        for sink in self.pipeline.sinks:
+            sink.prepare()
+        if not once:
+            self.control = ControlServer(
+                self.config.control.socket, self._handlers(), self.config.control.allow_uids
+            )
+            await self.control.start()
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+        coalescer: asyncio.Task[None] | None = None
+        try:
+            await self._apply_sources(self.config)
+            late = await self._wait_synced()
+            if late:
+                log.warning("sources not synced at startup; publishing what is known", sources=late)
+            ok = await self.pipeline.sync()
+            self.ready = True
+            if once:
+                return 0 if ok else 1
+            sd_notify("READY=1")
+            log.info(
+                "ready",
+                names=len(self.pipeline.table.entries),
+                config=self.config.origin,
+                socket=str(self.config.control.socket),
+            )
+            coalescer = asyncio.create_task(self.pipeline.coalescer.run(), name="coalescer")
+            await self._stop.wait()
+            sd_notify("STOPPING=1")
+            log.info("stopping")
+            return 0
+        finally:
+            if coalescer is not None:
+                coalescer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await coalescer
+            for name in list(self._tasks):
+                await self._stop_source(name)
+            self.pipeline.close()
+            if self.control is not None:
+                await self.control.close()
+            if not once:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)

@@ -1,0 +1,94 @@
+"""``namesync-agent``: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import structlog
+
+from agent import version
+from agent.config.load import default_config_path, embedded_default_text, load_config
+from agent.config.schema import ConfigError
+from agent.control.server import SocketInUse
+
+from . import logging as nlogging
+from .app import Daemon
+
+DESCRIPTION = """\
+Keep DNS names for libvirt VMs, Podman containers and the host in a dnsmasq
+addn-hosts file and a managed block of a hosts file, and reload dnsmasq the
+moment they change. Runs in the foreground (systemd style).
+
+signals: SIGHUP reloads the config (a config with errors is refused and the
+running one kept); SIGTERM/SIGINT exit cleanly.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="namesync-agent",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"config file (default: {default_config_path()}; if that does not "
+        "exist, the embedded default is used)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="sync once (write files, reload dnsmasq) and exit: 0 on success, "
+        "1 if a file could not be written, 2 on a config error",
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the config and exit (0 valid, 2 invalid)",
+    )
+    p.add_argument(
+        "--print-default-config",
+        action="store_true",
+        help="print the embedded default config and exit",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override [daemon] log_level",
+    )
+    p.add_argument("--version", action="version", version=f"namesync-agent {version()}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.print_default_config:
+        sys.stdout.write(embedded_default_text())
+        return 0
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"namesync-agent: {e}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"{config.origin}: OK ({len(config.static)} static names)")
+        return 0
+    nlogging.configure(args.log_level or config.daemon.log_level)
+    log = structlog.get_logger(component="main")
+    log.info("starting", version=version(), config=config.origin, once=args.once)
+    try:
+        return asyncio.run(Daemon(config, args.config).run(once=args.once))
+    except SocketInUse as e:
+        log.error("cannot start", reason=str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""State store -> plan -> sinks, with coalescing and retry of failed sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from agent.plan.table import Table, plan
+from agent.sinks.base import Sink
+from agent.state.store import StateStore
+
+from .coalesce import Coalescer
+
+log = structlog.get_logger(component="pipeline")
+
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 60.0
+
+
+class Pipeline:
+    def __init__(self, sinks: list[Sink], coalesce_s: float) -> None:
+        self.sinks = sinks
+        self.store = StateStore(on_change=self._on_change)
+        self.table = Table()
+        self.coalescer = Coalescer(coalesce_s, self.coalesced_sync)
+        self._lock = asyncio.Lock()
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_s = RETRY_MIN_S
+        self.syncs = 0
+        self.last_sync: float | None = None
+        self.last_sync_ok = True
+
+    def _on_change(self) -> None:
+        self.coalescer.poke()
+
+    def set_sinks(self, sinks: list[Sink]) -> None:
+        for sink in sinks:
+            sink.prepare()
+        self.sinks = sinks
+        self.coalescer.poke()
+
+    def _log_differences(self, old: Table, new: Table) -> None:
+        for rej in set(new.rejections) - set(old.rejections):
+            log.warning(
+                "refused to publish",
+                source=rej.provenance.source,
+                object=rej.provenance.display or rej.provenance.object_id,
+                value=rej.value,
+                reason=rej.reason,
+            )
+        old_conflicts = {c.name: c for c in old.conflicts}
+        for c in new.conflicts:
+            if old_conflicts.get(c.name) != c:
+                log.warning(
+                    "name conflict",
+                    name=c.name,
+                    winner=c.winner.display or c.winner.object_id,
+                    losers=[p.display or p.object_id for p in c.losers],
+                )
+
+    async def coalesced_sync(self, first_change_at: float) -> None:
+        await self.sync(first_change_at)
+
+    async def sync(self, first_change_at: float | None = None) -> bool:
+        """Recompute the table from all snapshots and apply it to every sink."""
+        first = time.monotonic() if first_change_at is None else first_change_at
+        async with self._lock:
+            table = plan(self.store.records(), self.store.rejections(), self.table.holders())
+            self._log_differences(self.table, table)
+            self.table = table
+            sinks = list(self.sinks)
+            results = await asyncio.gather(
+                *(asyncio.to_thread(s.apply, table, first) for s in sinks),
+                return_exceptions=True,
+            )
+            ok = True
+            for sink, result in zip(sinks, results, strict=True):
+                if isinstance(result, BaseException):
+                    sink.status.error(f"internal error: {result!r}")
+                    log.error("sink failed", sink=sink.kind, error=repr(result), exc_info=result)
+                    ok = False
+                elif result is False:
+                    ok = False
+            self.syncs += 1
+            self.last_sync = time.time()
+            self.last_sync_ok = ok
+            self._schedule_retry(ok)
+            return ok
+
+    def _schedule_retry(self, ok: bool) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if ok:
+            self._retry_s = RETRY_MIN_S
+            return
+        # A failed write (full disk, read-only /etc) is retried with backoff
+        # even if no source changes meanwhile.
+        loop = asyncio.get_running_loop()
+        self._retry = loop.call_later(self._retry_s, self.coalescer.poke)
+        self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()

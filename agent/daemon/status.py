@@ -1,0 +1,102 @@
+"""The status document served to ``agentctl status --json``.
+
+Its shape is a documented, stable interface (README "Status JSON"): fields
+may be added, none renamed or removed within ``status_version`` 1.
+Times are RFC 3339 UTC strings, durations milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from agent.model.record import Provenance
+from agent.plan.table import Table
+from agent.sinks.base import Sink
+from agent.sources.base import Source
+from agent.state.store import StateStore
+
+STATUS_VERSION = 1
+
+
+def ts(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(t, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def provenance(p: Provenance) -> dict[str, Any]:
+    return {"source": p.source, "object": p.object_id, "kind": p.kind, "display": p.display}
+
+
+def source_status(src: Source, store: StateStore) -> dict[str, Any]:
+    h = src.health
+    return {
+        "name": src.name,
+        "kind": src.kind,
+        "state": h.state,
+        "since": ts(h.since),
+        "synced": src.synced.is_set(),
+        "objects": store.object_count(src.name),
+        "last_event": ts(h.last_event),
+        "last_error": h.last_error,
+        "last_error_at": ts(h.last_error_at),
+        "detail": h.detail,
+    }
+
+
+def sink_status(sink: Sink) -> dict[str, Any]:
+    s = sink.status
+    reload = None
+    if s.last_reload is not None:
+        r = s.last_reload
+        reload = {
+            "at": ts(r.at),
+            "latency_ms": _ms(r.latency_ms),
+            "pid": r.pid,
+            "via": r.via,
+            "signalled": r.sent,
+            "reason": r.reason,
+        }
+    return {
+        "kind": sink.kind,
+        "path": str(s.path),
+        "names": s.names,
+        "lines": s.lines,
+        "writes": s.writes,
+        "unchanged": s.unchanged,
+        "last_write": ts(s.last_write),
+        "last_write_method": s.last_write_method,
+        "last_write_ms": _ms(s.last_write_ms),
+        "last_reload": reload,
+        "last_error": s.last_error,
+        "last_error_at": ts(s.last_error_at),
+        "refused": s.refused,
+        **s.extra,
+    }
+
+
+def table_status(table: Table) -> dict[str, Any]:
+    return {
+        "names": len(table.entries),
+        "conflicts": [
+            {
+                "name": c.name,
+                "winner": provenance(c.winner),
+                "losers": [provenance(p) for p in c.losers],
+            }
+            for c in table.conflicts
+        ],
+        "rejected": [
+            {"value": r.value, "reason": r.reason, **provenance(r.provenance)}
+            for r in table.rejections
+        ],
+    }

@@ -1,0 +1,1 @@
+"""The record model shared by every stage: names, addresses, provenance."""

@@ -1,0 +1,1 @@
+"""Sinks turn the desired table into files and reloads."""

@@ -1,0 +1,81 @@
+"""dnsmasq sink: the addn-hosts file plus a SIGHUP, so the answer changes at once.
+
+SIGHUP makes dnsmasq clear its cache and re-read addn-hosts, so there is no
+stale answer after a change. Nothing is written and nothing signalled when
+the rendered bytes equal the file's: a reload is cheap, but a needless one
+still empties the cache of every other name dnsmasq holds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import structlog
+
+from agent.plan.render import host_lines, render_addn_hosts
+from agent.plan.table import Table
+from agent.sinks.atomic import cleanup_stale_temps, read_bytes, replace_file
+from agent.sinks.base import ReloadInfo, Sink
+from agent.sinks.dnsmasq_target import Locator, reload_dnsmasq
+
+log = structlog.get_logger(component="sinks.addn_hosts")
+
+# dnsmasq re-reads addn-hosts after dropping privileges (user nobody).
+FILE_MODE = 0o644
+
+
+class AddnHostsSink(Sink):
+    kind = "dnsmasq"
+
+    def __init__(self, path: Path, locator: Locator) -> None:
+        super().__init__(path)
+        self.locator = locator
+
+    def prepare(self) -> None:
+        for tmp in cleanup_stale_temps(self.path):
+            log.info("removed stale temp file", path=str(tmp))
+
+    def apply(self, table: Table, changed_at: float) -> bool:
+        data = render_addn_hosts(table)
+        self.status.names = len(table.entries)
+        self.status.lines = len(host_lines(table))
+        try:
+            if read_bytes(self.path) == data:
+                self.status.unchanged += 1
+                return True
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            method = replace_file(self.path, data, mode=FILE_MODE)
+        except OSError as e:
+            self.status.error(f"cannot write {self.path}: {e.strerror or e}")
+            log.error("write failed", path=str(self.path), error=str(e))
+            return False
+        written = time.monotonic()
+        self.status.writes += 1
+        self.status.last_write = time.time()
+        self.status.last_write_method = method
+        self.status.last_write_ms = (written - t0) * 1000
+        result = reload_dnsmasq(self.locator)
+        latency = (time.monotonic() - changed_at) * 1000
+        self.status.last_reload = ReloadInfo(
+            at=time.time(),
+            latency_ms=latency,
+            pid=result.pid,
+            via=result.via,
+            sent=result.sent,
+            reason=result.reason,
+        )
+        if result.sent:
+            log.info(
+                "dnsmasq reloaded",
+                path=str(self.path),
+                names=self.status.names,
+                pid=result.pid,
+                latency_ms=round(latency, 2),
+            )
+        else:
+            log.warning(
+                "dnsmasq not signalled", path=str(self.path), reason=result.reason, via=result.via
+            )
+        return True

@@ -1,0 +1,61 @@
+"""What every sink has: apply a table (blocking, run in a thread) and report status."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.plan.table import Table
+
+
+@dataclass
+class ReloadInfo:
+    at: float  # wall clock
+    latency_ms: float  # from the first change of the batch to the signal
+    pid: int | None
+    via: str
+    sent: bool
+    reason: str | None
+
+
+@dataclass
+class SinkStatus:
+    path: Path
+    names: int = 0
+    lines: int = 0
+    writes: int = 0
+    unchanged: int = 0  # syncs that found the file already right (no write, no reload)
+    last_write: float | None = None
+    last_write_method: str | None = None
+    last_write_ms: float | None = None
+    last_reload: ReloadInfo | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    refused: str | None = None  # set while the sink refuses to touch its file
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
+
+
+class Sink(ABC):
+    kind: str = "sink"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.status = SinkStatus(path=path)
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook, most sinks need nothing
+        """Startup work before the first apply (e.g. removing a killed writer's temp files)."""
+
+    @abstractmethod
+    def apply(self, table: Table, changed_at: float) -> bool:
+        """Bring the target in line with ``table``; False if it could not (status says why).
+
+        ``changed_at`` is the monotonic time of the first change in this batch.
+        Runs in a worker thread: blocking I/O is fine here, shared state is not.
+        """

@@ -1,0 +1,106 @@
+"""Find the dnsmasq to reload, and prove it is one before signalling it.
+
+Only a process whose /proc entry says it is dnsmasq is ever signalled, and
+never one of libvirt's per-network instances (SIGHUP makes those re-run
+their lease script for every lease). The pid is pinned with a pidfd before
+it is checked, so a pid reused between check and signal cannot be hit.
+The D-Bus locator (NetworkManager's dnsmasq by bus name) plugs in beside
+``PidFileLocator`` as another ``Locator``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+LIBVIRT_DNSMASQ_DIR = b"/var/lib/libvirt/dnsmasq/"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    pid: int | None
+    via: str  # how it was found, e.g. "pid file /run/NetworkManager/dnsmasq.pid"
+    problem: str | None = None  # why there is no usable pid
+
+
+class Locator(Protocol):
+    def locate(self) -> Candidate: ...
+
+
+@dataclass(frozen=True)
+class PidFileLocator:
+    path: Path
+
+    def locate(self) -> Candidate:
+        via = f"pid file {self.path}"
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return Candidate(
+                None, via, f"pid file {self.path} does not exist (is dnsmasq running?)"
+            )
+        except OSError as e:
+            return Candidate(None, via, f"cannot read pid file {self.path}: {e.strerror}")
+        text = raw.decode("ascii", "replace").strip()
+        if not text.isdigit() or int(text) <= 1:
+            return Candidate(None, via, f"pid file {self.path} holds {text[:40]!r}, not a pid")
+        return Candidate(int(text), via)
+
+
+def why_not_dnsmasq(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """Return why ``pid`` must not be signalled, or None if it is a live dnsmasq."""
+    base = proc / str(pid)
+    try:
+        comm = (base / "comm").read_text().strip()
+        stat = (base / "stat").read_text()
+        cmdline = (base / "cmdline").read_bytes()
+    except FileNotFoundError:
+        return f"pid {pid} is not running"
+    except OSError as e:
+        return f"cannot inspect pid {pid}: {e.strerror}"
+    if comm != "dnsmasq":
+        return f"pid {pid} is {comm!r}, not dnsmasq"
+    # Field 3 of /proc/PID/stat, after the parenthesised comm, is the state.
+    state = stat.rpartition(")")[2].split()[0:1]
+    if state == ["Z"]:
+        return f"pid {pid} is a dnsmasq zombie (exited, not yet reaped)"
+    if LIBVIRT_DNSMASQ_DIR in cmdline:
+        return f"pid {pid} is a libvirt per-network dnsmasq; namesync never signals those"
+    return None
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    pid: int | None
+    via: str
+    sent: bool
+    reason: str | None  # why nothing was sent
+
+
+def reload_dnsmasq(locator: Locator, proc: Path = Path("/proc")) -> SignalResult:
+    cand = locator.locate()
+    if cand.pid is None:
+        return SignalResult(None, cand.via, False, cand.problem)
+    pid = cand.pid
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return SignalResult(pid, cand.via, False, f"pid {pid} is not running")
+    except OSError as e:
+        return SignalResult(pid, cand.via, False, f"cannot open pid {pid}: {e.strerror}")
+    try:
+        why = why_not_dnsmasq(pid, proc)
+        if why:
+            return SignalResult(pid, cand.via, False, why)
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+        except ProcessLookupError:
+            return SignalResult(pid, cand.via, False, f"pid {pid} exited before the signal")
+        except PermissionError:
+            return SignalResult(pid, cand.via, False, f"not permitted to signal pid {pid}")
+        return SignalResult(pid, cand.via, True, None)
+    finally:
+        os.close(pidfd)

@@ -1,0 +1,1 @@
+"""Sources observe the world and publish per-object records into the state store."""

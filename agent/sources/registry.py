@@ -1,0 +1,21 @@
+"""Which source classes exist; each builds its instances from the config it handles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent.config.schema import Config
+from agent.sources.base import Source
+from agent.sources.static import StaticSource
+
+SourceFactory = Callable[[Config], list[Source]]
+
+# Immutable on purpose: adding a source kind is a code change, not runtime state.
+SOURCE_FACTORIES: tuple[SourceFactory, ...] = (StaticSource.from_config,)
+
+
+def build_sources(config: Config) -> list[Source]:
+    sources: list[Source] = []
+    for factory in SOURCE_FACTORIES:
+        sources.extend(factory(config))
+    return sources

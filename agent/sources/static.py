@@ -1,0 +1,46 @@
+"""Records written in the config file ([[static]]), for host services and the like."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+from agent.config.schema import Config, StaticEntry
+from agent.model.record import ObjectState, Provenance, Record
+from agent.sources.base import SnapshotSink, Source
+
+
+class StaticSource(Source):
+    kind = "static"
+
+    def __init__(self, entries: tuple[StaticEntry, ...]) -> None:
+        super().__init__("static")
+        self.entries = entries
+
+    @classmethod
+    def from_config(cls, config: Config) -> list[Source]:
+        # Always present, even with no entries: an empty snapshot is what
+        # removes the last static name after a reload.
+        return [cls(config.static)]
+
+    def config_key(self) -> Hashable:
+        return self.entries
+
+    def snapshot(self) -> dict[str, ObjectState]:
+        objects: dict[str, ObjectState] = {}
+        for entry in self.entries:
+            prov = Provenance(
+                source=self.name,
+                object_id=entry.name,
+                kind="static",
+                display=f"[[static]] {entry.name}",
+            )
+            objects[entry.name] = ObjectState(records=(Record(entry.name, entry.addresses, prov),))
+        return objects
+
+    async def run(self, sink: SnapshotSink) -> None:
+        sink.replace(self.name, self.snapshot())
+        self.set_state("connected")
+        self.saw_event()
+        self.mark_synced()
+        await asyncio.Event().wait()  # nothing to watch: config changes arrive as a new source

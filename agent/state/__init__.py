@@ -1,0 +1,1 @@
+"""The state store: one snapshot per source, keyed by object."""
