@@ -1,0 +1,62 @@
+"""Session setup: private namespaces for everything the integration tests start."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.agent import Agent
+from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.isolation import enter_private_namespaces
+
+_NOT_ISOLATED: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    why = enter_private_namespaces()
+    if why:
+        _NOT_ISOLATED.append(why)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = [tool for tool in ("dnsmasq", "dig", "ip") if shutil.which(tool) is None]
+    reason = _NOT_ISOLATED[0] if _NOT_ISOLATED else (
+        f"missing tools: {', '.join(missing)}" if missing else None)
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A tmp dir dnsmasq's unprivileged user can traverse (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="namesync-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def dnsmasq(public_tmp: Path) -> Iterator[Dnsmasq]:
+    d = Dnsmasq(public_tmp / "dnsmasq", zones=("dns.test", "dns.host")).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def agent_dir(tmp_path: Path) -> Path:
+    return tmp_path / "agent"
+
+
+@pytest.fixture
+def agent(agent_dir: Path) -> Iterator[Agent]:
+    a = Agent(agent_dir)
+    yield a
+    a.stop()

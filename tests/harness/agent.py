@@ -1,0 +1,89 @@
+"""namesync-agent run as a real process with a config file the test controls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.control.client import Client, ControlError
+
+from .wait import until
+
+
+def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
+                hosts_file: Path | None, static: dict[str, list[str]] | None = None,
+                coalesce_ms: int = 20, extra: str = "") -> str:
+    lines = ["[daemon]", f"coalesce_ms = {coalesce_ms}", 'log_level = "debug"',
+             "[control]", f'socket = "{socket}"', "[dnsmasq]"]
+    if addn_hosts is None:
+        lines.append("enabled = false")
+    else:
+        lines += [f'addn_hosts = "{addn_hosts}"', f'pid_file = "{pid_file}"']
+    lines.append("[hosts_file]")
+    lines.append("enabled = false" if hosts_file is None else f'path = "{hosts_file}"')
+    for name, addrs in (static or {}).items():
+        lines += ["[[static]]", f'name = "{name}"',
+                  "addresses = [" + ", ".join(f'"{a}"' for a in addrs) + "]"]
+    return "\n".join(lines) + "\n" + extra
+
+
+class Agent:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "config.toml"
+        self.socket = self.dir / "control.sock"
+        self.log = self.dir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "agent.daemon.main", "--config", str(self.config), *extra]
+
+    def start(self) -> Agent:
+        self._log = self.log.open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        until(lambda: self._ready(), timeout=15, what="namesync-agent ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"namesync-agent exited {self.proc.returncode}:\n"
+                                 + self.log.read_text())
+        try:
+            return bool(self.status()["daemon"]["ready"])
+        except (ControlError, OSError):
+            return False
+
+    def status(self) -> dict[str, Any]:
+        return Client(self.socket, timeout=5).call("status")
+
+    def reload(self) -> int:
+        """SIGHUP, then wait until the daemon has re-read the config; returns syncs before."""
+        before = self.status()["daemon"]["config_loaded"]
+        syncs: int = self.status()["daemon"]["syncs"]
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        until(lambda: self.status()["daemon"]["config_loaded"] != before
+              or self.status()["daemon"]["config_error"], what="config reload")
+        return syncs
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return rc
