@@ -67,6 +67,8 @@ def format_status(doc: dict[str, Any]) -> str:
                 )
             else:
                 out.append(f"    last reload {_age(r['at'])}: NOT signalled: {r['reason']}")
+        if k.get("warning"):
+            out.append(f"    ! warning: {k['warning']}")
         if k.get("refused"):
             out.append(f"    ! refused: {k['refused']}")
         if k.get("last_error"):

@@ -80,6 +80,7 @@ def sink_status(sink: Sink) -> dict[str, Any]:
         "last_error": s.last_error,
         "last_error_at": ts(s.last_error_at),
         "refused": s.refused,
+        "warning": s.warning,
         **s.extra,
     }
 

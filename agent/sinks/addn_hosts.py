@@ -36,6 +36,29 @@ class AddnHostsSink(Sink):
         for tmp in cleanup_stale_temps(self.path):
             log.info("removed stale temp file", path=str(tmp))
 
+    def _check_readable_by_others(self) -> None:
+        """dnsmasq reads the file as an unprivileged user: every directory must be searchable.
+
+        Checked by world permission bits, which is what "nobody"/"dnsmasq"
+        gets; a file dnsmasq cannot open fails silently at its end except for
+        one line in its own log, so say it here.
+        """
+        warning = None
+        for directory in self.path.parents:
+            try:
+                mode = directory.stat().st_mode
+            except OSError:
+                break
+            if not mode & 0o001:
+                warning = (f"directory {directory} (mode {mode & 0o777:04o}) is not searchable by "
+                           "others: dnsmasq, running unprivileged, cannot read "
+                           f"{self.path.name}")
+                break
+        if warning != self.status.warning and warning:
+            log.warning("addn-hosts file unreachable for dnsmasq", path=str(self.path),
+                        reason=warning)
+        self.status.warning = warning
+
     def apply(self, table: Table, changed_at: float) -> bool:
         data = render_addn_hosts(table)
         self.status.names = len(table.entries)
@@ -52,6 +75,7 @@ class AddnHostsSink(Sink):
             log.error("write failed", path=str(self.path), error=str(e))
             return False
         written = time.monotonic()
+        self._check_readable_by_others()
         self.status.writes += 1
         self.status.last_write = time.time()
         self.status.last_write_method = method

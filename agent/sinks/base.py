@@ -35,6 +35,7 @@ class SinkStatus:
     last_error: str | None = None
     last_error_at: float | None = None
     refused: str | None = None  # set while the sink refuses to touch its file
+    warning: str | None = None  # works, but something will likely bite the user
     extra: dict[str, Any] = field(default_factory=dict)
 
     def error(self, message: str) -> None:

@@ -87,3 +87,9 @@ class Agent:
         self.proc = None
         self._log.close()
         return rc
+
+
+def agentctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI, as a user would."""
+    return subprocess.run([sys.executable, "-m", "agent.cli.agentctl", *args],
+                          capture_output=True, text=True, check=check, timeout=30)

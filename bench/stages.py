@@ -1,0 +1,101 @@
+"""Per-stage timings of namesync's hot path, in-process (no dnsmasq, no root needed).
+
+Run as ``.venv/bin/python bench/stages.py [N]``. Each stage is timed on the
+same synthetic data the reload bench uses (N static names, one of which
+changes its address), repeated, and reported as median and minimum: this is
+what to look at when a number in ``reload_latency.py`` moves.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.config.load import parse_config  # noqa: E402
+from agent.model.record import ObjectState, Provenance, Record  # noqa: E402
+from agent.plan.render import host_lines, render_addn_hosts  # noqa: E402
+from agent.plan.table import plan  # noqa: E402
+from agent.sources.static import StaticSource  # noqa: E402
+from agent.state.store import StateStore  # noqa: E402
+from bench.data import ADDR_A, ADDR_B, ZONE, config_text, target_index  # noqa: E402
+
+REPEATS = 15
+
+
+def timed(label: str, fn: Callable[[], object], repeats: int = REPEATS) -> None:
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    print(f"  {label:<44} median {statistics.median(samples):8.2f} ms   "
+          f"min {min(samples):8.2f} ms")
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    text_a = config_text(n, ADDR_A, socket=Path("/tmp/s"), addn_hosts=Path("/tmp/a"),
+                         pid_file=Path("/tmp/p"), coalesce_ms=0)
+    text_b = text_a.replace(f'"{ADDR_A}"', f'"{ADDR_B}"')
+    print(f"{n} static names, config text {len(text_a)} bytes")
+    cfg_a = parse_config(text_a, "bench")
+    cfg_b = parse_config(text_b, "bench")
+
+    timed("tomllib.loads", lambda: tomllib.loads(text_b))
+    timed("parse_config (incl. tomllib)", lambda: parse_config(text_b, "bench"))
+    timed("config_key compare (old vs new entries)", lambda: cfg_a.static == cfg_b.static)
+    snap_a = StaticSource(cfg_a.static).snapshot()
+    timed("StaticSource.snapshot", lambda: StaticSource(cfg_b.static).snapshot())
+    snap_b = StaticSource(cfg_b.static).snapshot()
+
+    def replace() -> None:
+        store = StateStore(lambda: None)
+        store.replace("static", snap_a)
+        store.replace("static", snap_b)
+    store0 = StateStore(lambda: None)
+    store0.replace("static", snap_a)
+    base = StateStore(lambda: None)
+    timed("StateStore.replace x2 (first + changed)", replace)
+    timed("  of which: first replace into empty", lambda: base.replace("s", snap_a) or
+          base.drop("s"))
+
+    table_a = plan(store0.records(), store0.rejections(), None)
+    timed("Table.holders", table_a.holders)
+    holders = table_a.holders()
+    store1 = StateStore(lambda: None)
+    store1.replace("static", snap_b)
+    timed("plan (with previous holders)", lambda: plan(store1.records(), store1.rejections(),
+                                                       holders))
+    table_b = plan(store1.records(), store1.rejections(), holders)
+    timed("render_addn_hosts (fresh table)",
+          lambda: render_addn_hosts(plan(store1.records(), store1.rejections(), holders)),
+          repeats=REPEATS)
+    timed("render_addn_hosts + host_lines (same table)",
+          lambda: (render_addn_hosts(table_b), host_lines(table_b)))
+
+    # The source-update path: one object changes, then plan + render as a sync does.
+    i = target_index(n)
+    name = f"h{i:05d}.{ZONE}"
+    prov = Provenance("bench", name, "static", f"[[static]] {name}")
+    flip = [ADDR_B]
+
+    def source_update() -> None:
+        flip[0] = ADDR_A if flip[0] == ADDR_B else ADDR_B
+        from ipaddress import ip_address
+        store1.update("static", name, ObjectState(
+            records=(Record(name, (ip_address(flip[0]),), prov),)))
+        t = plan(store1.records(), store1.rejections(), table_b.holders())
+        render_addn_hosts(t)
+        host_lines(t)
+    timed("source update: update+holders+plan+render", source_update)
+    assert render_addn_hosts(table_a) != render_addn_hosts(table_b)
+
+
+if __name__ == "__main__":
+    main()
