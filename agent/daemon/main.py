@@ -20,7 +20,8 @@ from .app import Daemon
 DESCRIPTION = """\
 Keep DNS names for libvirt VMs, Podman containers and the host in a dnsmasq
 addn-hosts file and a managed block of a hosts file, and reload dnsmasq the
-moment they change. Runs in the foreground (systemd style).
+moment they change. Runs in the foreground (systemd style). Sources in this
+version: static records from the config file ([[static]]).
 
 signals: SIGHUP reloads the config (a config with errors is refused and the
 running one kept); SIGTERM/SIGINT exit cleanly.

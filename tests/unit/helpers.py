@@ -1,0 +1,147 @@
+"""Small helpers for the unit tests: poll-until, child processes, unprivileged runs."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+NOBODY = 65534
+
+
+def until(probe: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    value = probe()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {value!r}")
+        time.sleep(0.002)
+        value = probe()
+    return value
+
+
+def proc_state(pid: int) -> str | None:
+    """The state letter from /proc/PID/stat (R, S, Z, ...), None if the pid is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return raw.rpartition(")")[2].split()[0]
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown / setuid to another uid)")
+
+
+# A child that appends the name of every SIGHUP/SIGUSR1 it receives to a file.
+# SIGUSR1 is the test's "sync" signal: standard signals pending together are
+# handled lowest number first, so once USR1 is recorded, any SIGHUP sent before
+# it would have been recorded too.
+_RECORDER = r"""
+import signal, sys
+out = sys.argv[1]
+def record(name):
+    def handler(signum, frame):
+        with open(out, "a") as f:
+            f.write(name + "\n")
+    return handler
+signal.signal(signal.SIGHUP, record("HUP"))
+signal.signal(signal.SIGUSR1, record("USR1"))
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+class SignalRecorder:
+    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.log = log
+
+    def received(self) -> list[str]:
+        return self.log.read_text().split()
+
+    def sync(self) -> list[str]:
+        """Send SIGUSR1, wait until it is recorded, return everything recorded so far."""
+        before = self.received().count("USR1")
+        os.kill(self.pid, signal.SIGUSR1)
+        until(lambda: self.received().count("USR1") > before, what="SIGUSR1 recorded")
+        return self.received()
+
+
+@contextmanager
+def signal_recorder(tmp: Path) -> Iterator[SignalRecorder]:
+    log = tmp / "signals.log"
+    log.write_text("")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RECORDER, str(log)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield SignalRecorder(proc, log)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _world_executable(path: str) -> bool:
+    p = Path(path)
+    for part in [p, *p.parents]:
+        try:
+            mode = part.stat().st_mode
+        except OSError:
+            return False
+        if not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+@functools.cache
+def python_for(uid: int) -> str | None:
+    """A Python interpreter that ``uid`` can run (the venv's may live under /root)."""
+    candidates = [os.path.realpath(sys.executable)]
+    for name in ("python3", "python3.11"):
+        found = shutil.which(name)
+        if found:
+            candidates.append(os.path.realpath(found))
+    candidates.append("/usr/bin/python3")
+    for cand in dict.fromkeys(candidates):
+        if not _world_executable(cand):
+            continue
+        probe = subprocess.run(
+            [cand, "-I", "-c", "pass"],
+            user=uid, group=uid, extra_groups=[], cwd="/", capture_output=True, timeout=30,
+        )
+        if probe.returncode == 0:
+            return cand
+    return None
+
+
+def run_as(uid: int, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run stdlib-only Python ``code`` as ``uid`` (gid = uid, no supplementary groups)."""
+    needs_root()
+    py = python_for(uid)
+    if py is None:
+        pytest.skip(f"no Python interpreter executable by uid {uid}")
+    return subprocess.run(
+        [py, "-I", "-c", code, *args],
+        user=uid, group=uid, extra_groups=[], cwd="/",
+        capture_output=True, text=True, timeout=30,
+    )
