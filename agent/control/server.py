@@ -54,6 +54,8 @@ def _claim_path(path: Path) -> None:
     except (ConnectionRefusedError, FileNotFoundError):
         path.unlink(missing_ok=True)
         return
+    except PermissionError:
+        raise SocketInUse(f"{path} belongs to someone else (permission denied)") from None
     finally:
         probe.close()
     raise SocketInUse(f"another namesync-agent is listening on {path}")

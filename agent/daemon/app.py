@@ -59,7 +59,7 @@ class Daemon:
         self.sources: dict[str, Source] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
-        self.ready = False
+        self.ready_event = asyncio.Event()
         self.config_error: str | None = None
         self.config_loaded_at = time.time()
         self.control: ControlServer | None = None
@@ -164,7 +164,7 @@ class Daemon:
                 "pid": os.getpid(),
                 "started": st.ts(self.started),
                 "uptime_s": round(time.time() - self.started, 3),
-                "ready": self.ready,
+                "ready": self.ready_event.is_set(),
                 "config": self.config.origin,
                 "config_loaded": st.ts(self.config_loaded_at),
                 "config_error": self.config_error,
@@ -230,7 +230,7 @@ class Daemon:
             if late:
                 log.warning("sources not synced at startup; publishing what is known", sources=late)
             ok = await self.pipeline.sync()
-            self.ready = True
+            self.ready_event.set()
             if once:
                 return 0 if ok else 1
             sd_notify("READY=1")

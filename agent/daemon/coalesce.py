@@ -6,6 +6,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import structlog
+
+log = structlog.get_logger(component="coalescer")
+
 
 class Coalescer:
     """Runs ``action(first_change_at)`` at most once per window after changes.
@@ -36,4 +40,8 @@ class Coalescer:
             first = self._first_change if self._first_change is not None else time.monotonic()
             self._first_change = None
             self.runs += 1
-            await self._action(first)
+            try:
+                await self._action(first)
+            except Exception:
+                # A bug in one sync must not end all later ones: log it, keep going.
+                log.exception("sync failed")

@@ -38,6 +38,7 @@ def read_bytes(path: Path) -> bytes | None:
 def cleanup_stale_temps(path: Path) -> list[Path]:
     """Remove temp files a killed writer left next to ``path``; returns what was removed."""
     removed: list[Path] = []
+    path = Path(os.path.realpath(path))  # temps are made beside the real file
     try:
         candidates = list(path.parent.glob(temp_prefix(path) + "*"))
     except OSError:

@@ -45,7 +45,8 @@ class PidFileLocator:
         except OSError as e:
             return Candidate(None, via, f"cannot read pid file {self.path}: {e.strerror}")
         text = raw.decode("ascii", "replace").strip()
-        if not text.isdigit() or int(text) <= 1:
+        # 2**22 is the kernel's pid_max ceiling; anything above is not a pid.
+        if not text.isdigit() or not 1 < int(text) <= 1 << 22:
             return Candidate(None, via, f"pid file {self.path} holds {text[:40]!r}, not a pid")
         return Candidate(int(text), via)
 

@@ -96,8 +96,7 @@ def test_conflicts_and_refused_names_in_status(dnsmasq: Dnsmasq, public_tmp: Pat
     async def scenario() -> tuple[str, str]:
         daemon = Daemon(config, None)
         task = asyncio.create_task(daemon.run())
-        while not daemon.ready:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(daemon.ready_event.wait(), 15)
         store = daemon.pipeline.store
         vm = Provenance("libvirt:test", "uuid-1", "domain", "domain web")
         bad = Provenance("libvirt:test", "uuid-2", "domain", "domain caf\u00e9")
@@ -127,7 +126,8 @@ def test_conflicts_and_refused_names_in_status(dnsmasq: Dnsmasq, public_tmp: Pat
         "reason": "contains non-ASCII character U+00E9"}]
     assert ("web.dns.test: kept by static:[[static]] web.dns.test; "
             "refused for libvirt:test:domain web") in human
-    assert "libvirt:test:domain caf\u00e9: 'caf\u00e9': contains non-ASCII character U+00E9" in human
+    assert ("libvirt:test:domain caf\u00e9: 'caf\u00e9': "
+            "contains non-ASCII character U+00E9") in human
     # The static holder keeps the name at dnsmasq.
     assert dnsmasq.query("web.dns.test").records == ("10.0.0.1",)
 

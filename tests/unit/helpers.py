@@ -49,22 +49,19 @@ def needs_root() -> None:
 
 
 # A child that appends the name of every SIGHUP/SIGUSR1 it receives to a file.
-# SIGUSR1 is the test's "sync" signal: standard signals pending together are
-# handled lowest number first, so once USR1 is recorded, any SIGHUP sent before
-# it would have been recorded too.
+# SIGUSR1 is the test's "sync" signal. Both are blocked and taken one at a time
+# with sigwaitinfo, which dequeues the lowest pending standard signal first:
+# once USR1 is recorded, a SIGHUP sent before it has been recorded too.
 _RECORDER = r"""
 import signal, sys
 out = sys.argv[1]
-def record(name):
-    def handler(signum, frame):
-        with open(out, "a") as f:
-            f.write(name + "\n")
-    return handler
-signal.signal(signal.SIGHUP, record("HUP"))
-signal.signal(signal.SIGUSR1, record("USR1"))
+wanted = {signal.SIGHUP, signal.SIGUSR1}
+signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
 print("ready", flush=True)
 while True:
-    signal.pause()
+    info = signal.sigwaitinfo(wanted)
+    with open(out, "a") as f:
+        f.write(("HUP" if info.si_signo == signal.SIGHUP else "USR1") + "\n")
 """
 
 
@@ -127,7 +124,12 @@ def python_for(uid: int) -> str | None:
             continue
         probe = subprocess.run(
             [cand, "-I", "-c", "pass"],
-            user=uid, group=uid, extra_groups=[], cwd="/", capture_output=True, timeout=30,
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            cwd="/",
+            capture_output=True,
+            timeout=30,
         )
         if probe.returncode == 0:
             return cand
@@ -142,6 +144,11 @@ def run_as(uid: int, code: str, *args: str) -> subprocess.CompletedProcess[str]:
         pytest.skip(f"no Python interpreter executable by uid {uid}")
     return subprocess.run(
         [py, "-I", "-c", code, *args],
-        user=uid, group=uid, extra_groups=[], cwd="/",
-        capture_output=True, text=True, timeout=30,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=30,
     )

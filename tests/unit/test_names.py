@@ -14,9 +14,11 @@ from agent.model.names import InvalidName, normalise_label, parse_fqdn
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 # Inputs a hostile or careless identifier could contain, mixed with plain text.
+# fmt: off
 HOSTILE = ["\n", "\r", "\x00", "\t", " ", "../", "/", "$(", ")", "`", ";", "|", "&", "'", '"',
-           "\\", "*", "?", "<", ">", "é", "\u200b", "\u0130", "\U0001f600", "-", "--", ".", "_",
-           "\x7f", "#", "%", "="]
+           "\\", "*", "?", "<", ">", "é", "\u200b", "\u0130", "\U0001f600", "-", "--", ".",
+           "_", "\x7f", "#", "%", "="]
+# fmt: on
 hostile_text = st.lists(
     st.one_of(st.sampled_from(HOSTILE), st.text(string.ascii_letters + string.digits, max_size=8)),
     max_size=12,
@@ -96,8 +98,10 @@ def test_normalise_label_refuses_hostile_input_and_says_why(raw: str, reason_has
     assert err.value.value == raw
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DEL (U+007F) is reported as 'non-ASCII', it is an "
-                   "ASCII control character")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: DEL (U+007F) is reported as 'non-ASCII', it is an ASCII control character",
+)
 def test_normalise_label_calls_del_a_control_character() -> None:
     with pytest.raises(InvalidName) as err:
         normalise_label("web\x7f")

@@ -1,0 +1,190 @@
+"""Atomic replacement: never a partial file, metadata kept, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.sinks import atomic
+from agent.sinks.atomic import ConcurrentEdit, cleanup_stale_temps, replace_file
+
+from .helpers import NOBODY, needs_root
+
+
+def temps(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".namesync-" in p.name)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_replaces_content_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"old\n")
+    assert replace_file(f, b"new\r\n\xff") == "rename"
+    assert f.read_bytes() == b"new\r\n\xff"
+    assert temps(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts"]
+
+
+def test_reader_holding_the_old_file_never_sees_a_partial_one(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"A" * 100_000)
+    with f.open("rb") as reader:
+        replace_file(f, b"B" * 10)
+        assert reader.read() == b"A" * 100_000  # the old inode is intact, not truncated
+    assert f.read_bytes() == b"B" * 10
+
+
+def test_existing_mode_is_kept(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"old\n")
+    f.chmod(0o600)
+    replace_file(f, b"new\n")
+    assert mode(f) == 0o600
+    f.chmod(0o640)
+    replace_file(f, b"newer\n")
+    assert mode(f) == 0o640
+
+
+def test_forced_mode_is_applied(tmp_path: Path) -> None:
+    f = tmp_path / "addn-hosts"
+    f.write_bytes(b"old\n")
+    f.chmod(0o600)
+    replace_file(f, b"new\n", mode=0o644)
+    assert mode(f) == 0o644
+
+
+def test_new_file_is_0644_whatever_the_umask(tmp_path: Path) -> None:
+    f = tmp_path / "addn-hosts"
+    old = os.umask(0o077)
+    try:
+        replace_file(f, b"10.0.0.1 a.dns.host\n")
+    finally:
+        os.umask(old)
+    assert f.read_bytes() == b"10.0.0.1 a.dns.host\n"
+    assert mode(f) == 0o644
+
+
+def test_owner_is_kept(tmp_path: Path) -> None:
+    needs_root()
+    f = tmp_path / "hosts"
+    f.write_bytes(b"old\n")
+    os.chown(f, NOBODY, NOBODY)
+    f.chmod(0o644)
+    replace_file(f, b"new\n")
+    st = f.stat()
+    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    assert mode(f) == 0o644
+    assert f.read_bytes() == b"new\n"
+
+
+def test_symlinked_target_is_replaced_at_its_real_path(tmp_path: Path) -> None:
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    real = real_dir / "hosts.real"
+    real.write_bytes(b"old\n")
+    real.chmod(0o600)
+    link = tmp_path / "hosts"
+    link.symlink_to(real)
+    replace_file(link, b"new\n")
+    assert link.is_symlink()
+    assert os.readlink(link) == str(real)
+    assert real.read_bytes() == b"new\n"
+    assert mode(real) == 0o600
+    assert temps(tmp_path) == [] and temps(real_dir) == []
+
+
+def test_concurrent_edit_is_detected_and_the_file_left_alone(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"edited by the user meanwhile\n")
+    with pytest.raises(ConcurrentEdit):
+        replace_file(f, b"ours\n", expect=b"what we read\n", check_expect=True)
+    assert f.read_bytes() == b"edited by the user meanwhile\n"
+    assert temps(tmp_path) == []
+
+
+def test_concurrent_creation_is_detected(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"appeared after our read\n")
+    with pytest.raises(ConcurrentEdit):
+        replace_file(f, b"ours\n", expect=None, check_expect=True)
+    assert f.read_bytes() == b"appeared after our read\n"
+    assert temps(tmp_path) == []
+
+
+def test_matching_expectation_replaces(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"as read\n")
+    replace_file(f, b"ours\n", expect=b"as read\n", check_expect=True)
+    assert f.read_bytes() == b"ours\n"
+    g = tmp_path / "new"
+    replace_file(g, b"ours\n", expect=None, check_expect=True)
+    assert g.read_bytes() == b"ours\n"
+
+
+def test_failed_write_keeps_the_original_and_removes_the_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"precious\n")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        replace_file(f, b"new\n")
+    monkeypatch.undo()
+    assert f.read_bytes() == b"precious\n"
+    assert temps(tmp_path) == []
+
+
+# A writer killed between writing its temp file and renaming it.
+_KILLED_WRITER = r"""
+import os, sys
+from pathlib import Path
+import agent.sinks.atomic as atomic
+atomic.os.rename = lambda *a, **k: os._exit(0)
+atomic.replace_file(Path(sys.argv[1]), b"half done\n")
+os._exit(1)
+"""
+
+
+def killed_writer(path: Path) -> None:
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], check=True, timeout=60)
+
+
+def test_cleanup_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"keep\n")
+    unrelated = [".hosts.bak", "hosts.namesync-1", ".other.namesync-1", ".hostsx.namesync-1"]
+    for name in unrelated:
+        (tmp_path / name).write_bytes(b"")
+    killed_writer(f)
+    killed_writer(f)
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".hosts.namesync-")]
+    assert len(left) == 2
+    removed = cleanup_stale_temps(f)
+    assert sorted(removed) == sorted(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["hosts", *unrelated])
+    assert f.read_bytes() == b"keep\n"
+
+
+def test_cleanup_finds_leftovers_of_a_symlinked_target(tmp_path: Path) -> None:
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    real = real_dir / "hosts.real"
+    real.write_bytes(b"keep\n")
+    link = tmp_path / "hosts"
+    link.symlink_to(real)
+    killed_writer(link)
+    assert temps(real_dir), "the killed writer should have left a temp file"
+    cleanup_stale_temps(link)
+    assert temps(real_dir) == []
