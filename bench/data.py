@@ -15,11 +15,15 @@ from agent.plan.render import ADDN_HOSTS_HEADER
 from tests.harness.agent import toml_config
 
 ZONE = "dns.test"
+# A path under test flips the name between A and B; the floor rounds, which
+# alternate with them, write C. So every round of either is a real change.
 ADDR_A = "10.255.0.1"
 ADDR_B = "10.255.0.2"
+ADDR_C = "10.255.0.3"
 
 
 def other(addr: str) -> str:
+    """The next address for a path under test: whichever of A and B it is not at."""
     return ADDR_B if addr == ADDR_A else ADDR_A
 
 

@@ -13,17 +13,18 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
+from ipaddress import ip_address
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config.load import parse_config  # noqa: E402
-from agent.model.record import ObjectState, Provenance, Record  # noqa: E402
-from agent.plan.render import host_lines, render_addn_hosts  # noqa: E402
-from agent.plan.table import plan  # noqa: E402
-from agent.sources.static import StaticSource  # noqa: E402
-from agent.state.store import StateStore  # noqa: E402
-from bench.data import ADDR_A, ADDR_B, ZONE, config_text, target_index  # noqa: E402
+from agent.config.load import parse_config
+from agent.model.record import ObjectState, Provenance, Record
+from agent.plan.render import host_lines, render_addn_hosts
+from agent.plan.table import plan
+from agent.sources.static import StaticSource
+from agent.state.store import StateStore
+from bench.data import ADDR_A, ADDR_B, ZONE, config_text, target_index
 
 REPEATS = 15
 
@@ -54,42 +55,47 @@ def main() -> None:
     timed("StaticSource.snapshot", lambda: StaticSource(cfg_b.static).snapshot())
     snap_b = StaticSource(cfg_b.static).snapshot()
 
-    def replace() -> None:
-        store = StateStore(lambda: None)
-        store.replace("static", snap_a)
-        store.replace("static", snap_b)
     store0 = StateStore(lambda: None)
     store0.replace("static", snap_a)
-    base = StateStore(lambda: None)
-    timed("StateStore.replace x2 (first + changed)", replace)
-    timed("  of which: first replace into empty", lambda: base.replace("s", snap_a) or
-          base.drop("s"))
+    flip = [snap_a, snap_b]
 
+    def replace() -> None:
+        flip.reverse()
+        store0.replace("static", flip[0])
+    timed("StateStore.replace, a changed snapshot", replace)
+    store0.replace("static", snap_a)
     table_a = plan(store0.records(), store0.rejections(), None)
     timed("Table.holders", table_a.holders)
     holders = table_a.holders()
+    # A config reload brings all-new records: plan and render see nothing they saw.
+    fresh = [StaticSource(cfg_b.static).snapshot() for _ in range(REPEATS)]
+
+    def plan_fresh() -> None:
+        snap = fresh.pop()
+        plan((r for o in snap.values() for r in o.records), (), holders)
+    timed("plan, all records new (config reload)", plan_fresh)
+    fresh = [StaticSource(cfg_b.static).snapshot() for _ in range(REPEATS)]
+    tables = [plan((r for o in s.values() for r in o.records), (), holders) for s in fresh]
+    timed("render_addn_hosts + host_lines, new table",
+          lambda: (render_addn_hosts(t := tables.pop()), host_lines(t)))
     store1 = StateStore(lambda: None)
     store1.replace("static", snap_b)
-    timed("plan (with previous holders)", lambda: plan(store1.records(), store1.rejections(),
-                                                       holders))
+    timed("plan, records seen before", lambda: plan(store1.records(), store1.rejections(),
+                                                    holders))
     table_b = plan(store1.records(), store1.rejections(), holders)
-    timed("render_addn_hosts (fresh table)",
-          lambda: render_addn_hosts(plan(store1.records(), store1.rejections(), holders)),
-          repeats=REPEATS)
-    timed("render_addn_hosts + host_lines (same table)",
+    timed("render_addn_hosts + host_lines, same table again",
           lambda: (render_addn_hosts(table_b), host_lines(table_b)))
 
     # The source-update path: one object changes, then plan + render as a sync does.
     i = target_index(n)
     name = f"h{i:05d}.{ZONE}"
     prov = Provenance("bench", name, "static", f"[[static]] {name}")
-    flip = [ADDR_B]
+    addr = [ADDR_B]
 
     def source_update() -> None:
-        flip[0] = ADDR_A if flip[0] == ADDR_B else ADDR_B
-        from ipaddress import ip_address
+        addr[0] = ADDR_A if addr[0] == ADDR_B else ADDR_B
         store1.update("static", name, ObjectState(
-            records=(Record(name, (ip_address(flip[0]),), prov),)))
+            records=(Record(name, (ip_address(addr[0]),), prov),)))
         t = plan(store1.records(), store1.rejections(), table_b.holders())
         render_addn_hosts(t)
         host_lines(t)

@@ -23,6 +23,7 @@ from agent.model.names import InvalidName, parse_fqdn
 from agent.model.record import AddressError, parse_address
 
 T = TypeVar("T")
+_STATIC_KEYS = frozenset({"name", "addresses"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EMBEDDED = "<embedded default>"
 
@@ -106,6 +107,23 @@ def _static(doc: Mapping[str, Any], problems: list[str]) -> tuple[StaticEntry, .
     entries: list[StaticEntry] = []
     first_seen: dict[str, int] = {}
     for i, item in enumerate(raw):
+        # Fast path for the usual entry (both keys, nothing else, right types, all
+        # valid, name not seen before): it is parsed once per entry on every reload,
+        # so skip the per-key bookkeeping that only matters for reporting problems.
+        # Anything else is done again below, which reports exactly as it always has.
+        if type(item) is dict and item.keys() == _STATIC_KEYS:
+            given_name, given_addrs = item["name"], item["addresses"]
+            if type(given_name) is str and given_name and type(given_addrs) is list and given_addrs:
+                try:
+                    fast_name = parse_fqdn(given_name)
+                    fast_addrs = tuple(map(parse_address, given_addrs))
+                except (InvalidName, AddressError):
+                    pass
+                else:
+                    if fast_name not in first_seen:
+                        first_seen[fast_name] = i
+                        entries.append(StaticEntry(name=fast_name, addresses=fast_addrs))
+                        continue
         where = f"static[{i}]"
         if not isinstance(item, dict):
             problems.append(f"{where}: expected a table")
@@ -119,7 +137,7 @@ def _static(doc: Mapping[str, Any], problems: list[str]) -> tuple[StaticEntry, .
         if "addresses" not in item:
             problems.append(f"{where}.addresses: missing")
         name = None
-        if raw_name:
+        if isinstance(item.get("name"), str):
             try:
                 name = parse_fqdn(raw_name)
             except InvalidName as e:

@@ -147,9 +147,12 @@ class Daemon:
                 "control socket settings change on restart only", running=str(old.control.socket)
             )
         self.pipeline.coalescer.window_s = new.daemon.coalesce_ms / 1000
+        # Sources first: new sinks then get their first write from the new
+        # snapshots, not from the old ones for one window.
+        await self._apply_sources(new)
+        await self._wait_synced()
         if _sinks_key(new) != _sinks_key(old):
             self.pipeline.set_sinks(build_sinks(new))
-        await self._apply_sources(new)
         log.info("config reloaded", config=new.origin)
         return {"reloaded": True, "problems": [], "config": new.origin}
 

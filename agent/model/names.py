@@ -19,6 +19,14 @@ MAX_LABEL = 63
 MAX_FQDN = 253
 
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# A whole valid FQDN in either case, with at most one trailing dot. parse_fqdn runs
+# once per [[static]] entry on every config reload; a name this matches passes every
+# check of the character-by-character path below (only ASCII letters, digits, hyphens
+# and dots; every label valid), so only the total length is left to check. Explicit
+# A-Z, not IGNORECASE: that would also match non-ASCII letters whose lowercase is ASCII
+# (U+212A KELVIN SIGN), which the slow path rejects.
+_LABEL_ANY_CASE = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_FQDN_RE = re.compile(rf"(?:{_LABEL_ANY_CASE}\.)*{_LABEL_ANY_CASE}\.?")
 # Characters with an obvious one-to-one DNS spelling. A dot becomes a hyphen
 # (not a label separator) so that one object always owns exactly one label:
 # a VM called "nic0.web" must not land inside the per-NIC subtree of "web".
@@ -42,7 +50,7 @@ def normalise_label(raw: str) -> str:
     """Return the RFC 1123 label for a trusted identifier, or raise InvalidName."""
     for ch in raw:
         if ord(ch) > 0x7E or ord(ch) < 0x20:
-            kind = "non-ASCII" if ord(ch) > 0x7E else "control"
+            kind = "non-ASCII" if ord(ch) > 0x7F else "control"
             raise InvalidName(raw, f"contains {kind} character {_describe_char(ch)}")
     label = _REPAIRABLE.sub("-", raw.lower()).strip("-")
     if not label:
@@ -76,6 +84,13 @@ def parse_fqdn(raw: str) -> str:
     """
     if not isinstance(raw, str):
         raise InvalidName(repr(raw), "not a string")
+    if _FQDN_RE.fullmatch(raw):
+        name = raw.lower()
+        if name.endswith("."):
+            name = name[:-1]
+        if len(name) <= MAX_FQDN:
+            return name
+        # Too long: the path below says so, with the same message as always.
     for ch in raw:
         if not (0x20 < ord(ch) < 0x7F):
             raise InvalidName(raw, f"contains character {_describe_char(ch)}")

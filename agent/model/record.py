@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -16,6 +19,27 @@ class AddressError(ValueError):
         self.reason = reason
 
 
+def _parse_canonical(text: str) -> Address | None:
+    """The address ``text`` spells if it is exactly the canonical spelling, else None.
+
+    A config reload parses every static address again, and ipaddress's pure-Python
+    parser is most of that cost. The C parser is fast, but may accept spellings
+    ipaddress refuses; text that is the C formatter's output for the parsed bytes is
+    a canonical spelling, which ipaddress parses to the same address. Anything else
+    returns None and goes to ipaddress, which decides exactly as before.
+    """
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, text)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+    if socket.inet_ntop(family, packed) != text:
+        return None
+    if family == socket.AF_INET:
+        return ipaddress.IPv4Address(packed)
+    return ipaddress.IPv6Address(packed)
+
+
 def parse_address(raw: object) -> Address:
     """Parse one host address. Networks, scoped and unspecified addresses are refused.
 
@@ -24,10 +48,16 @@ def parse_address(raw: object) -> Address:
     """
     if not isinstance(raw, str):
         raise AddressError(repr(raw), "not a string")
-    try:
-        addr = ipaddress.ip_address(raw.strip())
-    except ValueError:
-        raise AddressError(raw, "not an IPv4 or IPv6 address") from None
+    text = raw.strip()
+    addr = _parse_canonical(text)
+    if addr is None:
+        try:
+            # What ip_address() does, minus its failed IPv4 attempt (an exception) for
+            # every IPv6 address: IPv6 text always has a colon and IPv4 text never does,
+            # so the colon picks the only parser that can accept the text.
+            addr = ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
+        except ValueError:
+            raise AddressError(raw, "not an IPv4 or IPv6 address") from None
     if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
         raise AddressError(raw, "scoped IPv6 address (zone index) cannot be published")
     if addr.is_unspecified:
@@ -37,9 +67,22 @@ def parse_address(raw: object) -> Address:
     return addr
 
 
+def _file_order(a: Address) -> tuple[int, int]:
+    return (a.version, int(a))
+
+
 def sort_addresses(addrs: Iterable[Address]) -> tuple[Address, ...]:
     """IPv4 first, then IPv6, each in numeric order: the order files are written in."""
-    return tuple(sorted(set(addrs), key=lambda a: (a.version, int(a))))
+    items = tuple(addrs)
+    # Every Record goes through here, and nearly all hold one address, or addresses
+    # already in order (a record rebuilt from another record's): strictly increasing
+    # also means no duplicates, so the tuple is already the answer.
+    if len(items) < 2:
+        return items
+    keys = [_file_order(a) for a in items]
+    if all(a < b for a, b in pairwise(keys)):
+        return items
+    return tuple(sorted(set(items), key=_file_order))
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -59,9 +102,17 @@ class Record:
     name: str
     addresses: tuple[Address, ...]
     provenance: Provenance
+    # plan.table's memo of what it derives from this record alone (its table entry),
+    # so a record that did not change since the last sync costs a lookup, not a new
+    # entry and a re-render: with 10,000 names and one changing, that is the whole
+    # sync. Derived from the frozen fields, so it cannot go stale; not part of the value.
+    # Any, not object: plan reads it once per name per sync, and a cast() is a call.
+    _plan_memo: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "addresses", sort_addresses(self.addresses))
+        addresses = sort_addresses(self.addresses)
+        if addresses is not self.addresses:  # usually already a sorted tuple: keep it
+            object.__setattr__(self, "addresses", addresses)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,22 @@ snapshots each time (plan.table), which is what keeps files from rotting.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from itertools import chain
+from operator import attrgetter
 
 from agent.model.record import ObjectState, Record, Rejection
+
+_records = attrgetter("records")
+_rejections = attrgetter("rejections")
 
 
 class StateStore:
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._snapshots: dict[str, dict[str, ObjectState]] = {}
+        # source -> how many of its objects carry rejections. Usually none, and every
+        # sync asks for all rejections: this lets it skip those sources instead of
+        # visiting every object (10,000 and more) to find nothing.
+        self._rejecting: dict[str, int] = {}
         self._on_change = on_change
         self.generation = 0
 
@@ -27,20 +36,28 @@ class StateStore:
         if self._snapshots.get(source) == new:
             return
         self._snapshots[source] = new
+        self._rejecting[source] = sum(1 for obj in new.values() if obj.rejections)
         self._changed()
 
     def update(self, source: str, object_id: str, state: ObjectState | None) -> None:
         snap = self._snapshots.setdefault(source, {})
         if state is None or (not state.records and not state.rejections):
-            if snap.pop(object_id, None) is None:
+            old = snap.pop(object_id, None)
+            if old is None:
                 return
         else:
-            if snap.get(object_id) == state:
+            old = snap.get(object_id)
+            if old == state:
                 return
             snap[object_id] = state
+            if state.rejections:
+                self._rejecting[source] = self._rejecting.get(source, 0) + 1
+        if old is not None and old.rejections:
+            self._rejecting[source] -= 1
         self._changed()
 
     def drop(self, source: str) -> None:
+        self._rejecting.pop(source, None)
         if self._snapshots.pop(source, None) is not None:
             self._changed()
 
@@ -50,12 +67,17 @@ class StateStore:
     def sources(self) -> list[str]:
         return sorted(self._snapshots)
 
+    def _objects(self) -> Iterator[ObjectState]:
+        return chain.from_iterable(snap.values() for snap in self._snapshots.values())
+
+    # Every sync walks all objects (10,000 and more): iterate in C (chain, map)
+    # rather than with a nested generator, same order, still lazy.
     def records(self) -> Iterator[Record]:
-        for snap in self._snapshots.values():
-            for obj in snap.values():
-                yield from obj.records
+        return chain.from_iterable(map(_records, self._objects()))
 
     def rejections(self) -> Iterator[Rejection]:
-        for snap in self._snapshots.values():
-            for obj in snap.values():
-                yield from obj.rejections
+        rejecting = self._rejecting
+        objects = chain.from_iterable(
+            snap.values() for source, snap in self._snapshots.items() if rejecting.get(source)
+        )
+        return chain.from_iterable(map(_rejections, objects))

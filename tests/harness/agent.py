@@ -40,6 +40,12 @@ class Agent:
         self.log = self.dir / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def set_config(self, text: str) -> None:
+        """Replace the config atomically, as an editor would: the daemon never reads half."""
+        tmp = self.config.with_name(f".{self.config.name}.tmp")
+        tmp.write_text(text)
+        tmp.rename(self.config)
+
     def command(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "agent.daemon.main", "--config", str(self.config), *extra]
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -38,5 +40,15 @@ def enter_private_namespaces() -> str | None:
         err = ctypes.get_errno()
         return f"making / private failed: {os.strerror(err)}"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    # The product's defaults point at /run/namesync, /run/NetworkManager and
+    # /etc/hosts. A test that ever ran on defaults (a config read half-written,
+    # a bug) must hit private copies, never the machine's own files or its
+    # NetworkManager's dnsmasq.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "namesync-test-run", "/run"],
+                   check=True)
+    private_hosts = Path("/run/namesync-test-etc/hosts")  # on the private tmpfs
+    private_hosts.parent.mkdir()
+    shutil.copyfile("/etc/hosts", private_hosts)
+    subprocess.run(["mount", "--bind", str(private_hosts), "/etc/hosts"], check=True)
     os.environ[ENV_MARK] = "1"
     return None

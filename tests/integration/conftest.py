@@ -19,7 +19,7 @@ def write_config(agent: Agent, dnsmasq: Dnsmasq, public_tmp: Path) -> WriteConfi
 
     def write(static: dict[str, list[str]] | None = None, *, hosts_file: bool = True,
               pid_file: Path | None = None, **kw: object) -> None:
-        agent.config.write_text(toml_config(
+        agent.set_config(toml_config(
             socket=agent.socket,
             addn_hosts=dnsmasq.addn_hosts,
             pid_file=pid_file or dnsmasq.pid_file,

@@ -37,11 +37,11 @@ def test_sigkill_mid_rewrite_never_leaves_partial_file(dnsmasq: Dnsmasq, public_
 
     # Learn the two complete versions of each file from the daemon itself.
     versions: dict[Path, set[bytes]] = {f: set() for f in files}
-    agent.config.write_text(configs[1])
+    agent.set_config(configs[1])
     agent.start()
     for f in files:
         versions[f].add(f.read_bytes())
-    agent.config.write_text(configs[2])
+    agent.set_config(configs[2])
     agent.reload()
     until(lambda: all(f.read_bytes() not in versions[f] for f in files), timeout=30,
           what="second version written")
@@ -66,7 +66,7 @@ def test_sigkill_mid_rewrite_never_leaves_partial_file(dnsmasq: Dnsmasq, public_
     try:
         for round_no in range(6):
             variant = 1 + round_no % 2
-            agent.config.write_text(configs[variant])
+            agent.set_config(configs[variant])
             agent.start()
             # Keep it rewriting: flip the config and SIGHUP, then kill at a random moment.
             kill_after = rng.uniform(0.05, 1.0)
@@ -77,7 +77,7 @@ def test_sigkill_mid_rewrite_never_leaves_partial_file(dnsmasq: Dnsmasq, public_
             timer.start()
             while not deadline.is_set():
                 variant = 3 - variant
-                agent.config.write_text(configs[variant])
+                agent.set_config(configs[variant])
                 agent.proc.send_signal(signal.SIGHUP)
                 flips += 1
                 deadline.wait(0.02)

@@ -170,11 +170,6 @@ def test_unknown_key_inside_static_entry() -> None:
     assert found == ["static[0].ttl: unknown key"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: static name = "" is dropped silently instead of '
-    "reported (load.py _static: `if raw_name:` skips parse_fqdn)",
-)
 def test_empty_static_name_is_reported_not_dropped() -> None:
     found = problems('[[static]]\nname = ""\naddresses = ["10.0.0.1"]\n')
     assert any(p.startswith("static[0].name: ") for p in found), found
