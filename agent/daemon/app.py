@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -33,6 +34,19 @@ log = structlog.get_logger(component="daemon")
 # sync hostage: after this, the daemon syncs with what it has and says so.
 STARTUP_SYNC_TIMEOUT_S = 10.0
 SOURCE_RESTART_MAX_S = 30.0
+
+
+def _settle_heap() -> None:
+    """Exclude what is alive now (config, snapshots, table) from future GC scans.
+
+    The table is made of many small long-lived objects, and a config reload
+    allocates tens of thousands more: without this, the cyclic GC rescans
+    the whole standing table again and again during a reload (measured: a
+    third of a 10,000-name reload). Freed objects are still freed by
+    reference counting; namesync's records hold no reference cycles.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build_sinks(config: Config) -> list[Sink]:
@@ -153,6 +167,8 @@ class Daemon:
         await self._wait_synced()
         if _sinks_key(new) != _sinks_key(old):
             self.pipeline.set_sinks(build_sinks(new))
+        # After the resulting sync, not before it: a full collection takes a while.
+        asyncio.get_running_loop().call_later(1.0, _settle_heap)
         log.info("config reloaded", config=new.origin)
         return {"reloaded": True, "problems": [], "config": new.origin}
 
@@ -233,6 +249,7 @@ class Daemon:
             if late:
                 log.warning("sources not synced at startup; publishing what is known", sources=late)
             ok = await self.pipeline.sync()
+            _settle_heap()
             self.ready_event.set()
             if once:
                 return 0 if ok else 1
