@@ -31,6 +31,23 @@ def format_status(doc: dict[str, Any]) -> str:
         f"last {_age(d['last_sync'])}{'' if d['last_sync_ok'] else '  (FAILED, retrying)'}"
     )
 
+    nm = doc.get("networkmanager") or {}
+    if nm.get("watching"):
+        if nm["bus"] != "connected":
+            out.append(
+                f"resolver D-Bus {nm['bus']}" + (f": {nm['bus_error']}" if nm["bus_error"] else "")
+            )
+        elif not nm["running"]:
+            out.append("resolver NetworkManager not running")
+        else:
+            pid = nm["dnsmasq_pid"]
+            out.append(
+                f"resolver NetworkManager dns={nm['dns_mode']}"
+                + (f", its dnsmasq pid {pid}" if pid else "")
+            )
+        if nm.get("advice"):
+            out.append(f"  ! {nm['advice']}")
+
     out.append("")
     out.append("SOURCES")
     for s in doc["sources"]:

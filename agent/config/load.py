@@ -16,7 +16,9 @@ from agent.config.schema import (
     ControlConfig,
     DaemonConfig,
     DnsmasqConfig,
+    HostConfig,
     HostsFileConfig,
+    NetworkManagerConfig,
     StaticEntry,
 )
 from agent.model.names import InvalidName, parse_fqdn
@@ -89,6 +91,44 @@ class _Reader:
     def finish(self) -> None:
         for extra in sorted(set(self.table) - self.seen):
             self.problems.append(f"{self.key(extra)}: unknown key")
+
+
+def _strings(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...] | None:
+    raw = r.get(key, list, list(default))
+    bad = [v for v in raw if not isinstance(v, str)]
+    if bad:
+        r.problems.append(f"{r.key(key)}: expected strings, got {bad!r}")
+        return None
+    return tuple(raw)
+
+
+def _names(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = _strings(r, key, default)
+    if raw is None:
+        return default
+    out = []
+    for i, value in enumerate(raw):
+        try:
+            out.append(parse_fqdn(value))
+        except InvalidName as e:
+            r.problems.append(f"{r.key(key)}[{i}]: {e.reason} (in {value!r})")
+    return tuple(out)
+
+
+def _interfaces(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = _strings(r, key, default)
+    if raw is None:
+        return default
+    for i, value in enumerate(raw):
+        # IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and whitespace.
+        if (
+            not value
+            or len(value) > 15
+            or any(c in value for c in "/: \t\n")
+            or value in (".", "..")
+        ):
+            r.problems.append(f"{r.key(key)}[{i}]: not an interface name: {value!r}")
+    return raw
 
 
 def _table(doc: Mapping[str, Any], name: str, problems: list[str]) -> _Reader:
@@ -169,7 +209,7 @@ def parse_config(text: str, origin: str, *, socket_default: Path | None = None) 
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(origin, [f"TOML syntax: {e}"]) from None
     problems: list[str] = []
-    known = {"daemon", "control", "dnsmasq", "hosts_file", "static"}
+    known = {"daemon", "control", "dnsmasq", "hosts_file", "networkmanager", "host", "static"}
     for extra in sorted(set(doc) - known):
         problems.append(f"{extra}: unknown section or key")
 
@@ -206,8 +246,29 @@ def parse_config(text: str, origin: str, *, socket_default: Path | None = None) 
         enabled=m.get("enabled", bool, True),
         addn_hosts=m.path("addn_hosts", DnsmasqConfig.addn_hosts),
         pid_file=m.path("pid_file", DnsmasqConfig.pid_file),
+        local_zones=_names(m, "local_zones", DnsmasqConfig.local_zones),
     )
     m.finish()
+
+    n = _table(doc, "networkmanager", problems)
+    networkmanager = NetworkManagerConfig(
+        enabled=n.get("enabled", bool, True),
+        dnsmasq_dir=n.path("dnsmasq_dir", NetworkManagerConfig.dnsmasq_dir),
+    )
+    n.finish()
+
+    t = _table(doc, "host", problems)
+    host_name = t.get("name", str, HostConfig.name)
+    try:
+        host_name = parse_fqdn(host_name)
+    except InvalidName as e:
+        problems.append(f"host.name: {e.reason} (in {host_name!r})")
+    host = HostConfig(
+        enabled=t.get("enabled", bool, True),
+        name=host_name,
+        interfaces=_interfaces(t, "interfaces", HostConfig.interfaces),
+    )
+    t.finish()
 
     h = _table(doc, "hosts_file", problems)
     hosts_file = HostsFileConfig(
@@ -224,6 +285,8 @@ def parse_config(text: str, origin: str, *, socket_default: Path | None = None) 
         control=control,
         dnsmasq=dnsmasq,
         hosts_file=hosts_file,
+        networkmanager=networkmanager,
+        host=host,
         static=static,
         origin=origin,
     )

@@ -40,6 +40,29 @@ class DnsmasqConfig:
     enabled: bool = True
     addn_hosts: Path = Path("/run/namesync/addn-hosts")
     pid_file: Path = Path("/run/NetworkManager/dnsmasq.pid")
+    # Zones dnsmasq must answer locally (`local=/ZONE/`): unknown names there
+    # are NXDOMAIN and AAAA of an IPv4-only name is NODATA instead of being
+    # forwarded upstream. Written into NetworkManager's drop-in by `agentctl setup`.
+    local_zones: tuple[str, ...] = ("dns.libvirt", "dns.podman", "dns.host")
+
+
+@dataclass(frozen=True)
+class NetworkManagerConfig:
+    # Follow NetworkManager over the system D-Bus: its DNS mode and its dnsmasq.
+    enabled: bool = True
+    dnsmasq_dir: Path = Path("/etc/NetworkManager/dnsmasq.d")
+
+    @property
+    def dropin(self) -> Path:
+        return self.dnsmasq_dir / "namesync.conf"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    # The host's own name, following its address on these interfaces live.
+    enabled: bool = True
+    name: str = "host.dns.host"
+    interfaces: tuple[str, ...] = ("virbr0",)
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,8 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     dnsmasq: DnsmasqConfig = field(default_factory=DnsmasqConfig)
     hosts_file: HostsFileConfig = field(default_factory=HostsFileConfig)
+    networkmanager: NetworkManagerConfig = field(default_factory=NetworkManagerConfig)
+    host: HostConfig = field(default_factory=HostConfig)
     static: tuple[StaticEntry, ...] = ()
     # Where this config was read from ("<embedded default>" when no file exists).
     origin: str = "<embedded default>"

@@ -17,9 +17,10 @@ from agent import version
 from agent.config.load import load_config
 from agent.config.schema import Config, ConfigError
 from agent.control.server import ControlServer, Peer
+from agent.resolver.networkmanager import NetworkManagerWatcher
 from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
-from agent.sinks.dnsmasq_target import PidFileLocator
+from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
 from agent.sinks.hosts_file import HostsFileSink
 from agent.sources.base import Source
 from agent.sources.registry import build_sources
@@ -49,19 +50,21 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-def build_sinks(config: Config) -> list[Sink]:
+def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list[Sink]:
     sinks: list[Sink] = []
     if config.dnsmasq.enabled:
-        sinks.append(
-            AddnHostsSink(config.dnsmasq.addn_hosts, PidFileLocator(config.dnsmasq.pid_file))
-        )
+        locator: Locator = PidFileLocator(config.dnsmasq.pid_file)
+        if nm is not None:
+            state = nm.state  # read from the sink's worker thread: one attribute, no lock
+            locator = NetworkManagerLocator(lambda: state.dnsmasq_pid, locator)
+        sinks.append(AddnHostsSink(config.dnsmasq.addn_hosts, locator))
     if config.hosts_file.enabled:
         sinks.append(HostsFileSink(config.hosts_file.path))
     return sinks
 
 
 def _sinks_key(config: Config) -> tuple[object, ...]:
-    return (config.dnsmasq, config.hosts_file)
+    return (config.dnsmasq, config.hosts_file, config.networkmanager.enabled)
 
 
 class Daemon:
@@ -69,7 +72,9 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.started = time.time()
-        self.pipeline = Pipeline(build_sinks(config), config.daemon.coalesce_ms / 1000)
+        self.nm: NetworkManagerWatcher | None = None
+        self._nm_task: asyncio.Task[None] | None = None
+        self.pipeline = Pipeline([], config.daemon.coalesce_ms / 1000)
         self.sources: dict[str, Source] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
@@ -128,6 +133,27 @@ class Daemon:
                 await self._stop_source(name)
             self._start_source(src)
 
+    async def _apply_networkmanager(self, config: Config) -> None:
+        enabled = config.networkmanager.enabled and config.dnsmasq.enabled
+        if enabled and self.nm is None:
+            self.nm = NetworkManagerWatcher()
+            self._nm_task = asyncio.create_task(self.nm.run(), name="networkmanager")
+            # The first reload must already go to the right pid.
+            try:
+                await asyncio.wait_for(self.nm.synced.wait(), STARTUP_SYNC_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("NetworkManager watcher not synced; using the pid file meanwhile")
+        elif not enabled and self.nm is not None:
+            await self._stop_networkmanager()
+
+    async def _stop_networkmanager(self) -> None:
+        if self._nm_task is not None:
+            self._nm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._nm_task
+        self._nm_task = None
+        self.nm = None
+
     async def _wait_synced(self) -> list[str]:
         pending = [s for s in self.sources.values() if not s.synced.is_set()]
         if pending:
@@ -166,7 +192,8 @@ class Daemon:
         await self._apply_sources(new)
         await self._wait_synced()
         if _sinks_key(new) != _sinks_key(old):
-            self.pipeline.set_sinks(build_sinks(new))
+            await self._apply_networkmanager(new)
+            self.pipeline.set_sinks(build_sinks(new, self.nm))
         # After the resulting sync, not before it: a full collection takes a while.
         asyncio.get_running_loop().call_later(1.0, _settle_heap)
         log.info("config reloaded", config=new.origin)
@@ -194,6 +221,7 @@ class Daemon:
             },
             "sources": [st.source_status(s, p.store) for s in self.sources.values()],
             "sinks": [st.sink_status(s) for s in p.sinks],
+            "networkmanager": st.networkmanager_status(self.nm),
             "table": st.table_status(p.table),
         }
 
@@ -232,8 +260,6 @@ class Daemon:
 
     async def run(self, *, once: bool = False) -> int:
         loop = asyncio.get_running_loop()
-        for sink in self.pipeline.sinks:
-            sink.prepare()
         if not once:
             self.control = ControlServer(
                 self.config.control.socket, self._handlers(), self.config.control.allow_uids
@@ -244,6 +270,10 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         coalescer: asyncio.Task[None] | None = None
         try:
+            await self._apply_networkmanager(self.config)
+            self.pipeline.sinks = build_sinks(self.config, self.nm)
+            for sink in self.pipeline.sinks:
+                sink.prepare()
             await self._apply_sources(self.config)
             late = await self._wait_synced()
             if late:
@@ -270,6 +300,7 @@ class Daemon:
                 coalescer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await coalescer
+            await self._stop_networkmanager()
             for name in list(self._tasks):
                 await self._stop_source(name)
             self.pipeline.close()

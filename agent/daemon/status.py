@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.model.record import Provenance
 from agent.plan.table import Table
+from agent.resolver.networkmanager import NetworkManagerWatcher
 from agent.sinks.base import Sink
 from agent.sources.base import Source
 from agent.state.store import StateStore
@@ -100,4 +101,29 @@ def table_status(table: Table) -> dict[str, Any]:
             {"value": r.value, "reason": r.reason, **provenance(r.provenance)}
             for r in table.rejections
         ],
+    }
+
+
+def networkmanager_status(nm: NetworkManagerWatcher | None) -> dict[str, Any]:
+    if nm is None:
+        return {
+            "watching": False,
+            "bus": None,
+            "bus_error": None,
+            "running": None,
+            "dns_mode": None,
+            "dnsmasq_pid": None,
+            "dnsmasq_since": None,
+            "advice": None,
+        }
+    s = nm.state
+    return {
+        "watching": True,
+        "bus": s.bus,
+        "bus_error": s.bus_error,
+        "running": s.nm_running,
+        "dns_mode": s.mode,
+        "dnsmasq_pid": s.dnsmasq_pid,
+        "dnsmasq_since": ts(s.dnsmasq_since),
+        "advice": s.advice(),
     }

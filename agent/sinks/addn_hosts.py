@@ -50,13 +50,16 @@ class AddnHostsSink(Sink):
             except OSError:
                 break
             if not mode & 0o001:
-                warning = (f"directory {directory} (mode {mode & 0o777:04o}) is not searchable by "
-                           "others: dnsmasq, running unprivileged, cannot read "
-                           f"{self.path.name}")
+                warning = (
+                    f"directory {directory} (mode {mode & 0o777:04o}) is not searchable by "
+                    "others: dnsmasq, running unprivileged, cannot read "
+                    f"{self.path.name}"
+                )
                 break
         if warning != self.status.warning and warning:
-            log.warning("addn-hosts file unreachable for dnsmasq", path=str(self.path),
-                        reason=warning)
+            log.warning(
+                "addn-hosts file unreachable for dnsmasq", path=str(self.path), reason=warning
+            )
         self.status.warning = warning
 
     def apply(self, table: Table, changed_at: float) -> bool:

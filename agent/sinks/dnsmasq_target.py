@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,7 +28,9 @@ class Candidate:
 
 
 class Locator(Protocol):
-    def locate(self) -> Candidate: ...
+    def candidates(self) -> list[Candidate]:
+        """Where dnsmasq may be, best first; the first one that proves to be dnsmasq wins."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class PidFileLocator:
         if not text.isdigit() or not 1 < int(text) <= 1 << 22:
             return Candidate(None, via, f"pid file {self.path} holds {text[:40]!r}, not a pid")
         return Candidate(int(text), via)
+
+    def candidates(self) -> list[Candidate]:
+        return [self.locate()]
 
 
 def why_not_dnsmasq(pid: int, proc: Path = Path("/proc")) -> str | None:
@@ -81,8 +87,7 @@ class SignalResult:
     reason: str | None  # why nothing was sent
 
 
-def reload_dnsmasq(locator: Locator, proc: Path = Path("/proc")) -> SignalResult:
-    cand = locator.locate()
+def _signal(cand: Candidate, proc: Path) -> SignalResult:
     if cand.pid is None:
         return SignalResult(None, cand.via, False, cand.problem)
     pid = cand.pid
@@ -105,3 +110,40 @@ def reload_dnsmasq(locator: Locator, proc: Path = Path("/proc")) -> SignalResult
         return SignalResult(pid, cand.via, True, None)
     finally:
         os.close(pidfd)
+
+
+def reload_dnsmasq(locator: Locator, proc: Path = Path("/proc")) -> SignalResult:
+    """SIGHUP the first candidate that proves to be dnsmasq; otherwise say why not."""
+    failures: list[SignalResult] = []
+    tried: set[int] = set()
+    for cand in locator.candidates():
+        if cand.pid is not None and cand.pid in tried:
+            continue
+        result = _signal(cand, proc)
+        if result.sent:
+            return result
+        if cand.pid is not None:
+            tried.add(cand.pid)
+        failures.append(result)
+    if not failures:
+        return SignalResult(None, "no locator", False, "nowhere to look for dnsmasq")
+    first = failures[0]
+    reason = "; ".join(f.reason or "" for f in failures)
+    return SignalResult(first.pid, first.via, False, reason)
+
+
+class NetworkManagerLocator:
+    """NetworkManager's dnsmasq by its bus name, then the pid file.
+
+    The bus name is authoritative while the bus is up: it follows NM's
+    restarts of dnsmasq. The pid file is the fallback for no bus or no NM.
+    """
+
+    def __init__(self, pid_of_bus_name: Callable[[], int | None], fallback: Locator) -> None:
+        self._pid = pid_of_bus_name
+        self._fallback = fallback
+
+    def candidates(self) -> list[Candidate]:
+        pid = self._pid()
+        found = [Candidate(pid, "D-Bus name org.freedesktop.NetworkManager.dnsmasq")] if pid else []
+        return found + self._fallback.candidates()

@@ -6,12 +6,16 @@ from collections.abc import Callable
 
 from agent.config.schema import Config
 from agent.sources.base import Source
+from agent.sources.host_addresses import HostAddressSource
 from agent.sources.static import StaticSource
 
 SourceFactory = Callable[[Config], list[Source]]
 
 # Immutable on purpose: adding a source kind is a code change, not runtime state.
-SOURCE_FACTORIES: tuple[SourceFactory, ...] = (StaticSource.from_config,)
+SOURCE_FACTORIES: tuple[SourceFactory, ...] = (
+    StaticSource.from_config,
+    HostAddressSource.from_config,
+)
 
 
 def build_sources(config: Config) -> list[Source]:

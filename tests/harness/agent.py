@@ -16,7 +16,10 @@ from .wait import until
 
 def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
                 hosts_file: Path | None, static: dict[str, list[str]] | None = None,
-                coalesce_ms: int = 20, extra: str = "") -> str:
+                coalesce_ms: int = 20, extra: str = "", host: str | None = None,
+                networkmanager: str | None = None) -> str:
+    """A config for the test agent. ``host``/``networkmanager``: the body of those
+    sections; None disables them (no netlink/D-Bus unless a test asks)."""
     lines = ["[daemon]", f"coalesce_ms = {coalesce_ms}", 'log_level = "debug"',
              "[control]", f'socket = "{socket}"', "[dnsmasq]"]
     if addn_hosts is None:
@@ -28,6 +31,9 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
     for name, addrs in (static or {}).items():
         lines += ["[[static]]", f'name = "{name}"',
                   "addresses = [" + ", ".join(f'"{a}"' for a in addrs) + "]"]
+    off = "enabled = false"
+    lines += ["[host]", host if host is not None else off]
+    lines += ["[networkmanager]", networkmanager if networkmanager is not None else off]
     return "\n".join(lines) + "\n" + extra
 
 

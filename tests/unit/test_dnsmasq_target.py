@@ -11,6 +11,7 @@ import pytest
 
 from agent.sinks.dnsmasq_target import (
     Candidate,
+    NetworkManagerLocator,
     PidFileLocator,
     reload_dnsmasq,
     why_not_dnsmasq,
@@ -45,8 +46,8 @@ def fake_proc(root: Path, pid: int, comm: str, state: str, cmdline: bytes) -> Pa
 class FixedLocator:
     pid: int
 
-    def locate(self) -> Candidate:
-        return Candidate(self.pid, "test")
+    def candidates(self) -> list[Candidate]:
+        return [Candidate(self.pid, "test")]
 
 
 def pid_file(tmp_path: Path, content: bytes) -> PidFileLocator:
@@ -192,3 +193,19 @@ def test_process_named_like_dnsmasq_with_parenthesis_in_stat(tmp_path: Path) -> 
     assert why_not_dnsmasq(77, tmp_path / "proc") is None
     (d / "stat").write_text("77 (dnsmasq) Z 1 77 77 0 -1\n")
     assert "zombie" in (why_not_dnsmasq(77, tmp_path / "proc") or "")
+
+
+def test_bus_candidate_first_then_pid_file_when_bus_pid_is_gone(
+        tmp_path: Path, recorder: SignalRecorder) -> None:
+    """NM replaced its dnsmasq: a stale bus pid is skipped, never signalled, and the
+    next candidate is tried; every refusal is reported."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    fallback = pid_file(tmp_path, f"{recorder.pid}\n".encode())
+    locator = NetworkManagerLocator(lambda: gone.pid, fallback)
+    result = reload_dnsmasq(locator)
+    assert not result.sent
+    assert result.via == "D-Bus name org.freedesktop.NetworkManager.dnsmasq"
+    assert result.reason is not None
+    assert result.reason.startswith(f"pid {gone.pid} is not running; pid {recorder.pid} is ")
+    assert recorder.sync() == ["USR1"]  # no HUP before the sync signal
