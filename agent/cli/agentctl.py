@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
 
 from agent import version
-from agent.config.load import default_socket_path
+from agent.config.load import default_config_path, default_socket_path, load_config
+from agent.config.schema import ConfigError
 from agent.control.client import Client, ControlError
+from agent.resolver.setup import run_setup
 
 from .format import format_status
 
@@ -28,11 +31,46 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="sources, sinks, conflicts and refused names")
     s.add_argument("--json", action="store_true", help="the stable JSON document (see README)")
     sub.add_parser("reload", help="re-read the config file now (like SIGHUP) and report problems")
+    st = sub.add_parser(
+        "setup",
+        help="make NetworkManager's dnsmasq serve namesync's names (root, once)",
+        description="Write namesync.conf into NetworkManager's dnsmasq.d (addn-hosts= and "
+        "local=/ZONE/ for every zone in [dnsmasq] local_zones) and have NetworkManager "
+        "restart its dnsmasq over D-Bus. Idempotent.",
+    )
+    st.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"namesync config to take paths and zones from (default: {default_config_path()})",
+    )
+    mode = st.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="report what is missing, change nothing (exit 1 if anything is)",
+    )
+    mode.add_argument("--remove", action="store_true", help="undo setup")
     return p
+
+
+def setup(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"agentctl: {e}", file=sys.stderr)
+        return 2
+    report = asyncio.run(run_setup(config, check=args.check, remove=args.remove))
+    sys.stdout.write(report.render())
+    if report.failed:
+        return 1
+    return 1 if args.check and report.missing else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "setup":
+        return setup(args)
     client = Client(args.socket or default_socket_path())
     try:
         if args.command == "status":
