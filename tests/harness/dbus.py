@@ -38,7 +38,8 @@ def system_bus_config(socket: Path, source: Path | None = None) -> str:
     if source is None:
         source = next((p for p in SYSTEM_CONFIGS if p.exists()), None)
         if source is None:
-            raise FileNotFoundError("no system bus config in " + ", ".join(map(str, SYSTEM_CONFIGS)))
+            tried = ", ".join(map(str, SYSTEM_CONFIGS))
+            raise FileNotFoundError(f"no system bus config in {tried}")
     root = ET.parse(source).getroot()
     for child in list(root):
         tag = child.tag
