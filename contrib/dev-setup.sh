@@ -2,11 +2,24 @@
 # Install what namesync needs to run and be tested, then a venv with the project:
 # dnsmasq, dig, iproute2 from the distribution; Python packages from PyPI.
 # Debian/Ubuntu (apt) or Fedora (dnf); run as root. Idempotent.
+#   --test  also what the integration tests run for real: NetworkManager and
+#           dbus-daemon (they only ever run inside the tests' private namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deb_pkgs=(dnsmasq-base dnsutils iproute2 python3-venv util-linux)
 rpm_pkgs=(dnsmasq bind-utils iproute python3 util-linux)
+if [ "${1:-}" = "--test" ]; then
+  rpm_pkgs+=(NetworkManager dbus-daemon dbus-tools)
+  deb_pkgs+=(dbus)
+  if dpkg -s network-manager >/dev/null 2>&1 || [ -x /usr/sbin/policy-rc.d ] || [ -n "${CI:-}" ]; then
+    deb_pkgs+=(network-manager)
+  else
+    # Installing it on Debian starts it as the machine's network manager.
+    echo "dev-setup: not installing network-manager (it would start on this machine);" \
+         "the NetworkManager tests will be skipped" >&2
+  fi
+fi
 
 if command -v apt-get >/dev/null; then
   missing=()

@@ -26,12 +26,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     missing = [tool for tool in ("dnsmasq", "dig", "ip") if shutil.which(tool) is None]
     reason = _NOT_ISOLATED[0] if _NOT_ISOLATED else (
         f"missing tools: {', '.join(missing)}" if missing else None)
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=reason)
-    for item in items:
-        if "integration" in item.keywords:
-            item.add_marker(skip)
+    if reason is not None:
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if "integration" in item.keywords:
+                item.add_marker(skip)
+    nm_tools = ("NetworkManager", "dbus-daemon", "nsenter")
+    nm_missing = [t for t in nm_tools if shutil.which(t) is None]
+    if nm_missing:
+        skip_nm = pytest.mark.skip(reason=f"missing {', '.join(nm_missing)}")
+        for item in items:
+            if "networkmanager" in item.keywords:
+                item.add_marker(skip_nm)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,15 +87,19 @@ async def _view(bus: MessageBus) -> NMView:
 
 
 def _started_at(pid: int) -> float | None:
-    """Wall-clock start time of a process, from /proc (clock ticks since boot)."""
+    """Wall-clock start time of a process.
+
+    /proc/PID/stat gives clock ticks since boot; the boot instant comes from
+    CLOCK_BOOTTIME, not /proc/stat's btime, which is whole seconds and would
+    make a dnsmasq started right after the drop-in look older than it.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(line for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-    except (OSError, StopIteration):
+    except OSError:
         return None
     ticks = int(stat.rpartition(")")[2].split()[19])
-    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return booted + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _has_conf_dir(pid: int) -> bool:
@@ -116,7 +121,8 @@ def _needs_restart(view: NMView, dropin: Path) -> str | None:
         changed = dropin.stat().st_mtime
     except FileNotFoundError:
         return None
-    if started is not None and changed > started:
+    # One clock tick of slack: start times are counted in ticks.
+    if started is not None and changed > started + 1 / os.sysconf("SC_CLK_TCK"):
         return f"dnsmasq pid {view.dnsmasq_pid} started before the drop-in was written"
     return None
 

@@ -17,6 +17,7 @@ from .wait import until
 def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
                 hosts_file: Path | None, static: dict[str, list[str]] | None = None,
                 coalesce_ms: int = 20, extra: str = "", host: str | None = None,
+                dnsmasq_extra: str = "",
                 networkmanager: str | None = None) -> str:
     """A config for the test agent. ``host``/``networkmanager``: the body of those
     sections; None disables them (no netlink/D-Bus unless a test asks)."""
@@ -26,6 +27,8 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
         lines.append("enabled = false")
     else:
         lines += [f'addn_hosts = "{addn_hosts}"', f'pid_file = "{pid_file}"']
+        if dnsmasq_extra:
+            lines.append(dnsmasq_extra)
     lines.append("[hosts_file]")
     lines.append("enabled = false" if hosts_file is None else f'path = "{hosts_file}"')
     for name, addrs in (static or {}).items():
@@ -38,7 +41,8 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
 
 
 class Agent:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "config.toml"
@@ -58,7 +62,7 @@ class Agent:
     def start(self) -> Agent:
         self._log = self.log.open("ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
         until(lambda: self._ready(), timeout=15, what="namesync-agent ready")
         return self
 
@@ -101,7 +105,9 @@ class Agent:
         return rc
 
 
-def agentctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def agentctl(*args: str, check: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real CLI, as a user would."""
     return subprocess.run([sys.executable, "-m", "agent.cli.agentctl", *args],
-                          capture_output=True, text=True, check=check, timeout=30)
+                          capture_output=True, text=True, check=check, timeout=60,
+                          env={**os.environ, **(env or {})})
