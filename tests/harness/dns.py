@@ -18,8 +18,10 @@ class Answer:
         return self.status == "NOERROR" and not self.records
 
 
-def dig(name: str, rtype: str = "A", *, server: str = "127.0.0.1", port: int = 53) -> Answer:
-    args = ["dig", f"@{server}", "-p", str(port), "+time=1", "+tries=1", "+noall",
+def dig(name: str, rtype: str = "A", *, server: str = "127.0.0.1", port: int = 53,
+        prefix: tuple[str, ...] = ()) -> Answer:
+    """``prefix`` runs dig through another command, e.g. nsenter into a netns."""
+    args = [*prefix, "dig", f"@{server}", "-p", str(port), "+time=1", "+tries=1", "+noall",
             "+comments", "+answer"]
     args += ["-x", name] if rtype == "PTR" else [name, rtype]
     out = subprocess.run(args, capture_output=True, text=True, timeout=10).stdout

@@ -31,7 +31,7 @@ import subprocess
 from pathlib import Path
 
 from .dbus import SystemBus
-from .dns import Answer
+from .dns import Answer, dig
 from .isolation import isolated
 from .netns import NetNS, add_veth, process_gone, unique_name
 from .wait import until
@@ -76,21 +76,6 @@ mount --bind "$2" /var/lib/NetworkManager
 shift 2
 exec "$@"
 """
-
-
-def parse_dig(out: str, rtype: str) -> Answer:
-    """Same reading of dig's output as tests.harness.dns.dig."""
-    m = re.search(r"status: (\w+)", out)
-    status = m.group(1) if m else "NOANSWER"
-    flags = re.search(r";; flags: ([a-z ]+);", out)
-    records = []
-    for line in out.splitlines():
-        if not line or line.startswith(";"):
-            continue
-        fields = line.split()
-        if len(fields) >= 5 and fields[3] == rtype:
-            records.append(fields[4])
-    return Answer(status, tuple(sorted(records)), bool(flags and "aa" in flags.group(1).split()))
 
 
 def _is_dnsmasq(pid: int) -> bool:
@@ -195,11 +180,7 @@ class NetworkManager:
 
     def query(self, name: str, rtype: str = "A") -> Answer:
         """Ask NM's dnsmasq (127.0.0.1:53 inside NM's netns) with dig."""
-        args = ["nsenter", f"--net={self.netns.path}", "dig", "@127.0.0.1", "-p", "53",
-                "+time=1", "+tries=1", "+noall", "+comments", "+answer"]
-        args += ["-x", name] if rtype == "PTR" else [name, rtype]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=10).stdout
-        return parse_dig(out, rtype)
+        return dig(name, rtype, prefix=("nsenter", f"--net={self.netns.path}"))
 
     def reads(self, addn_hosts: Path, pid: int | None = None) -> list[int]:
         """Counts from ``read FILE - N names`` lines for ``addn_hosts`` (of ``pid`` only).

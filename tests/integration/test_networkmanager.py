@@ -157,3 +157,27 @@ def test_nm_stopped_then_started_again(nm: NetworkManager, nm_agent: Agent,
     nm_agent.reload()
     until(lambda: nm.query("a.dns.test").records == ("10.0.0.3",), what="answer, NM back")
     assert nm_agent.proc is not None and nm_agent.proc.poll() is None
+
+
+def test_no_system_bus_falls_back_to_pid_file(public_tmp: Path, tmp_path: Path) -> None:
+    """No bus at all: no crash, status says so, the pid file still finds dnsmasq."""
+    from tests.harness.dnsmasq import Dnsmasq
+
+    d = Dnsmasq(public_tmp / "dnsmasq", zones=("dns.test",)).start()
+    agent = Agent(tmp_path / "agent",
+                  env={"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-such-bus"})
+    try:
+        agent.set_config(toml_config(
+            socket=agent.socket, addn_hosts=d.addn_hosts, pid_file=d.pid_file, hosts_file=None,
+            static={"a.dns.test": ["10.0.0.1"]}, networkmanager="enabled = true"))
+        agent.start()
+        until(lambda: d.query("a.dns.test").records == ("10.0.0.1",), what="answer via pid file")
+        st = nm_status(agent)
+        assert (st["watching"], st["bus"], st["running"]) == (True, "unavailable", False)
+        assert str(st["advice"]).startswith("no system D-Bus")
+        assert last_reload(agent)["via"] == f"pid file {d.pid_file}"
+        human = agentctl("--socket", str(agent.socket), "status").stdout
+        assert "resolver D-Bus unavailable" in human
+    finally:
+        agent.stop()
+        d.stop()
