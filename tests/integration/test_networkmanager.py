@@ -181,3 +181,36 @@ def test_no_system_bus_falls_back_to_pid_file(public_tmp: Path, tmp_path: Path) 
     finally:
         agent.stop()
         d.stop()
+
+
+def test_non_dnsmasq_mode_is_reported_with_what_to_change(public_tmp: Path,
+                                                          tmp_path: Path) -> None:
+    """NM with dns=none (like systemd-resolved mode, NM runs no dnsmasq): the hosts
+    file carries the names, and status says which path serves them and what to change."""
+    nm = NetworkManager(public_tmp / "nm", dns="none").start()
+    agent = Agent(tmp_path / "agent", env={"DBUS_SYSTEM_BUS_ADDRESS": nm.bus_address})
+    hosts = public_tmp / "hosts"
+    try:
+        assert nm.dns_mode() == "none"
+        agent.set_config(toml_config(
+            socket=agent.socket, addn_hosts=public_tmp / "addn-hosts", pid_file=nm.pid_file,
+            hosts_file=hosts, static={"a.dns.test": ["10.0.0.1"]},
+            networkmanager=f'enabled = true\ndnsmasq_dir = "{nm.dnsmasq_d}"'))
+        agent.start()
+        st = nm_status(agent)
+        assert (st["running"], st["dns_mode"], st["dnsmasq_pid"]) == (True, "none", None)
+        assert st["advice"] == (
+            "NetworkManager DNS mode is 'none': names reach local lookups through the "
+            "hosts-file sink (systemd-resolved and glibc read /etc/hosts). For the dnsmasq "
+            "path, set dns=dnsmasq in NetworkManager.conf and run 'agentctl setup'")
+        assert b"10.0.0.1 a.dns.test" in hosts.read_bytes()
+        r = last_reload(agent)
+        assert r["signalled"] is False  # no dnsmasq anywhere: nothing is signalled
+        human = agentctl("--socket", str(agent.socket), "status").stdout
+        assert "resolver NetworkManager dns=none" in human
+        assert "set dns=dnsmasq in NetworkManager.conf" in human
+        _, out = setup(agent, nm)
+        assert "NetworkManager DNS mode is 'none', not 'dnsmasq'" in out
+    finally:
+        agent.stop()
+        nm.stop()
