@@ -57,6 +57,60 @@ class NMState:
         return None
 
 
+async def call(
+    bus: MessageBus,
+    destination: str,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: list[object] | None = None,
+) -> Message:
+    reply = await bus.call(
+        Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    assert reply is not None  # only None for calls flagged NO_REPLY_EXPECTED
+    return reply
+
+
+async def name_has_owner(bus: MessageBus, name: str) -> bool:
+    reply = await call(bus, DBUS, "/org/freedesktop/DBus", DBUS, "NameHasOwner", "s", [name])
+    return reply.message_type != MessageType.ERROR and bool(reply.body[0])
+
+
+async def owner_pid(bus: MessageBus, name: str) -> int | None:
+    reply = await call(
+        bus, DBUS, "/org/freedesktop/DBus", DBUS, "GetConnectionUnixProcessID", "s", [name]
+    )
+    if reply.message_type == MessageType.ERROR:
+        return None  # NameHasNoOwner
+    pid = reply.body[0]
+    return int(pid) if isinstance(pid, int) else None
+
+
+async def dns_mode(bus: MessageBus) -> str | None:
+    reply = await call(
+        bus,
+        NM,
+        DNS_MANAGER_PATH,
+        "org.freedesktop.DBus.Properties",
+        "Get",
+        "ss",
+        [DNS_MANAGER_IFACE, "Mode"],
+    )
+    if reply.message_type == MessageType.ERROR:
+        return None
+    value = reply.body[0].value
+    return str(value) if value is not None else None
+
+
 def _match(**rule: str) -> str:
     return ",".join(f"{k}='{v}'" for k, v in rule.items())
 
@@ -67,61 +121,6 @@ class NetworkManagerWatcher:
         self._on_change = on_change or (lambda: None)
         self._bus: MessageBus | None = None
         self.synced = asyncio.Event()
-
-    # --- D-Bus helpers -----------------------------------------------------
-
-    async def _call(self, bus: MessageBus, msg: Message) -> Message:
-        reply = await bus.call(msg)
-        assert reply is not None
-        return reply
-
-    async def _owner_pid(self, bus: MessageBus, name: str) -> int | None:
-        reply = await self._call(
-            bus,
-            Message(
-                destination=DBUS,
-                path="/org/freedesktop/DBus",
-                interface=DBUS,
-                member="GetConnectionUnixProcessID",
-                signature="s",
-                body=[name],
-            ),
-        )
-        if reply.message_type == MessageType.ERROR:
-            return None  # NameHasNoOwner
-        pid = reply.body[0]
-        return int(pid) if isinstance(pid, int) else None
-
-    async def _name_has_owner(self, bus: MessageBus, name: str) -> bool:
-        reply = await self._call(
-            bus,
-            Message(
-                destination=DBUS,
-                path="/org/freedesktop/DBus",
-                interface=DBUS,
-                member="NameHasOwner",
-                signature="s",
-                body=[name],
-            ),
-        )
-        return reply.message_type != MessageType.ERROR and bool(reply.body[0])
-
-    async def _mode(self, bus: MessageBus) -> str | None:
-        reply = await self._call(
-            bus,
-            Message(
-                destination=NM,
-                path=DNS_MANAGER_PATH,
-                interface="org.freedesktop.DBus.Properties",
-                member="Get",
-                signature="ss",
-                body=[DNS_MANAGER_IFACE, "Mode"],
-            ),
-        )
-        if reply.message_type == MessageType.ERROR:
-            return None
-        value = reply.body[0].value
-        return str(value) if value is not None else None
 
     # --- state -------------------------------------------------------------
 
@@ -143,9 +142,9 @@ class NetworkManagerWatcher:
 
     async def _refresh(self, bus: MessageBus) -> None:
         """Re-read everything: an event only says which part to look at again."""
-        running = await self._name_has_owner(bus, NM)
-        mode = await self._mode(bus) if running else None
-        pid = await self._owner_pid(bus, NM_DNSMASQ)
+        running = await name_has_owner(bus, NM)
+        mode = await dns_mode(bus) if running else None
+        pid = await owner_pid(bus, NM_DNSMASQ)
         if pid != self.state.dnsmasq_pid:
             self.state.dnsmasq_since = time.time() if pid else None
         self._set(nm_running=running, mode=mode, dnsmasq_pid=pid)
@@ -184,17 +183,7 @@ class NetworkManagerWatcher:
                         path=DNS_MANAGER_PATH,
                     ),
                 ):
-                    await self._call(
-                        bus,
-                        Message(
-                            destination=DBUS,
-                            path="/org/freedesktop/DBus",
-                            interface=DBUS,
-                            member="AddMatch",
-                            signature="s",
-                            body=[rule],
-                        ),
-                    )
+                    await call(bus, DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
                 await self._refresh(bus)
                 self.state.bus = "connected"
                 self.state.bus_error = None

@@ -15,11 +15,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, MessageType
 from dbus_fast.aio import MessageBus
 
 from agent.config.schema import Config
-from agent.resolver.networkmanager import DBUS, NM, NM_DNSMASQ
+from agent.resolver.networkmanager import (
+    NM,
+    NM_DNSMASQ,
+    call,
+    dns_mode,
+    name_has_owner,
+    owner_pid,
+)
 from agent.sinks.atomic import read_bytes, replace_file
 
 RELOAD_DNS_FULL = 0x4
@@ -63,26 +70,11 @@ class Report:
         return "".join(f"{word:<8} {text}\n" for word, text in self.lines)
 
 
-async def _call(bus: MessageBus, **kw: object) -> Message:
-    reply = await bus.call(Message(**kw))  # type: ignore[arg-type]
-    assert reply is not None
-    return reply
-
-
 async def _view(bus: MessageBus) -> NMView:
-    owner = await _call(bus, destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS,
-                        member="NameHasOwner", signature="s", body=[NM])
-    if owner.message_type == MessageType.ERROR or not owner.body[0]:
+    if not await name_has_owner(bus, NM):
         return NMView(reachable=False, error="NetworkManager is not running")
-    mode = await _call(bus, destination=NM, path="/org/freedesktop/NetworkManager/DnsManager",
-                       interface="org.freedesktop.DBus.Properties", member="Get",
-                       signature="ss", body=["org.freedesktop.NetworkManager.DnsManager", "Mode"])
-    pid_reply = await _call(bus, destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS,
-                            member="GetConnectionUnixProcessID", signature="s", body=[NM_DNSMASQ])
     return NMView(
-        reachable=True,
-        mode=None if mode.message_type == MessageType.ERROR else str(mode.body[0].value),
-        dnsmasq_pid=None if pid_reply.message_type == MessageType.ERROR else int(pid_reply.body[0]),
+        reachable=True, mode=await dns_mode(bus), dnsmasq_pid=await owner_pid(bus, NM_DNSMASQ)
     )
 
 
@@ -128,8 +120,9 @@ def _needs_restart(view: NMView, dropin: Path) -> str | None:
 
 
 async def _restart_dnsmasq(bus: MessageBus, old_pid: int | None) -> int | None:
-    reply = await _call(bus, destination=NM, path="/org/freedesktop/NetworkManager",
-                        interface=NM, member="Reload", signature="u", body=[RELOAD_DNS_FULL])
+    reply = await call(
+        bus, NM, "/org/freedesktop/NetworkManager", NM, "Reload", "u", [RELOAD_DNS_FULL]
+    )
     if reply.message_type == MessageType.ERROR:
         raise RuntimeError(f"NetworkManager refused Reload: {reply.error_name}: {reply.body}")
     loop = asyncio.get_running_loop()
@@ -171,8 +164,11 @@ async def run_setup(config: Config, *, check: bool = False, remove: bool = False
         elif have == want:
             report.add("ok", f"drop-in {dropin} is up to date")
         elif check:
-            report.add("missing", f"drop-in {dropin} "
-                       + ("differs from what setup writes" if have else "does not exist"))
+            report.add(
+                "missing",
+                f"drop-in {dropin} "
+                + ("differs from what setup writes" if have else "does not exist"),
+            )
         else:
             if not nm.dnsmasq_dir.is_dir():
                 nm.dnsmasq_dir.mkdir(mode=0o755, parents=True)
@@ -184,22 +180,32 @@ async def run_setup(config: Config, *, check: bool = False, remove: bool = False
             report.add("wrote", f"drop-in {dropin}")
 
         if not view.reachable:
-            report.add("warning", f"{view.error}; the drop-in takes effect when "
-                       "NetworkManager next starts its dnsmasq")
+            report.add(
+                "warning",
+                f"{view.error}; the drop-in takes effect when "
+                "NetworkManager next starts its dnsmasq",
+            )
             return report
         if view.mode != "dnsmasq":
-            report.add("warning", f"NetworkManager DNS mode is {view.mode!r}, not 'dnsmasq': "
-                       "it runs no dnsmasq, so names reach local lookups through the hosts "
-                       "file. Set dns=dnsmasq in NetworkManager.conf for the dnsmasq path.")
+            report.add(
+                "warning",
+                f"NetworkManager DNS mode is {view.mode!r}, not 'dnsmasq': "
+                "it runs no dnsmasq, so names reach local lookups through the hosts "
+                "file. Set dns=dnsmasq in NetworkManager.conf for the dnsmasq path.",
+            )
             return report
         if check and not remove and have != want:
             report.add("missing", "restart of NetworkManager's dnsmasq once the drop-in is written")
             return report
-        why = "the drop-in changed" if changed else (
-            None if remove else _needs_restart(view, dropin))
+        why = (
+            "the drop-in changed" if changed else (None if remove else _needs_restart(view, dropin))
+        )
         if why is None:
-            report.add("ok", f"NetworkManager's dnsmasq (pid {view.dnsmasq_pid}) "
-                       + ("has no namesync drop-in" if remove else "serves namesync's names"))
+            report.add(
+                "ok",
+                f"NetworkManager's dnsmasq (pid {view.dnsmasq_pid}) "
+                + ("has no namesync drop-in" if remove else "serves namesync's names"),
+            )
             return report
         if check:
             report.add("missing", f"restart of NetworkManager's dnsmasq: {why}")
@@ -207,11 +213,16 @@ async def run_setup(config: Config, *, check: bool = False, remove: bool = False
         assert bus is not None
         new_pid = await _restart_dnsmasq(bus, view.dnsmasq_pid)
         if new_pid is None:
-            report.add("error", "asked NetworkManager to restart its dnsmasq (Reload DNS_FULL), "
-                       f"but no new dnsmasq appeared within {RESTART_TIMEOUT_S:.0f}s")
+            report.add(
+                "error",
+                "asked NetworkManager to restart its dnsmasq (Reload DNS_FULL), "
+                f"but no new dnsmasq appeared within {RESTART_TIMEOUT_S:.0f}s",
+            )
         else:
-            report.add("restarted", f"NetworkManager's dnsmasq ({why}): pid "
-                       f"{view.dnsmasq_pid} -> {new_pid}")
+            report.add(
+                "restarted",
+                f"NetworkManager's dnsmasq ({why}): pid {view.dnsmasq_pid} -> {new_pid}",
+            )
         return report
     finally:
         if bus is not None:
