@@ -15,7 +15,7 @@ import structlog
 
 from agent import version
 from agent.config.load import load_config
-from agent.config.schema import Config, ConfigError
+from agent.config.schema import Config, ConfigError, DnsmasqConfig
 from agent.control.server import ControlServer, Peer
 from agent.resolver.networkmanager import NetworkManagerWatcher
 from agent.sinks.addn_hosts import AddnHostsSink
@@ -54,7 +54,9 @@ def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list
     sinks: list[Sink] = []
     if config.dnsmasq.enabled:
         locator: Locator = PidFileLocator(config.dnsmasq.pid_file)
-        if nm is not None:
+        # The bus name finds NetworkManager's dnsmasq; a pid file the user set
+        # to something else names another dnsmasq, which must get the signal.
+        if nm is not None and config.dnsmasq.pid_file == DnsmasqConfig.pid_file:
             state = nm.state  # read from the sink's worker thread: one attribute, no lock
             locator = NetworkManagerLocator(lambda: state.dnsmasq_pid, locator)
         sinks.append(AddnHostsSink(config.dnsmasq.addn_hosts, locator))
