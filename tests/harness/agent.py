@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.control.client import Client, ControlError
 
+from .proc import terminate
 from .wait import until
 
 
@@ -92,14 +93,7 @@ class Agent:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
+        rc = terminate(self.proc, timeout=10)
         self.proc = None
         self._log.close()
         return rc

@@ -13,11 +13,11 @@ Nothing exports ``DBUS_SYSTEM_BUS_ADDRESS`` into the test process: pass
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from .proc import terminate
 from .wait import until
 
 SYSTEM_CONFIGS = (Path("/usr/share/dbus-1/system.conf"), Path("/etc/dbus-1/system.conf"))
@@ -141,13 +141,7 @@ class SystemBus:
         return int(reply.split()[-1])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            # --nofork: proc.pid is the daemon itself (the pid it printed).
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # --nofork: proc.pid is the daemon itself (the pid it printed).
+        terminate(self.proc)
         self.proc = None
         self.socket.unlink(missing_ok=True)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import signal
 import socket
 import subprocess
 from pathlib import Path
 
 from .dns import Answer, dig
+from .proc import terminate
 from .wait import until
 
 
@@ -63,11 +63,5 @@ class Dnsmasq:
         return [int(m.group(1)) for m in pat.finditer(self.log.read_text())]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None

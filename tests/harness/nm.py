@@ -34,6 +34,7 @@ from .dbus import SystemBus
 from .dns import Answer, dig
 from .isolation import isolated
 from .netns import NetNS, add_veth, process_gone, unique_name
+from .proc import terminate
 from .wait import until
 
 NM = "org.freedesktop.NetworkManager"
@@ -304,16 +305,7 @@ class NetworkManager:
         NM leaves its dnsmasq running (still owning its bus name and pid file),
         and the bus and namespaces stay: the "NM stopped" state.
         """
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
+        rc = terminate(self.proc, timeout=15)
         self.proc = None
         return rc
 
