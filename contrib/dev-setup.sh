@@ -2,23 +2,34 @@
 # Install what namesync needs to run and be tested, then a venv with the project:
 # dnsmasq, dig, iproute2 from the distribution; Python packages from PyPI.
 # Debian/Ubuntu (apt) or Fedora (dnf); run as root. Idempotent.
-#   --test  also what the integration tests run for real: NetworkManager and
-#           dbus-daemon (they only ever run inside the tests' private namespaces).
+#   --test  also what the integration tests run for real: NetworkManager,
+#           dbus-daemon, libvirtd with the LXC driver, Podman (they only ever run
+#           inside the tests' private namespaces), and libvirt-python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deb_pkgs=(dnsmasq-base dnsutils iproute2 python3-venv util-linux)
 rpm_pkgs=(dnsmasq bind-utils iproute python3 util-linux)
 if [ "${1:-}" = "--test" ]; then
-  rpm_pkgs+=(NetworkManager dbus-daemon dbus-tools)
-  deb_pkgs+=(dbus)
-  if dpkg -s network-manager >/dev/null 2>&1 || [ -x /usr/sbin/policy-rc.d ] || [ -n "${CI:-}" ]; then
-    deb_pkgs+=(network-manager)
-  else
-    # Installing it on Debian starts it as the machine's network manager.
-    echo "dev-setup: not installing network-manager (it would start on this machine);" \
-         "the NetworkManager tests will be skipped" >&2
-  fi
+  rpm_pkgs+=(NetworkManager dbus-daemon dbus-tools libvirt-daemon libvirt-daemon-driver-lxc
+             libvirt-daemon-driver-network libvirt-client libvirt-devel pkgconf-pkg-config gcc
+             python3-devel busybox podman netavark aardvark-dns runc conmon)
+  deb_pkgs+=(dbus busybox-static libvirt-clients libvirt-dev pkg-config gcc python3-dev
+             libvirt-daemon libvirt-daemon-driver-lxc podman netavark aardvark-dns runc conmon
+             uidmap catatonit
+             golang-github-containers-common)
+  # These two start a system service on install (network-manager becomes the
+  # machine's network manager; libvirt-daemon-system starts libvirtd with its
+  # default network). Install them only where that cannot happen (policy-rc.d
+  # refuses service starts, as in CI containers) or where they already are.
+  for p in network-manager libvirt-daemon-system; do
+    if dpkg -s "$p" >/dev/null 2>&1 || [ -x /usr/sbin/policy-rc.d ] || [ -n "${CI:-}" ]; then
+      deb_pkgs+=("$p")
+    else
+      echo "dev-setup: not installing $p (it would start on this machine);" \
+           "the tests that need it will be skipped" >&2
+    fi
+  done
 fi
 
 if command -v apt-get >/dev/null; then
@@ -42,3 +53,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+if [ "${1:-}" = "--test" ]; then
+  # libvirt-python is an sdist on PyPI: it builds against libvirt-dev (~6 s).
+  .venv/bin/python -m pip install -q -e '.[libvirt]'
+fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,13 +32,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "integration" in item.keywords:
                 item.add_marker(skip)
-    nm_tools = ("NetworkManager", "dbus-daemon", "nsenter")
-    nm_missing = [t for t in nm_tools if shutil.which(t) is None]
-    if nm_missing:
-        skip_nm = pytest.mark.skip(reason=f"missing {', '.join(nm_missing)}")
-        for item in items:
-            if "networkmanager" in item.keywords:
-                item.add_marker(skip_nm)
+    for marker, needs in _COMPONENT_TOOLS.items():
+        why = _missing(needs)
+        if why:
+            skip_it = pytest.mark.skip(reason=why)
+            for item in items:
+                if marker in item.keywords:
+                    item.add_marker(skip_it)
+
+
+# What each component marker needs: executables, and ("py", module) for Python modules.
+_COMPONENT_TOOLS: dict[str, tuple[str, ...]] = {
+    "networkmanager": ("NetworkManager", "dbus-daemon", "nsenter"),
+    "libvirt": ("libvirtd", "virtlogd", "busybox", "py:libvirt"),
+    "podman": ("podman", "runc", "conmon", "busybox"),
+}
+
+
+def _missing(needs: tuple[str, ...]) -> str | None:
+    missing = []
+    for need in needs:
+        if need.startswith("py:"):
+            if importlib.util.find_spec(need[3:]) is None:
+                missing.append(f"Python module {need[3:]}")
+        elif shutil.which(need) is None:
+            missing.append(need)
+    return f"missing {', '.join(missing)}" if missing else None
 
 
 @pytest.fixture
@@ -51,7 +71,8 @@ def public_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def dnsmasq(public_tmp: Path) -> Iterator[Dnsmasq]:
-    d = Dnsmasq(public_tmp / "dnsmasq", zones=("dns.test", "dns.host")).start()
+    zones = ("dns.test", "dns.host", "dns.libvirt", "dns.podman")
+    d = Dnsmasq(public_tmp / "dnsmasq", zones=zones).start()
     yield d
     d.stop()
 

@@ -18,7 +18,9 @@ from agent.config.schema import (
     DnsmasqConfig,
     HostConfig,
     HostsFileConfig,
+    LibvirtConfig,
     NetworkManagerConfig,
+    PodmanConfig,
     StaticEntry,
 )
 from agent.model.names import InvalidName, parse_fqdn
@@ -44,6 +46,14 @@ def default_socket_path(euid: int | None = None, env: Mapping[str, str] | None =
     if (os.geteuid() if euid is None else euid) == 0 or not env.get("XDG_RUNTIME_DIR"):
         return ControlConfig.socket
     return Path(env["XDG_RUNTIME_DIR"]) / "namesync" / "control.sock"
+
+
+def default_podman_socket(euid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """Rootful Podman's socket for root; the user's own service socket otherwise."""
+    env = os.environ if env is None else env
+    if (os.geteuid() if euid is None else euid) == 0 or not env.get("XDG_RUNTIME_DIR"):
+        return PodmanConfig.socket
+    return Path(env["XDG_RUNTIME_DIR"]) / "podman" / "podman.sock"
 
 
 def embedded_default_text() -> str:
@@ -202,14 +212,67 @@ def _static(doc: Mapping[str, Any], problems: list[str]) -> tuple[StaticEntry, .
     return tuple(entries)
 
 
-def parse_config(text: str, origin: str, *, socket_default: Path | None = None) -> Config:
+def _zone(r: _Reader, key: str, default: str) -> str:
+    raw = r.get(key, str, default)
+    try:
+        return parse_fqdn(raw)
+    except InvalidName as e:
+        r.problems.append(f"{r.key(key)}: {e.reason} (in {raw!r})")
+        return default
+
+
+_LIBVIRT_URI_SCHEMES = ("qemu", "lxc", "test", "xen", "ch", "bhyve", "vz", "libxl")
+
+
+def _libvirt(r: _Reader) -> LibvirtConfig:
+    uris = _strings(r, "uris", LibvirtConfig.uris)
+    if uris is None:
+        uris = LibvirtConfig.uris
+    for i, uri in enumerate(uris):
+        scheme = uri.split(":", 1)[0].split("+", 1)[0]
+        if "://" not in uri or scheme not in _LIBVIRT_URI_SCHEMES:
+            r.problems.append(
+                f"{r.key('uris')}[{i}]: not a libvirt URI such as qemu:///system (in {uri!r})"
+            )
+    if len(set(uris)) != len(uris):
+        r.problems.append(f"{r.key('uris')}: a URI is listed twice")
+    config = LibvirtConfig(
+        enabled=r.get("enabled", bool, True),
+        uris=uris,
+        zone=_zone(r, "zone", LibvirtConfig.zone),
+        guest_hostnames=r.get("guest_hostnames", bool, False),
+        lease_dir=r.path("lease_dir", LibvirtConfig.lease_dir),
+    )
+    r.finish()
+    return config
+
+
+def _podman(r: _Reader, socket_default: Path | None) -> PodmanConfig:
+    config = PodmanConfig(
+        enabled=r.get("enabled", bool, True),
+        socket=r.path("socket", socket_default or PodmanConfig.socket),
+        zone=_zone(r, "zone", PodmanConfig.zone),
+        aardvark_dir=r.path("aardvark_dir", PodmanConfig.aardvark_dir),
+    )
+    r.finish()
+    return config
+
+
+def parse_config(
+    text: str,
+    origin: str,
+    *,
+    socket_default: Path | None = None,
+    podman_socket_default: Path | None = None,
+) -> Config:
     """Parse TOML text; raise ConfigError listing every problem found."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(origin, [f"TOML syntax: {e}"]) from None
     problems: list[str] = []
-    known = {"daemon", "control", "dnsmasq", "hosts_file", "networkmanager", "host", "static"}
+    known = {"daemon", "control", "dnsmasq", "hosts_file", "networkmanager", "host", "static",
+             "libvirt", "podman"}
     for extra in sorted(set(doc) - known):
         problems.append(f"{extra}: unknown section or key")
 
@@ -270,6 +333,9 @@ def parse_config(text: str, origin: str, *, socket_default: Path | None = None) 
     )
     t.finish()
 
+    libvirt = _libvirt(_table(doc, "libvirt", problems))
+    podman = _podman(_table(doc, "podman", problems), podman_socket_default)
+
     h = _table(doc, "hosts_file", problems)
     hosts_file = HostsFileConfig(
         enabled=h.get("enabled", bool, True),
@@ -287,6 +353,8 @@ def parse_config(text: str, origin: str, *, socket_default: Path | None = None) 
         hosts_file=hosts_file,
         networkmanager=networkmanager,
         host=host,
+        libvirt=libvirt,
+        podman=podman,
         static=static,
         origin=origin,
     )
@@ -309,4 +377,9 @@ def load_config(path: Path | None, *, socket_default: Path | None = None) -> Con
         text, origin = embedded_default_text(), EMBEDDED
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(str(target), [f"cannot read: {e}"]) from None
-    return parse_config(text, origin, socket_default=socket_default or default_socket_path())
+    return parse_config(
+        text,
+        origin,
+        socket_default=socket_default or default_socket_path(),
+        podman_socket_default=default_podman_socket(),
+    )

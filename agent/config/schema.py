@@ -9,6 +9,7 @@ from agent.model.record import Address
 
 DEFAULT_SYSTEM_CONFIG = Path("/etc/namesync/config.toml")
 DEFAULT_SYSTEM_SOCKET = Path("/run/namesync/control.sock")
+DEFAULT_PODMAN_SOCKET = Path("/run/podman/podman.sock")
 
 
 class ConfigError(Exception):
@@ -66,6 +67,31 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class LibvirtConfig:
+    # Domains on these hypervisor connections get `<domain>.<zone>`; lxc:///system
+    # works the same way. One read-only connection per URI.
+    enabled: bool = True
+    uris: tuple[str, ...] = ("qemu:///system",)
+    zone: str = "dns.libvirt"
+    # The guest's own DHCP hostname is guest-controlled: only ever published as
+    # `<hostname>.guest.<zone>`, and only when this is on.
+    guest_hostnames: bool = False
+    # libvirt's per-network dnsmasq writes `<bridge>.status` lease files here.
+    lease_dir: Path = Path("/var/lib/libvirt/dnsmasq")
+
+
+@dataclass(frozen=True)
+class PodmanConfig:
+    # Containers of the Podman service on this socket get `<name>.<zone>`.
+    enabled: bool = True
+    socket: Path = DEFAULT_PODMAN_SOCKET
+    zone: str = "dns.podman"
+    # netavark writes one file per DNS-enabled network here before `podman run`
+    # returns: the fast path, ahead of the (polled) event stream.
+    aardvark_dir: Path = Path("/run/containers/networks/aardvark-dns")
+
+
+@dataclass(frozen=True)
 class HostsFileConfig:
     enabled: bool = True
     path: Path = Path("/etc/hosts")
@@ -85,6 +111,8 @@ class Config:
     hosts_file: HostsFileConfig = field(default_factory=HostsFileConfig)
     networkmanager: NetworkManagerConfig = field(default_factory=NetworkManagerConfig)
     host: HostConfig = field(default_factory=HostConfig)
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+    podman: PodmanConfig = field(default_factory=PodmanConfig)
     static: tuple[StaticEntry, ...] = ()
     # Where this config was read from ("<embedded default>" when no file exists).
     origin: str = "<embedded default>"

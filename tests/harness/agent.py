@@ -19,9 +19,11 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
                 hosts_file: Path | None, static: dict[str, list[str]] | None = None,
                 coalesce_ms: int = 20, extra: str = "", host: str | None = None,
                 dnsmasq_extra: str = "",
-                networkmanager: str | None = None) -> str:
-    """A config for the test agent. ``host``/``networkmanager``: the body of those
-    sections; None disables them (no netlink/D-Bus unless a test asks)."""
+                networkmanager: str | None = None, libvirt: str | None = None,
+                podman: str | None = None) -> str:
+    """A config for the test agent. ``host``/``networkmanager``/``libvirt``/``podman``:
+    the body of those sections; None disables them (no netlink, D-Bus, libvirtd or
+    Podman unless a test asks)."""
     lines = ["[daemon]", f"coalesce_ms = {coalesce_ms}", 'log_level = "debug"',
              "[control]", f'socket = "{socket}"', "[dnsmasq]"]
     if addn_hosts is None:
@@ -38,6 +40,8 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
     off = "enabled = false"
     lines += ["[host]", host if host is not None else off]
     lines += ["[networkmanager]", networkmanager if networkmanager is not None else off]
+    lines += ["[libvirt]", libvirt if libvirt is not None else off]
+    lines += ["[podman]", podman if podman is not None else off]
     return "\n".join(lines) + "\n" + extra
 
 
