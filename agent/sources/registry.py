@@ -7,6 +7,7 @@ from collections.abc import Callable
 from agent.config.schema import Config
 from agent.sources.base import Source
 from agent.sources.host_addresses import HostAddressSource
+from agent.sources.libvirt.source import LibvirtSource
 from agent.sources.static import StaticSource
 
 SourceFactory = Callable[[Config], list[Source]]
@@ -15,6 +16,7 @@ SourceFactory = Callable[[Config], list[Source]]
 SOURCE_FACTORIES: tuple[SourceFactory, ...] = (
     StaticSource.from_config,
     HostAddressSource.from_config,
+    LibvirtSource.from_config,
 )
 
 

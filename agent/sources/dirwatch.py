@@ -1,0 +1,74 @@
+"""Watch a directory that may not exist yet, level-triggered.
+
+Daemons (libvirt's lease helper, netavark) create their state directories
+lazily and replace files in them by rename. This yields the name of every
+file that was written, renamed in or removed, and ``RESCAN`` whenever the
+caller must re-read the whole directory: at start, when the directory
+appears or is replaced, and when the kernel's queue overflowed. No polling:
+while the directory is missing, the nearest existing ancestor is watched for
+the next path component to appear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+
+from asyncinotify import Inotify, Mask, Watch
+
+RESCAN: Final = ""
+
+_FILE_EVENTS = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.DELETE | Mask.CREATE
+_SELF_GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED | Mask.UNMOUNT
+_APPEAR = Mask.CREATE | Mask.MOVED_TO
+
+
+def _nearest_existing(path: Path) -> Path:
+    candidate = path
+    while not candidate.is_dir() and candidate != candidate.parent:
+        candidate = candidate.parent
+    return candidate
+
+
+async def watch_dir(path: Path) -> AsyncIterator[str]:
+    """Yield changed file names in ``path`` (no directories), or RESCAN."""
+    with Inotify() as inotify:
+        while True:
+            base = _nearest_existing(path)
+            if base == path:
+                watch = inotify.add_watch(path, _FILE_EVENTS | _SELF_GONE | Mask.ONLYDIR)
+                # Anything written before the watch existed is seen by this rescan.
+                yield RESCAN
+                async for event in inotify:
+                    if event.mask & Mask.Q_OVERFLOW:
+                        yield RESCAN
+                        continue
+                    if event.watch is not watch:
+                        continue
+                    if event.mask & _SELF_GONE:
+                        break
+                    if event.name is not None and not event.mask & Mask.ISDIR:
+                        yield str(event.name)
+                _forget(inotify, watch)
+                # The directory went away: whatever was in it is gone too.
+                yield RESCAN
+                continue
+            watch = inotify.add_watch(base, _APPEAR | _SELF_GONE | Mask.ONLYDIR)
+            # The next component may have appeared between the check and the watch.
+            if _nearest_existing(path) == base:
+                async for event in inotify:
+                    if event.watch is not watch:
+                        continue
+                    if event.mask & (_SELF_GONE | Mask.Q_OVERFLOW):
+                        break
+                    if event.mask & Mask.ISDIR or event.mask & Mask.MOVED_TO:
+                        break
+            _forget(inotify, watch)
+
+
+def _forget(inotify: Inotify, watch: Watch) -> None:
+    # Already removed by the kernel (IN_IGNORED) when the directory went away.
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        inotify.rm_watch(watch)

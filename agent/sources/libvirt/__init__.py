@@ -1,0 +1,1 @@
+"""libvirt domains as names: ``<domain>.<zone>`` from lifecycle events and DHCP leases."""
