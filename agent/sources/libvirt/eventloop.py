@@ -29,6 +29,19 @@ class ThreadSafeAsyncIOImpl(libvirtaio.virEventAsyncIOImpl):  # type: ignore[mis
         self._lock = threading.Lock()
         self._queued: collections.deque[Callable[[], object]] = collections.deque()
 
+    def retarget(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve a new loop after the old one closed (its watches died with it)."""
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        self.descriptors.clear()
+        for callback in self.callbacks.values():
+            if isinstance(callback, libvirtaio.FDCallback):
+                callback.descriptor = self.descriptors[callback.descriptor.fd]
+                callback.descriptor.add_handle(callback)
+            elif isinstance(callback, libvirtaio.TimeoutCallback):
+                callback._task = None
+                callback.update(timeout=callback.timeout)
+
     # -- ordering: hook calls run in the order libvirt made them, whatever the thread
 
     def _on_loop(self) -> bool:
@@ -103,15 +116,21 @@ class ThreadSafeAsyncIOImpl(libvirtaio.virEventAsyncIOImpl):  # type: ignore[mis
 def ensure_event_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Register the implementation for ``loop`` before any connection is opened.
 
-    libvirt keeps one event implementation per process; the daemon runs one
-    loop for its whole life, so this registers once. A new loop (tests that
-    run several) replaces it.
+    libvirt accepts one event implementation per process, ever. The daemon
+    runs one loop for its whole life; a later loop (tests run several, one
+    after another) takes over the registered implementation once the earlier
+    loop is closed.
     """
     # libvirt prints every error to stderr by default; namesync logs the ones
     # that matter, with context, and handles the rest (a domain gone meanwhile).
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     current = libvirtaio.getCurrentImpl()
-    if isinstance(current, ThreadSafeAsyncIOImpl) and current.loop is loop:
+    if isinstance(current, ThreadSafeAsyncIOImpl):
+        if current.loop is loop:
+            return
+        if not current.loop.is_closed():
+            raise RuntimeError("libvirt's event loop is bound to another running asyncio loop")
+        current.retarget(loop)
         return
     impl = ThreadSafeAsyncIOImpl(loop)
     impl.register()
