@@ -322,3 +322,55 @@ def test_default_paths_for_root_and_users() -> None:
     assert default_socket_path(euid=0, env={"XDG_RUNTIME_DIR": "/run/user/0"}) == Path(
         "/run/namesync/control.sock"
     )
+
+
+def test_libvirt_and_podman_sections_parse_to_typed_values() -> None:
+    cfg = parse_config(
+        """
+        [libvirt]
+        uris = ["qemu:///system", "lxc:///system"]
+        zone = "VM.Internal"
+        guest_hostnames = true
+        lease_dir = "/srv/leases"
+        [podman]
+        socket = "/run/user/1000/podman/podman.sock"
+        zone = "ctr.internal"
+        aardvark_dir = "/run/user/1000/containers/networks/aardvark-dns"
+        """,
+        "x",
+    )
+    assert cfg.libvirt.uris == ("qemu:///system", "lxc:///system")
+    assert cfg.libvirt.zone == "vm.internal"
+    assert cfg.libvirt.guest_hostnames is True
+    assert cfg.libvirt.lease_dir == Path("/srv/leases")
+    assert cfg.podman.socket == Path("/run/user/1000/podman/podman.sock")
+    assert cfg.podman.zone == "ctr.internal"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[libvirt]\nuris = ["/var/run/libvirt"]\n',
+     "libvirt.uris[0]: not a libvirt URI such as qemu:///system (in '/var/run/libvirt')"),
+    ('[libvirt]\nuris = ["qemu:///system", "qemu:///system"]\n',
+     "libvirt.uris: a URI is listed twice"),
+    ('[libvirt]\nuris = "qemu:///system"\n', "libvirt.uris: expected list, got str"),
+    ('[libvirt]\nzone = "dns..libvirt"\n', "libvirt.zone: empty label (in 'dns..libvirt')"),
+    ('[libvirt]\nguest_hostnames = "yes"\n',
+     "libvirt.guest_hostnames: expected bool, got str 'yes'"),
+    ('[libvirt]\nlease_dir = "leases"\n', "libvirt.lease_dir: must be an absolute path"),
+    ('[libvirt]\nuri = "qemu:///system"\n', "libvirt.uri: unknown key"),
+    ('[podman]\nsocket = "podman.sock"\n', "podman.socket: must be an absolute path"),
+    ('[podman]\nzone = "-bad.zone"\n', "podman.zone: label '-bad' must be letters, digits and"),
+])
+def test_libvirt_and_podman_problems_name_their_key(text: str, expected: str) -> None:
+    assert only_problem(text).startswith(expected)
+
+
+def test_podman_socket_default_is_per_user_for_users() -> None:
+    assert load.default_podman_socket(euid=0, env={"XDG_RUNTIME_DIR": "/run/user/0"}) == Path(
+        "/run/podman/podman.sock"
+    )
+    assert load.default_podman_socket(
+        euid=1000, env={"XDG_RUNTIME_DIR": "/run/user/1000"}
+    ) == Path("/run/user/1000/podman/podman.sock")
+    user = Path("/run/user/1000/podman/podman.sock")
+    assert parse_config("", "x", podman_socket_default=user).podman.socket == user

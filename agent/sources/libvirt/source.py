@@ -315,25 +315,29 @@ class LibvirtSource(Source):
         if not lease_dir.is_dir():
             # Nothing to read yet; the watcher follows the directory into existence.
             self._leases_read.set()
-        async for name in watch_dir(lease_dir):
-            if name == RESCAN:
-                found = await asyncio.to_thread(_read_lease_dir, lease_dir)
-                changed = False
-                for gone in set(self._lease_files) - set(found):
-                    del self._lease_files[gone]
-                    changed = True
-                for each, result in sorted(found.items(), key=lambda kv: kv[0]):
-                    changed |= self._apply_lease_file(lease_dir, each, result)
-                self._leases_read.set()
-            else:
-                bridge = bridge_of(name)
-                if bridge is None:
-                    continue
-                one = await asyncio.to_thread(_read_lease_file, lease_dir, bridge)
-                changed = self._apply_lease_file(lease_dir, bridge, one)
-            if changed:
-                self.saw_event()
-                self._publish()
+        async with contextlib.aclosing(watch_dir(lease_dir)) as changes:
+            async for name in changes:
+                await self._lease_change(lease_dir, name)
+
+    async def _lease_change(self, lease_dir: Path, name: str) -> None:
+        if name == RESCAN:
+            found = await asyncio.to_thread(_read_lease_dir, lease_dir)
+            changed = False
+            for gone in set(self._lease_files) - set(found):
+                del self._lease_files[gone]
+                changed = True
+            for each, result in sorted(found.items(), key=lambda kv: kv[0]):
+                changed |= self._apply_lease_file(lease_dir, each, result)
+            self._leases_read.set()
+        else:
+            bridge = bridge_of(name)
+            if bridge is None:
+                return
+            one = await asyncio.to_thread(_read_lease_file, lease_dir, bridge)
+            changed = self._apply_lease_file(lease_dir, bridge, one)
+        if changed:
+            self.saw_event()
+            self._publish()
 
     def _apply_lease_file(self, lease_dir: Path, bridge: str, result: _LeaseRead) -> bool:
         """Take in one file's reading; True if the view (or its problem) changed."""
