@@ -12,7 +12,7 @@ the next path component to appear.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Final
 
@@ -32,7 +32,7 @@ def _nearest_existing(path: Path) -> Path:
     return candidate
 
 
-async def watch_dir(path: Path) -> AsyncIterator[str]:
+async def watch_dir(path: Path) -> AsyncGenerator[str, None]:
     """Yield changed file names in ``path`` (no directories), or RESCAN."""
     with Inotify() as inotify:
         while True:
