@@ -10,7 +10,7 @@ Everything lives inside the test session's private mount + network namespace
     /run/libvirt, /run/libvirtd.pid, /run/virtlogd.pid       on the session's /run
     bridges nsvirbrN with 10.213.N.0/24, libvirt's dnsmasq   in the session's netns
     WORKDIR/guests/NAME/root     a guest's rootfs: static busybox, /init.sh, and
-                                 /harness/ (init.log, events, udhcpc pid files)
+                                 /harness/ (init.log, events, udhcpc.script)
 
 libvirtd and virtlogd run in the foreground as the test's own children (not
 ``-d``), so their pid is exact (checked against /run/libvirtd.pid), stop/kill
@@ -25,10 +25,10 @@ controller; those survive a libvirtd restart (LXC guests keep running, their
 domain ID is the controller's pid) and are found again by pid for teardown.
 Guests' cgroups go under a per-session partition, /nsync-PID (directory
 nsync-PID.partition in each hierarchy, made by the harness: libvirt creates
-only its default /machine). Without it two test sessions, or a test guest and
-one of the machine's containers with the same name, would share
-/machine/NAME.libvirt-lxc, and destroying one kills every task in it. cgroupfs
-is the machine's, not private: teardown removes the partition again.
+only its default /machine, never a custom partition). cgroupfs is the
+machine's, not private: with our own partition, membership tells which
+processes are this session's guests, and teardown removes exactly the cgroups
+it made instead of touching /machine, which the machine's own libvirt may use.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -345,8 +346,9 @@ class Guest:
         self.name = name
         self.nics = list(nics)
         self.networks = [daemon.network_named(n.network) for n in self.nics]
-        self.dhcp_hostname = (dhcp_hostname if dhcp_hostname is not None else name) \
-            if send_hostname else None
+        self.dhcp_hostname: str | None = None
+        if send_hostname:
+            self.dhcp_hostname = dhcp_hostname if dhcp_hostname is not None else name
         self.memory_mib = memory_mib
         self.dir = daemon.dir / "guests" / name
         self.root = self.dir / "root"
@@ -525,15 +527,21 @@ class Guest:
         except FileNotFoundError:
             return []
 
+    def _events_of(self, nic: int) -> list[tuple[str, str]]:
+        """(event, ip) pairs udhcpc logged for eth<nic>, oldest first."""
+        out = []
+        for line in self.events():
+            event, iface, ip = ([*line.split(), "", ""])[:3]
+            if iface == f"eth{nic}":
+                out.append((event, ip))
+        return out
+
     def bound_address(self, nic: int = 0) -> str | None:
         """The address udhcpc last configured on eth<nic> (None after a release)."""
-        addr = None
-        for line in self.events():
-            event, _, rest = line.partition(" ")
-            iface, _, ip = rest.partition(" ")
-            if iface == f"eth{nic}":
-                addr = ip.strip() or None if event in ("bound", "renew") else None
-        return addr
+        events = self._events_of(nic)
+        if not events or events[-1][0] not in ("bound", "renew"):
+            return None
+        return events[-1][1] or None
 
     # --- inside the guest ---
 
@@ -576,10 +584,13 @@ class Guest:
               what=f"{self.name} to configure {old} on {iface}")
         want = new_ip or net.free_address(exclude=[old])
         pid = until(lambda: self.udhcpc_pid(nic), timeout=timeout, what=f"udhcpc on {iface}")
-        released = sum(1 for e in self.events() if e.startswith(f"deconfig {iface}"))
+        def releases() -> int:
+            return sum(1 for event, _ in self._events_of(nic) if event == "deconfig")
+
+        before = releases()
         os.kill(pid, signal.SIGUSR2)
-        until(lambda: sum(1 for e in self.events() if e.startswith(f"deconfig {iface}"))
-              > released, timeout=timeout, what=f"udhcpc on {iface} to release {old}")
+        until(lambda: releases() > before, timeout=timeout,
+              what=f"udhcpc on {iface} to release {old}")
         os.kill(pid, signal.SIGTERM)
         until(lambda: process_gone(pid), timeout=timeout, what=f"udhcpc {pid} to exit")
         self.exec("sh", "-c", self._udhcpc_command(nic, request=want), timeout=timeout)
@@ -613,6 +624,7 @@ class Libvirtd:
         self._ip_forward: str | None = None
         self._template: Path | None = None
         self._counter = itertools.count()
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     # --- lifecycle ---
 
@@ -640,6 +652,7 @@ class Libvirtd:
         self._ip_forward = IP_FORWARD.read_text().strip()
         self._private_config()
         self._make_partition()
+        self._start_reaper()
         for d in (*STATE_DIRS, ETC_DIR):
             if not d.exists():
                 d.mkdir(parents=True)  # only a mountpoint; removed again at teardown
@@ -650,6 +663,25 @@ class Libvirtd:
             self._mounted.append(d)
         subprocess.run(["mount", "--bind", str(self.etc_copy), str(ETC_DIR)], check=True)
         self._mounted.append(ETC_DIR)
+
+    def _start_reaper(self) -> None:
+        """libvirt_reaper.py: cleans up after us if pytest dies without teardown()."""
+        with (self.dir / "reaper.log").open("ab") as log:
+            self._reaper = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("libvirt_reaper.py")),
+                 self.partition.strip("/") + ".partition", str(LEASE_DIR)],
+                stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True)
+
+    def _stop_reaper(self) -> None:
+        """Tell the reaper teardown is done (it exits without touching anything)."""
+        if self._reaper is None:
+            return
+        assert self._reaper.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._reaper.stdin.write(b"done\n")
+            self._reaper.stdin.close()
+        terminate(self._reaper)
+        self._reaper = None
 
     def _private_config(self) -> None:
         """WORKDIR/etc-libvirt: the machine's *.conf and nwfilter/ only.
@@ -887,19 +919,19 @@ class Libvirtd:
         self.networks.clear()
         self.guests.clear()
 
-    def _ours(self, pid: int, daemons: bool) -> str | None:
+    def _ours(self, pid: int, daemons: bool, guest_pidns: set[str]) -> str | None:
         """``comm`` if ``pid`` is a live process this harness is answerable for, else None.
 
-        Only processes in this session's network namespace (or in a guest started
-        here) count: the machine's own libvirt and other test sessions are never
-        listed, let alone killed.
+        Only processes in this session's network namespace or in one of its
+        guests count: the machine's own libvirt and other test sessions are
+        never listed, let alone killed.
         """
         if process_gone(pid):
             return None
         comm = _comm(pid)
         # A guest's processes: in our cgroup partition, or (started by Guest.exec,
         # which does not change cgroups) in the pid namespace of a live guest init.
-        if self._in_partition(pid) or _ns(pid, "pid") in self._guest_pid_namespaces():
+        if self._in_partition(pid) or _ns(pid, "pid") in guest_pidns:
             return comm or "?"
         if _ns(pid, "net") != _ns("self", "net"):
             return None
@@ -924,18 +956,20 @@ class Libvirtd:
         """Live libvirt_lxc controllers, guest processes and libvirt's dnsmasq (and
         libvirtd/virtlogd if ``daemons``) of this session, as "pid comm"."""
         found = []
+        guest_pidns = self._guest_pid_namespaces()
         for pid in _pids():
-            comm = self._ours(pid, daemons)
+            comm = self._ours(pid, daemons, guest_pidns)
             if comm is not None:
                 found.append(f"{pid} {comm}")
         return found
 
     def _kill_strays(self) -> None:
         """Controllers, guests and dnsmasqs still alive after the API cleanup: by pid."""
-        pids = {pid for pid in _pids() if self._ours(pid, daemons=False) is not None}
+        guest_pidns = self._guest_pid_namespaces()
+        pids = {pid for pid in _pids() if self._ours(pid, False, guest_pidns) is not None}
         for pidfile in [*RUN_DIR.glob("lxc/*.pid"), *RUN_DIR.glob("network/*.pid")]:
             pid = _read_pid(pidfile)
-            if pid is not None and self._ours(pid, daemons=False) is not None:
+            if pid is not None and self._ours(pid, False, guest_pidns) is not None:
                 pids.add(pid)
         # What destroy() just stopped may still be on its way out.
         with contextlib.suppress(AssertionError):
@@ -977,6 +1011,7 @@ class Libvirtd:
             for f in (LIBVIRTD_PID_FILE, VIRTLOGD_PID_FILE):
                 f.unlink(missing_ok=True)
         step(self._remove_cgroups)
+        step(self._stop_reaper)
         self.networks.clear()
         self.guests.clear()
         if errors:
