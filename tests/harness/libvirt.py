@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib
 import ipaddress
 import itertools
@@ -507,11 +508,11 @@ class Guest:
         mac = self.macs()[nic]
         net = self.networks[nic]
 
-        def probe() -> str | None:
+        def probe() -> str:
             entry = net.lease_for(mac)
-            got = str(entry["ip-address"]) if entry and "ip-address" in entry else None
-            if got is None or (ip is not None and got != ip) or got == other_than:
-                return None
+            got = str(entry["ip-address"]) if entry and "ip-address" in entry else ""
+            if (ip is not None and got != ip) or got == other_than:
+                return ""
             return got
 
         return until(probe, timeout=timeout,
@@ -583,7 +584,8 @@ class Guest:
         until(lambda: self.bound_address(nic) == old, timeout=timeout,
               what=f"{self.name} to configure {old} on {iface}")
         want = new_ip or net.free_address(exclude=[old])
-        pid = until(lambda: self.udhcpc_pid(nic), timeout=timeout, what=f"udhcpc on {iface}")
+        pid = until(lambda: self.udhcpc_pid(nic) or 0, timeout=timeout,
+                    what=f"udhcpc on {iface}")
         def releases() -> int:
             return sum(1 for event, _ in self._events_of(nic) if event == "deconfig")
 
@@ -1000,8 +1002,11 @@ class Libvirtd:
         if self._ip_forward is not None:
             step(lambda: IP_FORWARD.write_text(self._ip_forward or "0"))
             self._ip_forward = None
+        def umount(path: Path) -> None:
+            subprocess.run(["umount", str(path)], check=True, capture_output=True)
+
         for d in reversed(self._mounted):
-            step(lambda d=d: subprocess.run(["umount", str(d)], check=True, capture_output=True))
+            step(functools.partial(umount, d))
         self._mounted.clear()
         for d in self._made_dirs:
             step(d.rmdir)

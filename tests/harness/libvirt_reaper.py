@@ -18,6 +18,7 @@ test process was in.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -40,6 +41,10 @@ def _read(path: str) -> str:
 def _gone(pid: int) -> bool:
     stat = _read(f"/proc/{pid}/stat")
     return not stat or stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _all_gone(pids: set[int]) -> bool:
+    return all(_gone(p) for p in pids)
 
 
 def _targets(partition: str, lease_dir: str) -> set[int]:
@@ -71,7 +76,7 @@ def reap(partition: str, lease_dir: str) -> None:
                 os.kill(pid, signal.SIGKILL)
         # Unkillable (D state) after 10 s: its cgroup's rmdir fails below; nothing more to do.
         with contextlib.suppress(Timeout):
-            until(lambda pids=pids: all(_gone(p) for p in pids), timeout=10)
+            until(functools.partial(_all_gone, pids), timeout=10)
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
         top = hierarchy / partition
         if not top.is_dir():
