@@ -214,7 +214,8 @@ class Network:
 
     def __init__(self, daemon: Libvirtd, name: str, bridge: str, subnet: str,
                  lease_minutes: int | None = None, domain: str | None = None,
-                 forward: str | None = "nat") -> None:
+                 forward: str | None = "nat",
+                 dhcp_range: tuple[str, str] | None = None) -> None:
         self.daemon = daemon
         self.name = name
         self.bridge = bridge
@@ -223,7 +224,7 @@ class Network:
         self.gateway = str(hosts[0])
         # DHCP hands out .100-.199 of a /24 (or the upper half of other sizes).
         lo = min(99, len(hosts) // 2)
-        self.range = (str(hosts[lo]), str(hosts[min(lo + 99, len(hosts) - 1)]))
+        self.range = dhcp_range or (str(hosts[lo]), str(hosts[min(lo + 99, len(hosts) - 1)]))
         self.lease_minutes = lease_minutes
         self.domain = domain
         self.forward = forward
@@ -819,17 +820,20 @@ class Libvirtd:
     def network(self, name: str | None = None, *, bridge: str | None = None,
                 subnet: str | None = None, lease_minutes: int | None = None,
                 domain: str | None = None, forward: str | None = "nat",
+                dhcp_range: tuple[str, str] | None = None,
                 persistent: bool = True, start: bool = True) -> Network:
         """Define (if persistent) and start a NAT network; defaults are unique per session:
         nsnetN on bridge nsvirbrN with 10.213.N.0/24, DHCP .100-.199, 1 h leases.
 
         ``lease_minutes``: libvirt >= 6.3 puts <lease expiry=.../> in the range; it
-        rejects anything under 2 minutes, and 0 means infinite.
+        rejects anything under 2 minutes, and 0 means infinite ("expiry-time": 0).
+        ``forward=None``: an isolated network (no NAT rules, ip_forward untouched).
+        ``dhcp_range``: (first, last) address instead of .100-.199.
         """
         n = next(self._counter) % 250
         net = Network(self, name or f"nsnet{n}", bridge or f"nsvirbr{n}",
                       subnet or f"10.213.{n}.0/24", lease_minutes=lease_minutes,
-                      domain=domain, forward=forward)
+                      domain=domain, forward=forward, dhcp_range=dhcp_range)
         self.networks[net.name] = net
         if persistent:
             net.define()
