@@ -1,0 +1,140 @@
+"""How fast a libvirt guest's name follows its lease, and vanishes on destroy.
+
+Run as root from the repo root:  .venv/bin/python bench/libvirt_latency.py
+
+Inside a private mount + network namespace (as the tests are) it starts a real
+dnsmasq, a private libvirtd (LXC driver) with a NAT network, and the real
+namesync-agent watching lxc:///system. Then, for each of N busybox LXC guests
+(default 20), one at a time:
+
+* lease -> answer: from the moment the guest's lease is in libvirt's
+  ``<bridge>.status`` file (the file is stat()ed every 100 us and read when it
+  changes, so this clock starts within ~0.1 ms of the rename) until dnsmasq
+  answers ``<guest>.dns.libvirt`` with the leased address;
+* destroy -> NXDOMAIN: from ``virDomainDestroy()`` returning (the guest is
+  stopped; its lease stays in the file) until dnsmasq answers NXDOMAIN.
+
+dnsmasq is asked over UDP, one query in flight, 100 us apart. Both include
+namesync's coalescing window ([daemon] coalesce_ms, default 20 ms): run with
+--coalesce-ms 0 to see the pipeline's own latency. Everything started is
+stopped by pid on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.dnspoll import Poller, p95, wait_nxdomain
+from bench.reload_latency import bench_root
+from tests.harness.agent import Agent, toml_config
+from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.isolation import enter_private_namespaces
+from tests.harness.libvirt import Libvirtd, lease_file
+
+ZONE = "dns.libvirt"
+
+
+def lease_seen(path: Path, mac: str, timeout: float) -> tuple[float, str]:
+    """Monotonic time at which ``path`` first holds a lease for ``mac``, and its address."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        if key is not None and key != last:
+            last = key
+            at = time.monotonic()
+            try:
+                entries = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                entries = []
+            for e in entries:
+                if e.get("mac-address") == mac and e.get("expiry-time", 0) > time.time():
+                    return at, str(e["ip-address"])
+        time.sleep(0.0001)
+    raise TimeoutError(f"no lease for {mac} in {path} within {timeout}s")
+
+
+def summary(label: str, xs: list[float]) -> str:
+    return (f"  {label:<31} median {statistics.median(xs):7.1f} ms   p95 {p95(xs):7.1f} ms   "
+            f"min {min(xs):6.1f}   max {max(xs):6.1f}   (n={len(xs)})")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--guests", type=int, default=20)
+    p.add_argument("--coalesce-ms", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=15.0)
+    args = p.parse_args()
+    why = enter_private_namespaces()
+    if why:
+        print(f"libvirt_latency: {why}", file=sys.stderr)
+        return 2
+    for tool in ("dnsmasq", "libvirtd", "virtlogd", "busybox"):
+        if shutil.which(tool) is None:
+            print(f"libvirt_latency: {tool} not found", file=sys.stderr)
+            return 2
+
+    with bench_root() as root:
+        dnsmasq = Dnsmasq(root / "dnsmasq", zones=(ZONE,)).start()
+        daemon = Libvirtd(root / "libvirt")
+        agent = Agent(root / "agent")
+        try:
+            daemon.start()
+            net = daemon.network()
+            agent.set_config(toml_config(
+                socket=agent.socket, addn_hosts=dnsmasq.addn_hosts, pid_file=dnsmasq.pid_file,
+                hosts_file=None, coalesce_ms=args.coalesce_ms,
+                libvirt='uris = ["lxc:///system"]'))
+            agent.start()
+            version = daemon.conn().getLibVersion()
+            print(f"namesync libvirt latency: libvirt {version // 1000000}.{version // 1000 % 1000}"
+                  f"; Python {platform.python_version()}; {os.cpu_count()} CPUs; "
+                  f"{args.guests} LXC guests, one at a time; coalesce_ms = {args.coalesce_ms}")
+            poller = Poller(dnsmasq.port, 0.0001)
+            status = lease_file(net.bridge)
+            to_answer: list[float] = []
+            to_nxdomain: list[float] = []
+            destroy_call: list[float] = []
+            guests = []
+            for i in range(args.guests):
+                guest = daemon.guest(f"bench{i}", [net], start=False)
+                mac = guest.macs()[0]
+                guest.start()
+                at, ip = lease_seen(status, mac, args.timeout)
+                answered = poller.wait_for(f"bench{i}.{ZONE}", ip, args.timeout)
+                to_answer.append((answered - at) * 1000)
+                guests.append(guest)
+            for i, guest in enumerate(guests):
+                t0 = time.monotonic()
+                guest.obj().destroy()
+                t1 = time.monotonic()
+                gone = wait_nxdomain(poller, f"bench{i}.{ZONE}", args.timeout)
+                destroy_call.append((t1 - t0) * 1000)
+                to_nxdomain.append((gone - t1) * 1000)
+            poller.close()
+            print(summary("lease in file -> answer", to_answer))
+            print(summary("destroy() returned -> NXDOMAIN", to_nxdomain))
+            print(summary("(destroy() call itself)", destroy_call))
+        finally:
+            agent.stop()
+            daemon.teardown()
+            dnsmasq.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
