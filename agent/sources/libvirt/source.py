@@ -29,7 +29,7 @@ from agent.model.record import Address
 from agent.sources.base import SnapshotSink, Source
 from agent.sources.dirwatch import RESCAN, watch_dir
 from agent.sources.libvirt import client
-from agent.sources.libvirt.domain_xml import Domain, DomainXMLError
+from agent.sources.libvirt.domain_xml import Domain, DomainXMLError, Nic
 from agent.sources.libvirt.leases import (
     Lease,
     LeaseFile,
@@ -302,11 +302,27 @@ class LibvirtSource(Source):
             if not dom.active:
                 continue
             for nic in dom.nics:
-                bridge = nic.bridge or (self._bridges.get(nic.network) if nic.network else None)
-                if nic.mac and (bridge, nic.mac) not in leased and nic.kind != "network":
+                if nic.mac and (self._bridge_of(nic), nic.mac) not in leased:
                     out.append(uuid)
                     break
         return out
+
+    def _bridge_of(self, nic: Nic) -> str | None:
+        return nic.bridge or (self._bridges.get(nic.network) if nic.network else None)
+
+    def _drop_superseded_probes(self) -> None:
+        """A NIC that has a lease now is served by it: its probed addresses (taken
+        when it had none) must not come back when that lease expires."""
+        leased = {(x.bridge, x.mac) for leases in self._lease_files.values() for x in leases}
+        for uuid, found in list(self._probed.items()):
+            dom = self._domains.get(uuid)
+            if dom is None:
+                del self._probed[uuid]
+                continue
+            for nic in dom.nics:
+                if nic.mac in found and (self._bridge_of(nic), nic.mac) in leased:
+                    found = {m: a for m, a in found.items() if m != nic.mac}
+            self._probed[uuid] = found
 
     # -- leases
 
@@ -366,6 +382,7 @@ class LibvirtSource(Source):
     def _publish(self) -> None:
         if self._sink is None or not self._listed:
             return
+        self._drop_superseded_probes()
         now = time.time()
         leases = [x for view in self._lease_files.values() for x in view]
         objects, summary = snapshot(
