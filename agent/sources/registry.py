@@ -8,6 +8,7 @@ from agent.config.schema import Config
 from agent.sources.base import Source
 from agent.sources.host_addresses import HostAddressSource
 from agent.sources.libvirt.source import LibvirtSource
+from agent.sources.podman import PodmanSource
 from agent.sources.static import StaticSource
 
 SourceFactory = Callable[[Config], list[Source]]
@@ -16,6 +17,7 @@ SourceFactory = Callable[[Config], list[Source]]
 SOURCE_FACTORIES: tuple[SourceFactory, ...] = (
     StaticSource.from_config,
     HostAddressSource.from_config,
+    PodmanSource.from_config,
     LibvirtSource.from_config,
 )
 

@@ -1,0 +1,411 @@
+"""The fast path: netavark's aardvark-dns config files, parsed and watched.
+
+For every DNS-enabled network with a running container, netavark keeps one
+file named after the network in the aardvark-dns config directory (rootful:
+``/run/containers/networks/aardvark-dns``) and writes a container's line
+*before* ``podman run`` returns, while Podman's (file-backed, polled) event
+stream reports the start up to ~250 ms later. Format, as written by netavark
+1.4 (this machine) and later:
+
+    GATEWAY[,GATEWAY...][ DNSSERVER,...]
+    CONTAINER_ID IPV4[,IPV4...] IPV6[,IPV6...] NAME[,ALIAS...][ DNSSERVER,...]
+
+one line per container, an empty field where a family has no address; the
+names are the container name (the pod name for a pod's infra container), then
+its aliases on that network, including its short id.
+
+These files are a hint, not the truth: inspect stays authoritative (see
+ledger.py). They are read defensively: a file that does not parse contributes
+nothing (the source says so in status and falls back to events for that
+network); a file caught mid-write (netavark appends lines and rewrites in
+place, not by rename) is read again when its writer closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import structlog
+from asyncinotify import Inotify, Mask
+
+from agent.model.record import Address, AddressError, parse_address
+
+from .view import ContainerView, NetworkView
+
+log = structlog.get_logger(component="sources.podman.aardvark")
+
+PID_FILE = "aardvark.pid"  # aardvark-dns's own pid, beside the network files
+LOCK_FILE = "aardvark.lock"  # in the parent directory: netavark holds it while committing
+MAX_FILE_BYTES = 4 << 20  # ~40,000 containers; anything bigger is not netavark's
+_ID = re.compile(r"[0-9a-f]{64}")
+# Podman network names; anything else in the directory is not a network file.
+_NETWORK = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
+
+
+class AardvarkFormatError(ValueError):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+class Incomplete(Exception):
+    """The file is being written (empty, or its last line has no newline yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    container_id: str
+    ipv4: tuple[IPv4Address, ...]
+    ipv6: tuple[IPv6Address, ...]
+    names: tuple[str, ...]  # container (or pod) name first, then aliases
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkFile:
+    network: str
+    gateways: tuple[Address, ...]
+    entries: tuple[Entry, ...]
+
+
+def _addresses(text: str, line: int, what: str) -> list[Address]:
+    if not text:
+        return []
+    out = []
+    for raw in text.split(","):
+        try:
+            out.append(parse_address(raw))
+        except AddressError as e:
+            raise AardvarkFormatError(line, f"{what}: {e.reason} (in {raw!r})") from None
+    return out
+
+
+def _v4(addr: Address, line: int) -> IPv4Address:
+    if not isinstance(addr, IPv4Address):
+        raise AardvarkFormatError(line, f"IPv6 address {addr} in the IPv4 field")
+    return addr
+
+
+def _v6(addr: Address, line: int) -> IPv6Address:
+    if not isinstance(addr, IPv6Address):
+        raise AardvarkFormatError(line, f"IPv4 address {addr} in the IPv6 field")
+    return addr
+
+
+def _names(text: str, line: int) -> tuple[str, ...]:
+    names = tuple(text.split(","))
+    if not text or any(not n for n in names):
+        raise AardvarkFormatError(line, f"empty name in {text!r}")
+    return names
+
+
+def parse_network_file(network: str, data: bytes) -> NetworkFile:
+    """Parse one network's file; raises AardvarkFormatError or Incomplete."""
+    if len(data) > MAX_FILE_BYTES:
+        raise AardvarkFormatError(0, f"file is {len(data)} bytes, more than {MAX_FILE_BYTES}")
+    if not data or not data.endswith(b"\n"):
+        raise Incomplete()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AardvarkFormatError(data[: e.start].count(b"\n") + 1, "not UTF-8") from None
+    lines = text[:-1].split("\n")
+    for i, line in enumerate(lines, 1):
+        if not line.isprintable():
+            raise AardvarkFormatError(i, "control character")
+    head = lines[0].split(" ")
+    if len(head) > 2:
+        raise AardvarkFormatError(1, f"expected GATEWAYS [DNS_SERVERS], got {len(head)} fields")
+    gateways = _addresses(head[0], 1, "gateway")
+    if not gateways:
+        raise AardvarkFormatError(1, "no gateway")
+    if len(head) == 2:
+        _addresses(head[1], 1, "DNS server")
+    entries: dict[str, Entry] = {}
+    for i, line in enumerate(lines[1:], 2):
+        fields = line.split(" ")
+        if len(fields) not in (4, 5):
+            raise AardvarkFormatError(
+                i, f"expected ID IPV4S IPV6S NAMES [DNS_SERVERS], got {len(fields)} fields")
+        cid, v4, v6, names = fields[:4]
+        if not _ID.fullmatch(cid):
+            raise AardvarkFormatError(i, f"not a container id: {cid[:80]!r}")
+        ipv4 = tuple(_v4(a, i) for a in _addresses(v4, i, "IPv4"))
+        ipv6 = tuple(_v6(a, i) for a in _addresses(v6, i, "IPv6"))
+        if len(fields) == 5:
+            _addresses(fields[4], i, "DNS server")
+        entry = Entry(cid, ipv4, ipv6, _names(names, i))
+        old = entries.get(cid)
+        if old is not None:  # one line per interface/subnet in some versions: merge
+            entry = Entry(cid, old.ipv4 + entry.ipv4, old.ipv6 + entry.ipv6,
+                          old.names + tuple(n for n in entry.names if n not in old.names))
+        entries[cid] = entry
+    return NetworkFile(network, tuple(gateways), tuple(entries.values()))
+
+
+def container_views(files: Iterable[NetworkFile]) -> dict[str, ContainerView]:
+    """What the files say each container publishes, in the terms inspect uses."""
+    names: dict[str, str] = {}
+    nets: dict[str, list[NetworkView]] = {}
+    for f in sorted(files, key=lambda f: f.network):
+        for e in f.entries:
+            names.setdefault(e.container_id, e.names[0])
+            nets.setdefault(e.container_id, []).append(
+                NetworkView(f.network, (*e.ipv4, *e.ipv6), e.names[1:]))
+    return {cid: ContainerView(cid, names[cid], tuple(nets[cid])) for cid in sorted(names)}
+
+
+# --- reading the directory ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the directory says now."""
+
+    views: Mapping[str, ContainerView] = field(default_factory=dict)
+    # network -> why its file is not used; those networks fall back to events.
+    problems: Mapping[str, str] = field(default_factory=dict)
+
+
+_Missing = None  # the file is gone
+_Outcome = NetworkFile | str | Incomplete | None  # str: why it does not parse
+
+
+def _is_network_file(name: str) -> bool:
+    return name != PID_FILE and _NETWORK.fullmatch(name) is not None
+
+
+LOCK_WAIT_S = 1.0
+
+
+@contextlib.contextmanager
+def _commit_lock(directory: Path) -> Iterator[None]:
+    """netavark's commit lock, shared: no reading a file while a commit appends to it.
+
+    Best effort: without a lock file (another netavark version), or if someone
+    holds it far longer than a commit takes, read anyway; a partial last line
+    is still recognised, and the writer's close brings another read.
+    """
+    try:
+        fd = os.open(directory.parent / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)  # a commit takes well under a millisecond
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_one(path: Path) -> _Outcome:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _Missing
+    except OSError as e:
+        return f"cannot open: {os.strerror(e.errno or errno.EIO)}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+        data = b""
+        while len(data) <= MAX_FILE_BYTES and (chunk := os.read(fd, 1 << 16)):
+            data += chunk
+    except OSError as e:
+        return f"cannot read: {os.strerror(e.errno or errno.EIO)}"
+    finally:
+        os.close(fd)
+    try:
+        return parse_network_file(path.name, data)
+    except Incomplete as e:
+        return e
+    except AardvarkFormatError as e:
+        return str(e)
+
+
+def read_files(directory: Path, names: Iterable[str] | None) -> dict[str, _Outcome]:
+    """Read the named network files (None: every one there is). Blocking: run in a thread."""
+    with _commit_lock(directory):
+        if names is None:
+            try:
+                names = [n for n in os.listdir(directory) if _is_network_file(n)]
+            except OSError:
+                return {}
+        return {n: _read_one(directory / n) for n in names if _is_network_file(n)}
+
+
+# --- watching -----------------------------------------------------------------
+
+_DIR_EVENTS = (Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.DELETE | Mask.CREATE
+               | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR | Mask.EXCL_UNLINK)
+_ANCESTOR_EVENTS = (Mask.CREATE | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
+                    | Mask.ONLYDIR)
+
+
+class AardvarkWatcher:
+    """Follows the directory with inotify and reports a new Snapshot on every change.
+
+    The directory may not exist yet (no DNS-enabled network has had a running
+    container since boot), may appear later, and may be removed: until it
+    exists the watcher watches its nearest existing ancestor for the next path
+    component, never creating anything in Podman's tree itself.
+    """
+
+    def __init__(self, directory: Path, on_change: Callable[[Snapshot], None]) -> None:
+        self.directory = directory
+        self.on_change = on_change
+        self.present = False
+        self._files: dict[str, NetworkFile] = {}
+        self._problems: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._rescan = False
+        self._kick = asyncio.Event()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(container_views(self._files.values()), dict(self._problems))
+
+    async def run(self) -> None:
+        with Inotify() as ino:
+            reader = asyncio.create_task(self._reader(), name=f"aardvark-read:{self.directory}")
+            try:
+                while True:
+                    await self._follow(ino)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def _follow(self, ino: Inotify) -> None:
+        """Watch the directory until it goes away; or wait for it to appear."""
+        try:
+            watch = ino.add_watch(self.directory, _DIR_EVENTS)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
+            self._set_present(False)
+            await self._await_appearance(ino)
+            return
+        self._set_present(True)
+        while True:
+            ev = await ino.get()
+            if ev.watch is not watch and Mask.Q_OVERFLOW not in ev.mask:
+                continue  # a late event for an ancestor watch already removed
+            if Mask.Q_OVERFLOW in ev.mask:
+                self._rescan = True
+            elif ev.mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
+                with contextlib.suppress(OSError):
+                    ino.rm_watch(watch)
+                self._set_present(False)
+                return
+            elif ev.name is not None:
+                self._dirty.add(str(ev.name))
+            self._kick.set()
+
+    async def _await_appearance(self, ino: Inotify) -> None:
+        ancestor = self.directory.parent
+        while not ancestor.is_dir():
+            ancestor = ancestor.parent
+        try:
+            watch = ino.add_watch(ancestor, _ANCESTOR_EVENTS)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return  # the ancestor went away meanwhile: look again
+            raise
+        try:
+            want = self.directory.relative_to(ancestor).parts[0]
+            # It may have appeared between the failed watch and this one.
+            if (ancestor / want).is_dir():
+                return
+            while True:
+                ev = await ino.get()
+                if ev.watch is not watch:
+                    continue
+                if ev.mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
+                    return
+                if ev.name is not None and str(ev.name) == want:
+                    return
+        finally:
+            with contextlib.suppress(OSError):
+                ino.rm_watch(watch)
+
+    def _set_present(self, present: bool) -> None:
+        if present != self.present:
+            log.debug("aardvark-dns directory", path=str(self.directory), present=present)
+        self.present = present
+        self._rescan = True
+        self._kick.set()
+
+    async def _reader(self) -> None:
+        # One read per wake-up, of everything that changed meanwhile: a burst of
+        # netavark writes costs a few reads, not one per event.
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            rescan, self._rescan = self._rescan, False
+            dirty, self._dirty = self._dirty, set()
+            try:
+                if rescan:
+                    outcomes = await asyncio.to_thread(read_files, self.directory, None)
+                    changed = self._apply_all(outcomes)
+                else:
+                    outcomes = await asyncio.to_thread(read_files, self.directory, dirty)
+                    changed = self._apply(outcomes)
+                if changed:
+                    self.on_change(self.snapshot())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading the aardvark-dns directory failed", path=str(self.directory))
+
+    def _apply_all(self, outcomes: dict[str, _Outcome]) -> bool:
+        changed = False
+        for name in set(self._files) | set(self._problems):
+            if name not in outcomes:
+                changed |= self._forget(name)
+        return self._apply(outcomes) or changed
+
+    def _forget(self, name: str) -> bool:
+        a = self._files.pop(name, None)
+        b = self._problems.pop(name, None)
+        return a is not None or b is not None
+
+    def _apply(self, outcomes: dict[str, _Outcome]) -> bool:
+        changed = False
+        for name, outcome in outcomes.items():
+            if isinstance(outcome, Incomplete):
+                continue  # its writer's close brings another event
+            if outcome is None:
+                changed |= self._forget(name)
+            elif isinstance(outcome, str):
+                if self._problems.get(name) != outcome:
+                    log.warning("aardvark-dns file not understood; that network falls back "
+                                "to Podman events", file=str(self.directory / name),
+                                problem=outcome)
+                    self._problems[name] = outcome
+                    changed = True
+                changed |= self._files.pop(name, None) is not None
+            else:
+                if self._files.get(name) != outcome:
+                    self._files[name] = outcome
+                    changed = True
+                changed |= self._problems.pop(name, None) is not None
+        return changed

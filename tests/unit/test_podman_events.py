@@ -1,0 +1,184 @@
+"""The event stream thread and the source's shutdown: prompt, clean, nothing left running.
+
+The service here is a small real HTTP server on a unix socket that speaks just enough of
+the libpod API (an event stream that then stays silent, an empty container list), driven
+by the real podman-py client: the point is what happens to a thread blocked in recv()
+when the loop closes the stream, which a real Podman cannot be made to hold still for.
+The integration tests stop the agent against a real Podman service as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config.schema import PodmanConfig
+from agent.model.record import ObjectState
+from agent.sources.podman.events import EventStream, StreamEnded
+from agent.sources.podman.source import PodmanSource, podman_client
+
+EVENT = {"Type": "container", "Action": "start", "Actor": {"ID": "a" * 64, "Attributes": {}}}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Service
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def _json(self, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path.endswith("/events"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = json.dumps(EVENT).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+            self.server.streams += 1
+            self.server.streaming.set()
+            # Silent from here on: the client's thread sits in recv().
+            self.server.hang_up.wait(30)
+            self.close_connection = True
+        elif path.endswith("/info"):
+            self._json({"host": {"security": {"rootless": False}}})
+        elif path.endswith("/containers/json"):
+            self._json([])
+        else:
+            self.send_error(404)
+
+
+class Service(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path) -> None:
+        self.hang_up = threading.Event()
+        self.streaming = threading.Event()
+        self.streams = 0
+        super().__init__(str(path), Handler)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    svc = Service(tmp_path / "podman.sock")
+    thread = threading.Thread(target=svc.serve_forever, daemon=True)
+    thread.start()
+    yield svc
+    svc.hang_up.set()
+    svc.shutdown()
+    svc.server_close()
+    thread.join(5)
+
+
+def events_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "podman-events"]
+
+
+def test_close_wakes_the_blocked_reader_at_once(service: Service) -> None:
+    async def main() -> None:
+        stream = EventStream(podman_client(f"unix://{service.server_address}", None))
+        await stream.open()
+        assert await stream.next() == EVENT
+        waiting = asyncio.create_task(stream.next())
+        await asyncio.sleep(0.05)  # the thread is now blocked in recv(), the task in get()
+        assert not waiting.done()
+        started = time.monotonic()
+        stream.close()
+        with pytest.raises(StreamEnded, match="closed"):
+            await asyncio.wait_for(waiting, 1)
+        assert stream.thread is not None
+        stream.thread.join(1)
+        assert not stream.thread.is_alive()
+        assert time.monotonic() - started < 0.5
+
+    asyncio.run(main())
+
+
+def test_service_hanging_up_ends_the_stream(service: Service) -> None:
+    async def main() -> None:
+        stream = EventStream(podman_client(f"unix://{service.server_address}", None))
+        await stream.open()
+        await stream.next()
+        service.hang_up.set()
+        with pytest.raises(StreamEnded):
+            await asyncio.wait_for(stream.next(), 5)
+        with pytest.raises(StreamEnded):  # and stays ended
+            await stream.next()
+        stream.close()
+
+    asyncio.run(main())
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.replaced: list[dict[str, ObjectState]] = []
+
+    def replace(self, source: str, objects: Any) -> None:
+        self.replaced.append(dict(objects))
+
+    def update(self, source: str, object_id: str, state: ObjectState | None) -> None:
+        pass
+
+
+def test_cancelling_the_source_is_prompt_and_leaves_no_thread(service: Service,
+                                                              tmp_path: Path) -> None:
+    async def main() -> None:
+        config = PodmanConfig(socket=Path(service.server_address),  # type: ignore[arg-type]
+                              aardvark_dir=tmp_path / "aardvark-dns")
+        src = PodmanSource(config, euid=0)
+        sink = Sink()
+        task = asyncio.create_task(src.run(sink))
+        await asyncio.wait_for(src.synced.wait(), 5)
+        assert src.health.state == "connected"
+        assert sink.replaced == [{}]
+        assert await asyncio.to_thread(service.streaming.wait, 5)
+        assert events_threads()
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
+        elapsed = time.monotonic() - started
+        for t in events_threads():
+            t.join(1)
+        assert not events_threads()
+        assert elapsed < 0.5
+
+    asyncio.run(main())
+
+
+def test_unreachable_service_still_lets_the_daemon_become_ready(tmp_path: Path) -> None:
+    async def main() -> None:
+        config = PodmanConfig(socket=tmp_path / "absent.sock", aardvark_dir=tmp_path / "a")
+        src = PodmanSource(config, euid=0)
+        task = asyncio.create_task(src.run(Sink()))
+        await asyncio.wait_for(src.synced.wait(), 5)
+        assert src.health.state == "disconnected"
+        assert src.health.detail == "reconnecting in 1s"
+        assert src.health.last_error and "absent.sock" in src.health.last_error
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
+
+    asyncio.run(main())
