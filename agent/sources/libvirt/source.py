@@ -48,8 +48,14 @@ KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
 
 # Hints queued by libvirt callbacks; the worker reads the named objects again.
-_CLOSED = ("closed", "")
 _NETWORKS = ("networks", "")
+# virConnectCloseReason, as the close callback reports it.
+_CLOSE_REASONS = {
+    0: "connection closed on a read/write error",
+    1: "libvirtd closed the connection",
+    2: "libvirtd stopped answering keepalive probes",
+    3: "connection closed by the client",
+}
 
 # One lease file read: its leases, why it was refused, or None when it is gone.
 _LeaseRead = LeaseFile | str | None
@@ -146,8 +152,7 @@ class LibvirtSource(Source):
                 registered = await asyncio.to_thread(self._register, lv, conn, hint)
                 await self._resync(lv, conn)
                 delay = RECONNECT_FIRST_S
-                await self._serve(lv, conn)
-                reason = "connection closed by libvirtd"
+                reason = await self._serve(lv, conn)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -171,7 +176,10 @@ class LibvirtSource(Source):
         self, lv: ModuleType, conn: Any, loop_hint: Callable[[tuple[str, str]], None]
     ) -> list[tuple[str, int]]:
         """In a thread: close callback, keepalive, event callbacks."""
-        conn.registerCloseCallback(lambda _c, _reason, _o: loop_hint(_CLOSED), None)
+        conn.registerCloseCallback(
+            lambda _c, why, _o: loop_hint(("closed", _CLOSE_REASONS.get(why, f"closed ({why})"))),
+            None,
+        )
         try:
             conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
         except lv.libvirtError as e:
@@ -254,14 +262,16 @@ class LibvirtSource(Source):
                          bridge=bridge, file=len(ours), api=len(api))
                 self._lease_files[bridge] = tuple(api)
 
-    async def _serve(self, lv: ModuleType, conn: Any) -> None:
+    async def _serve(self, lv: ModuleType, conn: Any) -> str:
+        """Follow events until the connection closes; returns why it did."""
         while True:
             batch = [await self._hints.get()]
             while not self._hints.empty():
                 batch.append(self._hints.get_nowait())
             self.saw_event()
-            if _CLOSED in batch:
-                return
+            closed = [why for kind, why in batch if kind == "closed"]
+            if closed:
+                return closed[0]
             if _NETWORKS in batch:
                 inv = client.Inventory()
                 await asyncio.to_thread(client.read_networks, lv, conn, inv, leases=False)
