@@ -110,7 +110,9 @@ def test_libvirtd_killed_and_restarted_loses_no_name_and_keeps_none_stale(
     libvirtd.kill()
     until(lambda: libvirt_source(agent)["state"] == "disconnected", what="source disconnected")
     detail = libvirt_source(agent)["detail"]
-    assert detail.startswith("libvirtd closed the connection; reconnecting in"), detail
+    # A killed libvirtd shows as a read error or EOF, depending on timing.
+    assert detail.startswith(("libvirtd closed the connection; reconnecting in",
+                              "connection closed on a read/write error; reconnecting in")), detail
     # Running VMs must not vanish from DNS because libvirtd went away.
     assert ask(dnsmasq, f"stays.{ZONE}").records == (ip_stays,)
     assert ask(dnsmasq, f"goes.{ZONE}").records == (ip_goes,)
