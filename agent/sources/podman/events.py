@@ -98,6 +98,7 @@ class EventStream:
         finally:
             with contextlib.suppress(Exception):
                 self._response.close()
+            log.debug("Podman event stream ended", reason=str(end))
             self._post(end)
 
     def _post(self, item: Mapping[str, Any] | BaseException) -> None:
@@ -116,10 +117,12 @@ class EventStream:
     def close(self) -> None:
         """From the loop: end the stream now. Idempotent, never blocks."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             response = self._response
-        if response is None:
-            return
+        if response is None or (self.thread is not None and not self.thread.is_alive()):
+            return  # never opened, or already ended by itself
         sock = _socket_of(response)
         if sock is not None:
             with contextlib.suppress(OSError):

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 from podman import PodmanClient
-from podman.errors import NotFound
+from podman.errors import APIError, NotFound
 
 from agent.config.schema import Config, PodmanConfig
 from agent.model.record import ObjectState
@@ -75,7 +75,7 @@ def podman_client(base_url: str, timeout: float | None) -> Any:
 
 
 def _describe(e: BaseException) -> str:
-    cause = e.__cause__ or e.__context__
+    cause = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     text = f"{type(e).__name__}: {e}"
     if cause is not None and str(cause) not in text:
         text += f" ({type(cause).__name__}: {cause})"
@@ -280,12 +280,30 @@ def _rootless(info: object) -> bool:
     return bool(security.get("rootless")) if isinstance(security, Mapping) else False
 
 
+class _Refused(Exception):
+    """The service answered an inspect with an error: it is alive, the request failed."""
+
+
+def _gone(e: APIError) -> bool:
+    # Removal races: besides 404, Podman 4.3 answers 500 "... does not exist in
+    # database: no such container" for a container being removed.
+    return isinstance(e, NotFound) or "no such container" in str(e)
+
+
 def _fetch(api: Any, ref: str, pod_names: Mapping[str, str]) -> tuple[Any, str | None]:
-    """Inspect one container (and its pod's name, for an infra container). Blocking."""
+    """Inspect one container (and its pod's name, for an infra container). Blocking.
+
+    Returns (None, None) for a container that does not exist; raises _Refused
+    for any other answer the service gave, anything else for no answer at all.
+    """
     try:
         attrs = api.containers.get(ref).attrs
-    except NotFound:
-        return None, None
+    except APIError as e:
+        if _gone(e):
+            return None, None
+        if e.response is not None:
+            raise _Refused(str(e)) from e
+        raise
     pod = pod_of(attrs)
     if pod is None:
         return attrs, None
@@ -293,7 +311,9 @@ def _fetch(api: Any, ref: str, pod_names: Mapping[str, str]) -> tuple[Any, str |
     if name is None:
         try:
             found = api.pods.get(pod).attrs.get("Name")
-        except NotFound:
+        except APIError as e:
+            if e.response is None:
+                raise
             found = None  # the pod is going away with its infra container
         name = found if isinstance(found, str) else None
     return attrs, name
@@ -343,9 +363,15 @@ class _Session:
             self._tasks.pop(ref, None)
 
     async def inspect_once(self, ref: str) -> tuple[str, Live | Down | Pending]:
-        async with self._sem:
-            attrs, pod_name = await asyncio.to_thread(_fetch, self.api, ref,
-                                                      self.source._pod_names)
+        try:
+            async with self._sem:
+                attrs, pod_name = await asyncio.to_thread(_fetch, self.api, ref,
+                                                          self.source._pod_names)
+        except _Refused as e:
+            self.source.record_error(f"inspect {ref[:12]}: {e}")
+            log.warning("Podman refused an inspect; container left as it was",
+                        container=ref[:12], error=str(e))
+            return ref, Pending("refused")
         if attrs is None:
             return ref, Down(gone=True) if _FULL_ID.fullmatch(ref) else Pending("unknown")
         cid = attrs.get("Id") if isinstance(attrs, Mapping) else None
