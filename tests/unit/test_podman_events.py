@@ -49,7 +49,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
-        if path.endswith("/events"):
+        if path.endswith("/events") and self.server.mute:
+            self.server.hang_up.wait(30)  # accepts, never answers
+            self.close_connection = True
+        elif path.endswith("/events"):
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
@@ -77,6 +80,7 @@ class Service(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.hang_up = threading.Event()
         self.streaming = threading.Event()
         self.streams = 0
+        self.mute = False
         super().__init__(str(path), Handler)
 
 
@@ -112,6 +116,36 @@ def test_close_wakes_the_blocked_reader_at_once(service: Service) -> None:
         stream.thread.join(1)
         assert not stream.thread.is_alive()
         assert time.monotonic() - started < 0.5
+
+    asyncio.run(main())
+
+
+def test_a_stream_idle_longer_than_the_header_timeout_stays_open(service: Service) -> None:
+    async def main() -> None:
+        stream = EventStream(podman_client(f"unix://{service.server_address}", None),
+                             header_timeout_s=0.1)
+        await stream.open()
+        await stream.next()
+        waiting = asyncio.create_task(stream.next())
+        await asyncio.sleep(0.3)  # idle three times the header timeout
+        assert not waiting.done()
+        stream.close()
+        with pytest.raises(StreamEnded):
+            await waiting
+
+    asyncio.run(main())
+
+
+def test_a_service_that_never_answers_does_not_hang_the_subscription(service: Service) -> None:
+    async def main() -> None:
+        service.mute = True
+        stream = EventStream(podman_client(f"unix://{service.server_address}", None),
+                             header_timeout_s=0.2)
+        started = time.monotonic()
+        with pytest.raises(Exception, match="GET operation failed"):  # podman-py: a timeout
+            await stream.open()
+        assert time.monotonic() - started < 2
+        stream.close()
 
     asyncio.run(main())
 

@@ -46,9 +46,11 @@ def _socket_of(response: Any) -> socket.socket | None:
 class EventStream:
     """``GET /events?stream=true`` on a podman-py client; ``await next()`` per event."""
 
-    def __init__(self, client: Any, *, since: int | None = None) -> None:
+    def __init__(self, client: Any, *, since: int | None = None,
+                 header_timeout_s: float = 10.0) -> None:
         self._client = client
         self._since = since
+        self._header_timeout_s = header_timeout_s
         self._queue: asyncio.Queue[Mapping[str, Any] | BaseException] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
@@ -66,7 +68,14 @@ class EventStream:
         params: dict[str, Any] = {"stream": True}
         if self._since is not None:
             params["since"] = str(self._since)
-        response = self._client.api.get("/events", params=params, stream=True)
+        # A service that accepts the connection but never answers must not hang
+        # the source: a timeout until the headers arrive, none after (an idle
+        # stream is normal: no container changed).
+        response = self._client.api.get("/events", params=params, stream=True,
+                                        timeout=self._header_timeout_s)
+        sock = _socket_of(response)
+        if sock is not None:
+            sock.settimeout(None)
         with self._lock:
             closed = self._closed
             if not closed:
