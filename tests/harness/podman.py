@@ -15,9 +15,11 @@ config files) cannot be moved for rootful Podman; inside the test session it
 is on the session's private /run (isolation.py), as are the bridges, iptables
 chains and ip_forward, which live in the session's private network namespace.
 aardvark-dns, conmon and the containers' processes outlive the service by
-design; teardown kills every one of them by pid (found through inspect and
-aardvark-dns's pid file), removes the cgroups Podman made in the machine's
-cgroupfs, unmounts the storage and puts ip_forward back.
+design; teardown removes every container, then kills whatever is left by pid
+(aardvark-dns by its pid file, conmon by our storage root on its command line,
+container processes by the cgroups Podman made for them), removes those
+cgroups from the machine's cgroupfs, unmounts the storage and puts ip_forward
+back.
 """
 
 from __future__ import annotations

@@ -66,9 +66,12 @@ class Handler(BaseHTTPRequestHandler):
             self.server.hang_up.wait(30)
             self.close_connection = True
         elif path.endswith("/info"):
-            self._json({"host": {"security": {"rootless": False}}})
+            self._json({"host": {"security": {"rootless": self.server.rootless}}})
         elif path.endswith("/containers/json"):
-            self._json([])
+            self._json(self.server.containers)
+        elif path.endswith("/json") and "/containers/" in path:
+            [attrs] = [c for c in self.server.inspect if path.split("/")[-2] == c["Id"]]
+            self._json(attrs)
         else:
             self.send_error(404)
 
@@ -81,6 +84,9 @@ class Service(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.streaming = threading.Event()
         self.streams = 0
         self.mute = False
+        self.rootless = False
+        self.containers: list[dict[str, Any]] = []
+        self.inspect: list[dict[str, Any]] = []
         super().__init__(str(path), Handler)
 
 
@@ -198,6 +204,36 @@ def test_cancelling_the_source_is_prompt_and_leaves_no_thread(service: Service,
             t.join(1)
         assert not events_threads()
         assert elapsed < 0.5
+
+    asyncio.run(main())
+
+
+def test_rootless_service_lists_but_publishes_nothing_and_says_why(service: Service,
+                                                                  tmp_path: Path) -> None:
+    """A per-user socket works; a rootless Podman's addresses are not reachable from the
+    host, so its containers are refused (with the reason) rather than published."""
+    attrs = json.loads((Path(__file__).parent / "data" / "podman"
+                        / "inspect_running_alias_ipv6.json").read_text())
+    service.rootless = True
+    service.containers = [{"Id": attrs["Id"], "State": "running"}]
+    service.inspect = [attrs]
+
+    async def main() -> None:
+        config = PodmanConfig(socket=Path(service.server_address),  # type: ignore[arg-type]
+                              aardvark_dir=tmp_path / "aardvark-dns")
+        src = PodmanSource(config, euid=1000)
+        sink = Sink()
+        task = asyncio.create_task(src.run(sink))
+        await asyncio.wait_for(src.synced.wait(), 5)
+        [snapshot] = sink.replaced
+        state = snapshot[attrs["Id"]]
+        assert state.records == ()
+        assert "rootless Podman" in state.rejections[0].reason
+        assert src.health.state == "connected"
+        assert src.health.detail is not None and "rootless Podman" in src.health.detail
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
     asyncio.run(main())
 

@@ -94,8 +94,9 @@ class PodmanSource(Source):
         self._pacer = Pacer(self._flush)
         self._sink: SnapshotSink | None = None
         self._session: _Session | None = None
-        # A non-root daemon talks to a rootless Podman; whose addresses the host
-        # cannot reach, and whose aardvark files are elsewhere anyway.
+        # A non-root daemon talks to a rootless Podman, whose addresses the host
+        # cannot reach (and whose aardvark files are elsewhere anyway). The
+        # service's own answer replaces this guess on every connect.
         self._rootless = (os.geteuid() if euid is None else euid) != 0
         self._fast = Snapshot()
         self._fast_off: str | None = None
@@ -130,8 +131,9 @@ class PodmanSource(Source):
                          "(their addresses are not reachable from the host)")
         elif self._fast_off:
             notes.append(f"fast path off: {self._fast_off}")
-        notes += [f"fast path off for network {net}: {why}"
-                  for net, why in sorted(self._fast.problems.items())]
+        else:
+            notes += [f"fast path off for network {net}: {why}"
+                      for net, why in sorted(self._fast.problems.items())]
         self.set_state(state, "; ".join(notes) or None)
 
     # --- publishing --------------------------------------------------------
