@@ -33,6 +33,7 @@ from agent.sources.podman.view import NetworkView
 DATA = Path(__file__).parent / "data" / "podman"
 A = "a" * 64
 B = "b" * 64
+C = "c" * 64
 
 
 def test_real_files_from_netavark_1_4() -> None:
@@ -161,6 +162,15 @@ class Recorder:
             raise AssertionError(f"timed out waiting for {what}; last {self.last}") from None
 
 
+async def until(probe: Callable[[], bool], what: str) -> None:
+    """Yield to the watcher until ``probe()`` holds (its state changes only on the loop)."""
+    for _ in range(5000):
+        if probe():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def run_watcher(directory: Path, body: Callable[[AardvarkWatcher, Recorder], Awaitable[None]]
                 ) -> None:
     async def main() -> None:
@@ -191,7 +201,7 @@ def test_watcher_follows_a_directory_that_appears_changes_and_goes(tmp_path: Pat
     directory = tmp_path / "containers" / "networks" / "aardvark-dns"
 
     async def body(watcher: AardvarkWatcher, rec: Recorder) -> None:
-        await asyncio.sleep(0.05)  # let it settle on watching tmp_path for "containers"
+        await until(lambda: watcher.watching == tmp_path, "waiting on the nearest ancestor")
         assert not watcher.present
         directory.mkdir(parents=True)
         (directory / "aardvark.pid").write_text("123")  # never a network file
@@ -212,7 +222,7 @@ def test_watcher_follows_a_directory_that_appears_changes_and_goes(tmp_path: Pat
         await rec.until(lambda s: not s.views, "last container gone")
 
         shutil.rmtree(tmp_path / "containers")
-        await asyncio.sleep(0.05)
+        await until(lambda: watcher.watching == tmp_path, "back to the ancestor")
         directory.mkdir(parents=True)
         append(directory / "net2", line(A, "10.89.1.2", "again"))
         snap = await rec.until(lambda s: A in s.views, "directory made again")
@@ -240,10 +250,13 @@ def test_watcher_waits_for_a_half_written_line(tmp_path: Path) -> None:
         append(tmp_path / "n", line(A, "10.89.0.2", "web"))
         await rec.until(lambda s: A in s.views, "first line")
         with (tmp_path / "n").open("a") as f:
-            f.write(line(B, "10.89.0.3", "db"))  # no newline yet
-            f.flush()
-            await asyncio.sleep(0.05)
-            assert B not in rec.last.views and not rec.last.problems
+            f.write(line(B, "10.89.0.3", "db"))  # closed with no newline yet
+        # Inotify events arrive in order: once a later file is seen, the half-written
+        # one has been read too, and left as it was.
+        append(tmp_path / "later", line(C, "10.89.1.2", "later"))
+        snap = await rec.until(lambda s: C in s.views, "the later file")
+        assert B not in snap.views and A in snap.views and not snap.problems
+        with (tmp_path / "n").open("a") as f:
             f.write("\n")
         await rec.until(lambda s: B in s.views, "line completed")
         assert not rec.last.problems

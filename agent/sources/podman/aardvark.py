@@ -274,6 +274,7 @@ class AardvarkWatcher:
         self.directory = directory
         self.on_change = on_change
         self.present = False
+        self.watching: Path | None = None  # the directory, or the ancestor waited on
         self._files: dict[str, NetworkFile] = {}
         self._problems: dict[str, str] = {}
         self._dirty: set[str] = set()
@@ -305,6 +306,7 @@ class AardvarkWatcher:
             await self._await_appearance(ino)
             return
         self._set_present(True)
+        self.watching = self.directory
         while True:
             ev = await ino.get()
             if ev.watch is not watch and Mask.Q_OVERFLOW not in ev.mask:
@@ -314,6 +316,7 @@ class AardvarkWatcher:
             elif ev.mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
                 with contextlib.suppress(OSError):
                     ino.rm_watch(watch)
+                self.watching = None
                 self._set_present(False)
                 return
             elif ev.name is not None:
@@ -330,6 +333,7 @@ class AardvarkWatcher:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 return  # the ancestor went away meanwhile: look again
             raise
+        self.watching = ancestor
         try:
             want = self.directory.relative_to(ancestor).parts[0]
             # It may have appeared between the failed watch and this one.
@@ -344,6 +348,7 @@ class AardvarkWatcher:
                 if ev.name is not None and str(ev.name) == want:
                     return
         finally:
+            self.watching = None
             with contextlib.suppress(OSError):
                 ino.rm_watch(watch)
 
