@@ -10,6 +10,7 @@ import socket
 import statistics
 import struct
 import time
+from collections.abc import Callable
 
 
 def _qname(name: str) -> bytes:
@@ -71,19 +72,25 @@ class Poller:
 
     def wait_for(self, name: str, want: str, timeout: float) -> float:
         """Monotonic time of the first answer that is exactly ``want``."""
-        question = _qname(name) + struct.pack("!HH", 1, 1)  # A, IN
         wanted = (want,)
+        return self.wait_until(name, lambda rcode, addrs: rcode == 0 and addrs == wanted,
+                               f"answered {want}", timeout)
+
+    def wait_until(self, name: str, done: Callable[[int, tuple[str, ...]], bool], what: str,
+                   timeout: float) -> float:
+        """Monotonic time of the first answer for which ``done(rcode, addresses)`` holds."""
+        question = _qname(name) + struct.pack("!HH", 1, 1)  # A, IN
         deadline = time.monotonic() + timeout
         last: object = None
         while True:
             got = self.ask(question)
             if got is not None:
                 at, rcode, addrs = got
-                if rcode == 0 and addrs == wanted:
+                if done(rcode, addrs):
                     return at
                 last = (rcode, addrs)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} never answered {want} within {timeout}s; last {last}")
+                raise TimeoutError(f"{name} never {what} within {timeout}s; last {last}")
             if self.sleep_s:
                 time.sleep(self.sleep_s)
 
@@ -96,17 +103,10 @@ def p95(xs: list[float]) -> float:
 
 def wait_nxdomain(poller: Poller, name: str, timeout: float) -> float:
     """Monotonic time of the first NXDOMAIN answer for ``name``."""
-    question = _qname(name) + struct.pack("!HH", 1, 1)
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        got = poller.ask(question)
-        if got is not None:
-            at, rcode, addrs = got
-            if rcode == 3:
-                return at
-            last = (rcode, addrs)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} never NXDOMAIN within {timeout}s; last {last}")
-        if poller.sleep_s:
-            time.sleep(poller.sleep_s)
+    return poller.wait_until(name, lambda rcode, _: rcode == 3, "NXDOMAIN", timeout)
+
+
+def summary(label: str, xs: list[float], width: int = 31) -> str:
+    """One line of a bench's report: median, p95, min, max of ``xs`` (ms)."""
+    return (f"  {label:<{width}} median {statistics.median(xs):7.1f} ms   "
+            f"p95 {p95(xs):7.1f} ms   min {min(xs):7.1f}   max {max(xs):7.1f}   (n={len(xs)})")

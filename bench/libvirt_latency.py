@@ -27,14 +27,13 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dnspoll import Poller, p95, wait_nxdomain
+from bench.dnspoll import Poller, summary, wait_nxdomain
 from bench.reload_latency import bench_root
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
@@ -66,11 +65,6 @@ def lease_seen(path: Path, mac: str, timeout: float) -> tuple[float, str]:
                     return at, str(e["ip-address"])
         time.sleep(0.0001)
     raise TimeoutError(f"no lease for {mac} in {path} within {timeout}s")
-
-
-def summary(label: str, xs: list[float]) -> str:
-    return (f"  {label:<31} median {statistics.median(xs):7.1f} ms   p95 {p95(xs):7.1f} ms   "
-            f"min {min(xs):6.1f}   max {max(xs):6.1f}   (n={len(xs)})")
 
 
 def main() -> int:

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import struct
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dnspoll import Poller, p95, wait_nxdomain
+from bench.dnspoll import Poller, p95, summary, wait_nxdomain
 from bench.reload_latency import bench_root
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
@@ -109,11 +108,6 @@ class EventClock:
         if sock is not None:
             sock.shutdown(2)
         self.thread.join(5)
-
-
-def summary(label: str, xs: list[float]) -> str:
-    return (f"  {label:<42} median {statistics.median(xs):7.1f} ms   p95 {p95(xs):7.1f} ms   "
-            f"min {min(xs):7.1f}   max {max(xs):7.1f}   (n={len(xs)})")
 
 
 def main() -> int:
@@ -203,9 +197,9 @@ def main() -> int:
             host.close()
             aardvark.close()
             print("  time from `podman run -d` returning (negative: answered before it returned)")
-            print(summary("(a) host: dnsmasq answers (namesync)", lags["host"]))
-            print(summary("(b) aardvark-dns answers at the gateway", lags["aardvark"]))
-            print(summary("(c) podman-py receives the start event", lags["event"]))
+            print(summary("(a) host: dnsmasq answers (namesync)", lags["host"], 42))
+            print(summary("(b) aardvark-dns answers at the gateway", lags["aardvark"], 42))
+            print(summary("(c) podman-py receives the start event", lags["event"], 42))
             ok = p95(lags["host"]) <= p95(lags["aardvark"])
             print(f"  target: host p95 <= aardvark-dns p95: {'met' if ok else 'NOT met'}")
         finally:
