@@ -143,6 +143,7 @@ class LibvirtSource(Source):
         # Subscribe before listing: leases first (the watcher's first rescan).
         await self._leases_read.wait()
         delay = RECONNECT_FIRST_S
+        was_connected = False
         while True:
             conn: Any = None
             registered: list[tuple[str, int]] = []
@@ -152,6 +153,7 @@ class LibvirtSource(Source):
                 registered = await asyncio.to_thread(self._register, lv, conn, hint)
                 await self._resync(lv, conn)
                 delay = RECONNECT_FIRST_S
+                was_connected = True
                 reason = await self._serve(lv, conn)
             except asyncio.CancelledError:
                 raise
@@ -163,10 +165,16 @@ class LibvirtSource(Source):
                     await asyncio.shield(asyncio.to_thread(self._close, lv, conn, registered))
             self.record_error(f"{self.uri}: {reason}")
             self.set_state("disconnected", f"{reason}; reconnecting in {delay:g}s")
-            log.warning(
-                "libvirt connection lost; keeping the last snapshot",
-                uri=self.uri, error=reason, retry_s=delay,
-            )
+            # One warning per outage; each further failed attempt is in status anyway.
+            if was_connected or delay == RECONNECT_FIRST_S:
+                log.warning(
+                    "libvirt connection lost; keeping the last snapshot"
+                    if was_connected else "cannot connect to libvirt; retrying",
+                    uri=self.uri, error=reason, retry_s=delay,
+                )
+            else:
+                log.debug("libvirt still unreachable", uri=self.uri, error=reason, retry_s=delay)
+            was_connected = False
             self._publish()
             self.mark_synced()
             await asyncio.sleep(delay)
