@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,10 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.dnspoll import Poller, summary, wait_nxdomain
-from bench.reload_latency import bench_root
+from bench.setup import bench_root, isolate
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
-from tests.harness.isolation import enter_private_namespaces
 from tests.harness.libvirt import Libvirtd, lease_file
 
 ZONE = "dns.libvirt"
@@ -73,14 +71,8 @@ def main() -> int:
     p.add_argument("--coalesce-ms", type=int, default=20)
     p.add_argument("--timeout", type=float, default=15.0)
     args = p.parse_args()
-    why = enter_private_namespaces()
-    if why:
-        print(f"libvirt_latency: {why}", file=sys.stderr)
+    if not isolate("libvirt_latency", ("dnsmasq", "libvirtd", "virtlogd", "busybox")):
         return 2
-    for tool in ("dnsmasq", "libvirtd", "virtlogd", "busybox"):
-        if shutil.which(tool) is None:
-            print(f"libvirt_latency: {tool} not found", file=sys.stderr)
-            return 2
 
     with bench_root() as root:
         dnsmasq = Dnsmasq(root / "dnsmasq", zones=(ZONE,)).start()

@@ -44,10 +44,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.dnspoll import Poller, p95, summary, wait_nxdomain
-from bench.reload_latency import bench_root
+from bench.setup import bench_root, isolate
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
-from tests.harness.isolation import enter_private_namespaces
 from tests.harness.podman import AARDVARK_DIR, IMAGE, Podman
 
 ZONE = "dns.podman"
@@ -116,14 +115,8 @@ def main() -> int:
     p.add_argument("--coalesce-ms", type=int, default=20)
     p.add_argument("--timeout", type=float, default=15.0)
     args = p.parse_args()
-    why = enter_private_namespaces()
-    if why:
-        print(f"podman_latency: {why}", file=sys.stderr)
+    if not isolate("podman_latency", ("dnsmasq", "podman", "runc", "conmon", "busybox")):
         return 2
-    for tool in ("dnsmasq", "podman", "runc", "conmon", "busybox"):
-        if shutil.which(tool) is None:
-            print(f"podman_latency: {tool} not found", file=sys.stderr)
-            return 2
 
     with bench_root() as root:
         # addn-hosts where the product keeps it: /run (here the namespace's private

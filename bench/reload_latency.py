@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -69,9 +69,9 @@ from bench.data import (
     target_name,
 )
 from bench.dnspoll import Poller, p95
+from bench.setup import bench_root, isolate
 from tests.harness.agent import Agent
 from tests.harness.dnsmasq import Dnsmasq
-from tests.harness.isolation import enter_private_namespaces
 
 RATIO_TARGET = 1.5
 OWN = "namesync's own: change -> SIGHUP sent"  # the sink's last_reload.latency_ms
@@ -392,17 +392,6 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print("  checks: " + ", ".join(f"{k}: {'ok' if v else 'FAILED'}" for k, v in checks))
 
 
-@contextlib.contextmanager
-def bench_root() -> Iterator[Path]:
-    # Under /tmp with 0755, not a 0700 pytest dir: dnsmasq reads as nobody.
-    root = Path(tempfile.mkdtemp(prefix="namesync-bench-", dir="/tmp"))
-    root.chmod(0o755)
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--counts", default="100,10000",
@@ -417,14 +406,8 @@ def main() -> int:
     args = p.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
 
-    why = enter_private_namespaces()
-    if why:
-        print(f"reload_latency: {why}", file=sys.stderr)
+    if not isolate("reload_latency", ("dnsmasq", "dig", "ip")):
         return 2
-    for tool in ("dnsmasq", "dig", "ip"):
-        if shutil.which(tool) is None:
-            print(f"reload_latency: {tool} not found", file=sys.stderr)
-            return 2
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise Terminated()
