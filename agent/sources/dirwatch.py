@@ -12,7 +12,7 @@ the next path component to appear.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Final
 
@@ -32,13 +32,21 @@ def _nearest_existing(path: Path) -> Path:
     return candidate
 
 
-async def watch_dir(path: Path) -> AsyncGenerator[str, None]:
-    """Yield changed file names in ``path`` (no directories), or RESCAN."""
+async def watch_dir(
+    path: Path, on_watch: Callable[[Path], None] | None = None
+) -> AsyncGenerator[str, None]:
+    """Yield changed file names in ``path`` (no directories), or RESCAN.
+
+    ``on_watch`` is told what is being watched whenever that changes: ``path``
+    itself, or the ancestor waited on until ``path`` exists.
+    """
     with Inotify() as inotify:
         while True:
             base = _nearest_existing(path)
             if base == path:
                 watch = inotify.add_watch(path, _FILE_EVENTS | _SELF_GONE | Mask.ONLYDIR)
+                if on_watch is not None:
+                    on_watch(path)
                 # Anything written before the watch existed is seen by this rescan.
                 yield RESCAN
                 async for event in inotify:
@@ -56,6 +64,8 @@ async def watch_dir(path: Path) -> AsyncGenerator[str, None]:
                 yield RESCAN
                 continue
             watch = inotify.add_watch(base, _APPEAR | _SELF_GONE | Mask.ONLYDIR)
+            if on_watch is not None:
+                on_watch(base)
             # The next component may have appeared between the check and the watch.
             if _nearest_existing(path) == base:
                 async for event in inotify:

@@ -37,9 +37,9 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import structlog
-from asyncinotify import Inotify, Mask
 
 from agent.model.record import Address, AddressError, parse_address
+from agent.sources.dirwatch import RESCAN, watch_dir
 
 from .view import ContainerView, NetworkView
 
@@ -253,12 +253,7 @@ def read_files(directory: Path, names: Iterable[str] | None) -> dict[str, _Outco
         return {n: _read_one(directory / n) for n in names if _is_network_file(n)}
 
 
-# --- watching -----------------------------------------------------------------
-
-_DIR_EVENTS = (Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.DELETE | Mask.CREATE
-               | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR | Mask.EXCL_UNLINK)
-_ANCESTOR_EVENTS = (Mask.CREATE | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
-                    | Mask.ONLYDIR)
+# --- watching (agent/sources/dirwatch.py follows the directory) --------------
 
 
 class AardvarkWatcher:
@@ -285,77 +280,28 @@ class AardvarkWatcher:
         return Snapshot(container_views(self._files.values()), dict(self._problems))
 
     async def run(self) -> None:
-        with Inotify() as ino:
-            reader = asyncio.create_task(self._reader(), name=f"aardvark-read:{self.directory}")
-            try:
-                while True:
-                    await self._follow(ino)
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-
-    async def _follow(self, ino: Inotify) -> None:
-        """Watch the directory until it goes away; or wait for it to appear."""
+        reader = asyncio.create_task(self._reader(), name=f"aardvark-read:{self.directory}")
         try:
-            watch = ino.add_watch(self.directory, _DIR_EVENTS)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
-                raise
-            self._set_present(False)
-            await self._await_appearance(ino)
-            return
-        self._set_present(True)
-        self.watching = self.directory
-        while True:
-            ev = await ino.get()
-            if ev.watch is not watch and Mask.Q_OVERFLOW not in ev.mask:
-                continue  # a late event for an ancestor watch already removed
-            if Mask.Q_OVERFLOW in ev.mask:
-                self._rescan = True
-            elif ev.mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
-                with contextlib.suppress(OSError):
-                    ino.rm_watch(watch)
-                self.watching = None
-                self._set_present(False)
-                return
-            elif ev.name is not None:
-                self._dirty.add(str(ev.name))
-            self._kick.set()
-
-    async def _await_appearance(self, ino: Inotify) -> None:
-        ancestor = self.directory.parent
-        while not ancestor.is_dir():
-            ancestor = ancestor.parent
-        try:
-            watch = ino.add_watch(ancestor, _ANCESTOR_EVENTS)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                return  # the ancestor went away meanwhile: look again
-            raise
-        self.watching = ancestor
-        try:
-            want = self.directory.relative_to(ancestor).parts[0]
-            # It may have appeared between the failed watch and this one.
-            if (ancestor / want).is_dir():
-                return
-            while True:
-                ev = await ino.get()
-                if ev.watch is not watch:
-                    continue
-                if ev.mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
-                    return
-                if ev.name is not None and str(ev.name) == want:
-                    return
+            changes = watch_dir(self.directory, on_watch=self._watching)
+            async with contextlib.aclosing(changes):
+                async for name in changes:
+                    if name == RESCAN:
+                        self._rescan = True
+                    else:
+                        self._dirty.add(name)
+                    self._kick.set()
         finally:
-            self.watching = None
-            with contextlib.suppress(OSError):
-                ino.rm_watch(watch)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
-    def _set_present(self, present: bool) -> None:
+    def _watching(self, path: Path) -> None:
+        self.watching = path
+        present = path == self.directory
         if present != self.present:
             log.debug("aardvark-dns directory", path=str(self.directory), present=present)
         self.present = present
+        # Appeared or gone: everything it holds (or held) is read again.
         self._rescan = True
         self._kick.set()
 
