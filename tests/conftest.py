@@ -32,6 +32,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "integration" in item.keywords:
                 item.add_marker(skip)
+    for item in items:
+        if item.get_closest_marker("timeout") is None and any(
+                marker in item.keywords for marker in _SLOW_MARKERS):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
     for marker, needs in _COMPONENT_TOOLS.items():
         why = _missing(needs)
         if why:
@@ -40,6 +44,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if marker in item.keywords:
                     item.add_marker(skip_it)
 
+
+# Tests that start a whole daemon stack get longer than pyproject's default
+# `timeout` (120 s): the first test of a session also pays for the session's
+# fixtures (libvirtd, a cold rootfs build for tests/system), on a shared 2-CPU
+# machine. An explicit @pytest.mark.timeout(N) on a test wins.
+SLOW_TIMEOUT = 600
+_SLOW_MARKERS = ("libvirt", "podman", "networkmanager", "systemd")
 
 # What each component marker needs: executables, and ("py", module) for Python modules.
 _COMPONENT_TOOLS: dict[str, tuple[str, ...]] = {

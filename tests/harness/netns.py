@@ -24,6 +24,7 @@ import subprocess
 from pathlib import Path
 
 from .isolation import isolated
+from .proc import is_mountpoint, process_gone
 from .wait import until
 
 RUN_NETNS = Path("/run/netns")
@@ -42,27 +43,12 @@ def _require_isolated() -> None:
                            "namespaces (tests.harness.isolation.enter_private_namespaces)")
 
 
-def _is_mountpoint(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
 def mask_etc_netns() -> None:
     """Hide the machine's /etc/netns behind a private tmpfs (session mount namespace only)."""
     _require_isolated()
-    if ETC_NETNS.is_dir() and not _is_mountpoint(ETC_NETNS):
+    if ETC_NETNS.is_dir() and not is_mountpoint(ETC_NETNS):
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "namesync-test-netns",
                         str(ETC_NETNS)], check=True)
-
-
-def process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting for a late reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 class NetNS:

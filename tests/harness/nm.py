@@ -33,8 +33,8 @@ from pathlib import Path
 from .dbus import SystemBus
 from .dns import Answer, dig
 from .isolation import isolated
-from .netns import NetNS, add_veth, process_gone, unique_name
-from .proc import terminate
+from .netns import NetNS, add_veth, unique_name
+from .proc import comm, process_gone, terminate
 from .wait import until
 
 NM = "org.freedesktop.NetworkManager"
@@ -80,10 +80,7 @@ exec "$@"
 
 
 def _is_dnsmasq(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq"
-    except OSError:
-        return False
+    return comm(pid) == "dnsmasq"
 
 
 class NetworkManager:

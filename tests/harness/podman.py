@@ -37,8 +37,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from .netns import process_gone
-from .proc import terminate
+from .proc import cmdline, kill_and_reap, mounts_under, read_pid, terminate
+from .proc import pids as all_pids
 from .wait import until
 
 IMAGE = "localhost/namesync-busybox:latest"
@@ -108,13 +108,6 @@ def _cgroup_dirs() -> set[Path]:
             found.add(top)
             found.update(p for p in top.rglob("*") if p.is_dir())
     return found
-
-
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path) + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if p == str(path) or p.startswith(prefix)]
 
 
 def ping(sock: Path, timeout: float = 1.0) -> bool:
@@ -205,7 +198,7 @@ class Podman:
         finally:
             self.stop_service()
             self._kill_leftovers()
-            for point in sorted(_mounts_under(self.dir), key=len, reverse=True):
+            for point in sorted(mounts_under(self.dir), key=len, reverse=True):
                 subprocess.run(["umount", "-l", point], check=False, capture_output=True)
             self._remove_cgroups()
             if self._ip_forward is not None and IP_FORWARD.exists():
@@ -215,28 +208,19 @@ class Podman:
     def _kill_leftovers(self) -> None:
         pids: set[int] = set()
         pid_file = AARDVARK_DIR / "aardvark.pid"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().strip())
-            if b"aardvark-dns" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.add(pid)
+        pid = read_pid(pid_file)
+        if pid is not None and any("aardvark-dns" in a for a in cmdline(pid)):
+            pids.add(pid)
         # Processes in the cgroups Podman made for our containers, and any conmon
         # whose command line names our private storage root (a conmon is not in
         # its container's cgroup): whatever rm left behind.
         for cgroup in _cgroup_dirs() - self._cgroups_before:
             with contextlib.suppress(OSError, ValueError):
                 pids.update(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
-        marker = str(self.root).encode()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if marker in (entry / "cmdline").read_bytes():
-                        pids.add(int(entry.name))
+        marker = str(self.root)
+        pids.update(p for p in all_pids() if any(marker in a for a in cmdline(p)))
         pids.discard(os.getpid())
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        until(lambda: all(process_gone(p) for p in pids), timeout=10,
-              what=f"podman leftovers {sorted(pids)} to exit")
+        kill_and_reap(pids)
 
     def _remove_cgroups(self) -> None:
         # Deepest first; a cgroup that still has a process (not ours) refuses rmdir.

@@ -27,15 +27,10 @@ from tests.harness.libvirt import (
     Nic,
     lease_file,
 )
-from tests.harness.netns import process_gone
+from tests.harness.proc import is_mountpoint, process_gone
 from tests.harness.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
-
-
-def _is_mountpoint(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
 
 
 def test_guest_lease_matches_domain_xml(libvirtd: Libvirtd, libvirt_network: Network) -> None:
@@ -170,7 +165,7 @@ def test_cleanup_then_teardown_leave_nothing(libvirtd: Libvirtd,
     libvirtd.teardown()
     assert libvirtd.leftovers(daemons=True) == []
     assert IP_FORWARD.read_text().strip() == forward
-    assert not any(_is_mountpoint(d) for d in (*STATE_DIRS, ETC_DIR))
+    assert not any(is_mountpoint(d) for d in (*STATE_DIRS, ETC_DIR))
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert "LIBVIRT_" not in rules
     assert not list(Path("/sys/fs/cgroup").glob(f"*/nsync-{os.getpid()}.partition"))

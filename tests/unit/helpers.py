@@ -34,15 +34,6 @@ def until(probe: Callable[[], T], timeout: float = 5.0, what: str = "condition")
     return value
 
 
-def proc_state(pid: int) -> str | None:
-    """The state letter from /proc/PID/stat (R, S, Z, ...), None if the pid is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return raw.rpartition(")")[2].split()[0]
-
-
 def needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (chown / setuid to another uid)")

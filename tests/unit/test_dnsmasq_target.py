@@ -16,8 +16,9 @@ from agent.sinks.dnsmasq_target import (
     reload_dnsmasq,
     why_not_dnsmasq,
 )
+from tests.harness.proc import state as proc_state
 
-from .helpers import SignalRecorder, proc_state, signal_recorder, until
+from .helpers import SignalRecorder, signal_recorder, until
 
 NM_CMDLINE = (
     b"/usr/sbin/dnsmasq\0--no-resolv\0--keep-in-foreground\0--no-hosts\0--bind-interfaces\0"

@@ -1,4 +1,4 @@
-"""Safety net for tests/harness/libvirt.py when pytest itself dies (SIGKILL, CI timeout).
+"""Safety net for the libvirt harness when pytest itself dies (SIGKILL, CI timeout).
 
 Started by Libvirtd with a pipe on stdin, in the session's namespaces. Normal
 teardown writes "done" and closes the pipe: the reaper just exits. If the
@@ -9,10 +9,10 @@ on. The reaper kills those by pid (only processes in its own network
 namespace, which is the dead session's, or in the session's cgroup partition)
 and removes the partition's cgroups, which live in the machine's cgroupfs.
 
-Run as a script (stdlib and wait.py only): it must work whatever state the
+Run as a script (stdlib, wait.py and proc.py only): it must work whatever state the
 test process was in.
 
-    python libvirt_reaper.py PARTITION_DIRNAME LEASE_DIR
+    python reaper.py PARTITION_DIRNAME LEASE_DIR
 """
 
 from __future__ import annotations
@@ -24,59 +24,44 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo, for tests.harness
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo, for tests.harness
+from tests.harness.proc import cgroups, cmdline, comm, namespace, pids, process_gone
 from tests.harness.wait import Timeout, until
 
 NAMES = ("libvirtd", "virtlogd", "libvirt_lxc")
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _gone(pid: int) -> bool:
-    stat = _read(f"/proc/{pid}/stat")
-    return not stat or stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def _all_gone(pids: set[int]) -> bool:
-    return all(_gone(p) for p in pids)
-
-
 def _targets(partition: str, lease_dir: str) -> set[int]:
-    ours = os.readlink("/proc/self/ns/net")
+    ours = namespace("self", "net")
     found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid() or _gone(int(entry)):
+    for pid in pids():
+        if pid == os.getpid() or process_gone(pid):
             continue
-        pid = int(entry)
-        if f"/{partition}/" in _read(f"/proc/{pid}/cgroup"):
+        if f"/{partition}/" in cgroups(pid):
             found.add(pid)  # a guest's process
             continue
-        try:
-            if os.readlink(f"/proc/{pid}/ns/net") != ours:
-                continue
-        except OSError:
+        net = namespace(pid, "net")
+        if net is None or net != ours:
             continue
-        comm = _read(f"/proc/{pid}/comm").strip()
-        if comm in NAMES or (comm == "dnsmasq" and lease_dir in _read(f"/proc/{pid}/cmdline")):
+        name = comm(pid)
+        if name in NAMES or (name == "dnsmasq" and any(lease_dir in a for a in cmdline(pid))):
             found.add(pid)
     return found
 
 
+def _all_gone(targets: set[int]) -> bool:
+    return all(process_gone(p) for p in targets)
+
+
 def reap(partition: str, lease_dir: str) -> None:
     for _ in range(3):  # a controller may still be spawning a guest: look again
-        pids = _targets(partition, lease_dir)
-        for pid in pids:
+        targets = _targets(partition, lease_dir)
+        for pid in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         # Unkillable (D state) after 10 s: its cgroup's rmdir fails below; nothing more to do.
         with contextlib.suppress(Timeout):
-            until(functools.partial(_all_gone, pids), timeout=10)
+            until(functools.partial(_all_gone, targets), timeout=10)
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
         top = hierarchy / partition
         if not top.is_dir():
