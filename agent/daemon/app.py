@@ -23,6 +23,7 @@ from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
 from agent.sinks.hosts_file import HostsFileSink
 from agent.sources.base import Source
+from agent.sources.lifecycle import Backoff
 from agent.sources.registry import build_sources
 
 from . import status as st
@@ -90,8 +91,8 @@ class Daemon:
     # --- sources -----------------------------------------------------------
 
     async def _supervise(self, src: Source) -> None:
-        """Keep a source running; its own code handles reconnects, this catches bugs."""
-        delay = 1.0
+        """Keep a source running; its lifecycle handles reconnects, this catches bugs."""
+        backoff = Backoff(1.0, SOURCE_RESTART_MAX_S)
         while True:
             try:
                 await src.run(self.pipeline.store)
@@ -99,12 +100,12 @@ class Daemon:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                delay = backoff.next()
                 src.record_error(f"crashed: {type(e).__name__}: {e}")
                 src.set_state("disconnected", f"restarting in {delay:.0f}s")
                 src.mark_synced()  # do not block readiness on a broken source
                 log.exception("source crashed", source=src.name)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, SOURCE_RESTART_MAX_S)
 
     def _start_source(self, src: Source) -> None:
         self.sources[src.name] = src

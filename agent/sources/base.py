@@ -1,22 +1,30 @@
-"""The contract every source implements (static now; libvirt, Podman, netlink, peers next).
+"""The contract every source implements: a snapshot of objects, kept by the store.
 
 A source is level-triggered: on every (re)connect it subscribes first, then
 lists, then hands the store its *whole* snapshot with ``replace``; after that
 an event is only a hint to re-read the object it names and ``update`` that
-one entry. While disconnected it keeps its last snapshot in the store (a
-libvirtd restart must not make running VMs vanish) and says so in ``health``.
+one entry (or replace the whole snapshot again). While disconnected it keeps
+its last snapshot in the store (a libvirtd restart must not make running VMs
+vanish) and says so in ``health``.
+
+Sources that follow a service derive from ``ServiceSource``: the lifecycle
+(lifecycle.py) owns connecting, ordering, retries and their wording.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from agent.model.record import ObjectState
+from agent.sources.lifecycle import Health, Lifecycle, Observed
+
+# Kept for readers of the old name (status, tests).
+SourceHealth = Health
+
+Objects = Mapping[str, ObjectState]
+C = TypeVar("C")
 
 
 class SnapshotSink(Protocol):
@@ -27,27 +35,11 @@ class SnapshotSink(Protocol):
     def update(self, source: str, object_id: str, state: ObjectState | None) -> None: ...
 
 
-@dataclass
-class SourceHealth:
-    state: str = "starting"  # starting | connected | disconnected | stopped
-    since: float = 0.0  # wall-clock time of the last state change
-    last_event: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-    detail: str | None = None  # e.g. "reconnecting in 4s"
-
-
-class Source(ABC):
-    """Base class: subclasses implement ``run`` and ``config_key``."""
+class Source(Observed, ABC):
+    """What the daemon runs: ``run`` until cancelled, ``config_key`` for reloads."""
 
     kind: str = "source"
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.health = SourceHealth(since=time.time())
-        # Set once the first full snapshot is in the store: the daemon reports
-        # ready (sd_notify) only when every source has published.
-        self.synced = asyncio.Event()
+    _sink: SnapshotSink | None = None
 
     @abstractmethod
     async def run(self, sink: SnapshotSink) -> None:
@@ -57,18 +49,21 @@ class Source(ABC):
     def config_key(self) -> Hashable:
         """Equal keys mean a config reload need not restart this source."""
 
-    def mark_synced(self) -> None:
-        self.synced.set()
+    def replace(self, objects: Objects) -> None:
+        if self._sink is not None:
+            self._sink.replace(self.name, objects)
 
-    def set_state(self, state: str, detail: str | None = None) -> None:
-        if state != self.health.state:
-            self.health.since = time.time()
-        self.health.state = state
-        self.health.detail = detail
+    def update(self, object_id: str, state: ObjectState | None) -> None:
+        if self._sink is not None:
+            self._sink.update(self.name, object_id, state)
 
-    def saw_event(self) -> None:
-        self.health.last_event = time.time()
 
-    def record_error(self, message: str) -> None:
-        self.health.last_error = message
-        self.health.last_error_at = time.time()
+class ServiceSource(Lifecycle[C, Objects], Source):
+    """A source that follows a service; ``list`` returns its whole snapshot."""
+
+    async def run(self, sink: SnapshotSink) -> None:
+        self._sink = sink
+        await self.supervise()
+
+    def take(self, snapshot: Objects) -> None:
+        self.replace(snapshot)

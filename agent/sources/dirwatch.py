@@ -82,3 +82,31 @@ def _forget(inotify: Inotify, watch: Watch) -> None:
     # Already removed by the kernel (IN_IGNORED) when the directory went away.
     with contextlib.suppress(OSError, ValueError, KeyError):
         inotify.rm_watch(watch)
+
+
+async def wait_for_any(paths: tuple[Path, ...]) -> Path:
+    """Return the first of ``paths`` that exists, waiting with inotify until one does.
+
+    A service's socket is created when the service binds it: watching the
+    nearest existing ancestor of each path costs no wakeup until something
+    appears there (a timer-based retry would wake up forever on a laptop
+    without the service).
+    """
+    with Inotify() as inotify:
+        while True:
+            found = next((p for p in paths if p.exists()), None)
+            if found is not None:
+                return found
+            watches = {}
+            for base in {_nearest_existing(p.parent) for p in paths}:
+                with contextlib.suppress(OSError):
+                    watches[base] = inotify.add_watch(base, _APPEAR | _SELF_GONE | Mask.ONLYDIR)
+            try:
+                # It may have appeared between the check and the watches.
+                if not any(p.exists() for p in paths):
+                    async for event in inotify:
+                        if event.watch in watches.values():
+                            break
+            finally:
+                for watch in watches.values():
+                    _forget(inotify, watch)

@@ -8,21 +8,19 @@ the source re-dumps the addresses and replaces its one-object snapshot.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import structlog
 from pyroute2 import AsyncIPRoute
 
 from agent.config.schema import Config, HostConfig
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
-from agent.sources.base import SnapshotSink, Source
+from agent.sources.base import Objects, ServiceSource, Source
+from agent.sources.lifecycle import Awaited, Problem
 
-log = structlog.get_logger(component="sources.host")
-
-RECONNECT_MAX_S = 30.0
 # Only addresses another machine can use: not link-local (needs a zone
 # index), not loopback, not tentative/deprecated-for-new-use (IFA_F_* bits).
 IFA_F_TENTATIVE = 0x40
@@ -47,13 +45,27 @@ def _address_of(msg: Any) -> Address | None:
         return None
 
 
-class HostAddressSource(Source):
+@dataclass(frozen=True, slots=True)
+class Netlink:
+    """A monitor socket (bound before any dump) and a socket for the dumps."""
+
+    monitor: Any
+    request: Any
+
+
+_EVENTS = frozenset({"RTM_NEWADDR", "RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK"})
+
+
+class HostAddressSource(ServiceSource[Netlink]):
     kind = "host"
+    retry_first_s = 1.0
+    retry_max_s = 30.0
 
     def __init__(self, config: HostConfig, netns: str | None = None) -> None:
         super().__init__("host")
         self.config = config
         self.netns = netns
+        self._detail: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> list[Source]:
@@ -77,46 +89,57 @@ class HostAddressSource(Source):
             if addr is not None and usable(addr, flags):
                 addrs.append(addr)
         missing = [n for n in self.config.interfaces if n not in names.values()]
+        return self._host_state(addrs, missing)
+
+    def _host_state(self, addrs: list[Address], missing: list[str]) -> ObjectState:
         prov = Provenance(self.name, "host", "host", f"host {self.config.name}")
-        detail = None
-        if missing:
-            detail = f"no interface {', '.join(missing)}"
+        detail = f"no interface {', '.join(missing)}" if missing else None
         if not addrs:
             why = detail or f"no usable address on {', '.join(self.config.interfaces)}"
-            self.set_state("connected", f"{self.config.name} not published: {why}")
+            self._show(f"{self.config.name} not published: {why}")
             return ObjectState(rejections=(Rejection(prov, self.config.name, why),))
-        self.set_state("connected", detail)
+        self._show(detail)
         return ObjectState(records=(Record(self.config.name, tuple(addrs), prov),))
 
-    async def run(self, sink: SnapshotSink) -> None:
-        delay = 1.0
+    def _show(self, detail: str | None) -> None:
+        self._detail = detail
+        if self.health.state == "connected":
+            self.set_state("connected", detail)
+
+    # --- lifecycle hooks -----------------------------------------------------
+
+    def wait_available(self) -> Awaited | None:
+        if self.netns is None:
+            return None
+        path = Path(self.netns) if "/" in self.netns else Path("/run/netns") / self.netns
+        return Awaited((path,), "network namespace", "create it, or leave [host] netns unset")
+
+    async def connect(self) -> Netlink:
+        if self.netns:
+            return Netlink(AsyncIPRoute(netns=self.netns), AsyncIPRoute(netns=self.netns))
+        return Netlink(AsyncIPRoute(), AsyncIPRoute())
+
+    async def subscribe(self, conn: Netlink) -> None:
+        await conn.monitor.bind()
+
+    async def list(self, conn: Netlink) -> Objects:
+        return {"host": await self._read(conn.request)}
+
+    def connected_detail(self) -> str | None:
+        return self._detail
+
+    async def follow(self, conn: Netlink) -> str:
         while True:
-            monitor = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
-            request = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
-            try:
-                # Subscribe before listing, so no change between the two is lost.
-                await monitor.bind()
-                sink.replace(self.name, {"host": await self._read(request)})
-                self.mark_synced()
-                delay = 1.0
-                while True:
-                    relevant = False
-                    async for msg in monitor.get():
-                        event = msg.get("event", "")
-                        if event in ("RTM_NEWADDR", "RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK"):
-                            relevant = True
-                    if relevant:
-                        self.saw_event()
-                        sink.update(self.name, "host", await self._read(request))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.record_error(f"netlink: {type(e).__name__}: {e}")
-                self.set_state("disconnected", f"reconnecting in {delay:.0f}s")
-                self.mark_synced()
-                log.warning("netlink monitor failed; keeping the last host record", error=str(e))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
-            finally:
-                monitor.close()
-                request.close()
+            relevant = False
+            async for msg in conn.monitor.get():
+                relevant |= msg.get("event", "") in _EVENTS
+            if relevant:
+                self.saw_event()
+                self.update("host", await self._read(conn.request))
+
+    async def disconnect(self, conn: Netlink) -> None:
+        conn.monitor.close()
+        conn.request.close()
+
+    def describe(self, error: BaseException) -> Problem:
+        return Problem(f"netlink: {type(error).__name__}: {error}")

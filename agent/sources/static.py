@@ -7,10 +7,10 @@ from collections.abc import Hashable
 
 from agent.config.schema import Config, StaticEntry
 from agent.model.record import ObjectState, Provenance, Record
-from agent.sources.base import SnapshotSink, Source
+from agent.sources.base import Objects, ServiceSource, Source
 
 
-class StaticSource(Source):
+class StaticSource(ServiceSource[None]):
     kind = "static"
 
     def __init__(self, entries: tuple[StaticEntry, ...]) -> None:
@@ -37,9 +37,15 @@ class StaticSource(Source):
             objects[name] = ObjectState((Record(name, entry.addresses, prov),))
         return objects
 
-    async def run(self, sink: SnapshotSink) -> None:
-        sink.replace(self.name, self.snapshot())
-        self.set_state("connected")
+    # The config is the whole "service": there is nothing to connect to or follow.
+
+    async def connect(self) -> None:
+        return None
+
+    async def list(self, conn: None) -> Objects:
         self.saw_event()
-        self.mark_synced()
-        await asyncio.Event().wait()  # nothing to watch: config changes arrive as a new source
+        return self.snapshot()
+
+    async def follow(self, conn: None) -> str:
+        await asyncio.Event().wait()  # config changes arrive as a new source
+        return "stopped"

@@ -35,6 +35,7 @@ from podman.errors import APIError, NotFound
 from agent.config.schema import Config, PodmanConfig
 from agent.model.record import ObjectState
 from agent.sources.base import SnapshotSink, Source
+from agent.sources.lifecycle import LinkState
 
 from .aardvark import AardvarkWatcher, Snapshot
 from .events import EventStream, StreamEnded
@@ -100,7 +101,7 @@ class PodmanSource(Source):
         self._rootless = (os.geteuid() if euid is None else euid) != 0
         self._fast = Snapshot()
         self._fast_off: str | None = None
-        self._link: tuple[str, str | None] = ("starting", None)
+        self._link: tuple[LinkState, str | None] = ("starting", None)
         self._pod_names: dict[str, str] = {}
         self._synced_session = False
 
@@ -120,7 +121,7 @@ class PodmanSource(Source):
 
     # --- status ------------------------------------------------------------
 
-    def _show(self, state: str | None = None, detail: str | None = None) -> None:
+    def _show(self, state: LinkState | None = None, detail: str | None = None) -> None:
         """Set the connection state (None: keep it) and rebuild health.detail."""
         if state is not None:
             self._link = (state, detail)
