@@ -1,35 +1,38 @@
-"""Parse and validate config.toml into ``Config``, collecting every problem at once."""
+"""Read config.toml into ``Config`` by walking the schema, collecting every problem at once."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from agent.config.errors import ConfigError, Problems
+from agent.config.kinds import expect
 from agent.config.schema import (
+    DEFAULT_PODMAN_SOCKET,
     DEFAULT_SYSTEM_CONFIG,
+    DEFAULT_SYSTEM_SOCKET,
+    LOG_LEVELS,
     Config,
-    ConfigError,
-    ControlConfig,
-    DaemonConfig,
-    DnsmasqConfig,
-    HostConfig,
-    HostsFileConfig,
-    LibvirtConfig,
-    NetworkManagerConfig,
-    PodmanConfig,
-    StaticEntry,
+    KeyInfo,
+    SectionInfo,
+    sections,
 )
-from agent.model.names import InvalidName, parse_fqdn
-from agent.model.record import AddressError, parse_address
+from agent.model.quote import quote
 
-T = TypeVar("T")
-_STATIC_KEYS = frozenset({"name", "addresses"})
-LOG_LEVELS = ("debug", "info", "warning", "error")
+__all__ = ["LOG_LEVELS", "load_config", "parse_config"]
+
 EMBEDDED = "<embedded default>"
+# Far above any real config (100,000 [[static]] names is about 7 MB), far below
+# what would hurt to read and parse.
+MAX_CONFIG_BYTES = 64 << 20
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def default_config_path(euid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
@@ -44,7 +47,7 @@ def default_socket_path(euid: int | None = None, env: Mapping[str, str] | None =
     """The control socket: /run/namesync for root, $XDG_RUNTIME_DIR/namesync otherwise."""
     env = os.environ if env is None else env
     if (os.geteuid() if euid is None else euid) == 0 or not env.get("XDG_RUNTIME_DIR"):
-        return ControlConfig.socket
+        return DEFAULT_SYSTEM_SOCKET
     return Path(env["XDG_RUNTIME_DIR"]) / "namesync" / "control.sock"
 
 
@@ -52,7 +55,7 @@ def default_podman_socket(euid: int | None = None, env: Mapping[str, str] | None
     """Rootful Podman's socket for root; the user's own service socket otherwise."""
     env = os.environ if env is None else env
     if (os.geteuid() if euid is None else euid) == 0 or not env.get("XDG_RUNTIME_DIR"):
-        return PodmanConfig.socket
+        return DEFAULT_PODMAN_SOCKET
     return Path(env["XDG_RUNTIME_DIR"]) / "podman" / "podman.sock"
 
 
@@ -60,202 +63,111 @@ def embedded_default_text() -> str:
     return (resources.files("agent.config") / "default.toml").read_text(encoding="utf-8")
 
 
-class _Reader:
-    """Typed access to one TOML table that records problems instead of raising."""
-
-    def __init__(self, table: Mapping[str, Any], prefix: str, problems: list[str]) -> None:
-        self.table = table
-        self.prefix = prefix
-        self.problems = problems
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def get(
-        self, name: str, kind: type[T], default: T, check: Callable[[T], str | None] | None = None
-    ) -> T:
-        self.seen.add(name)
-        if name not in self.table:
-            return default
-        value = self.table[name]
-        # bool is an int in Python; a config saying `coalesce_ms = true` is a mistake.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.problems.append(
-                f"{self.key(name)}: expected {kind.__name__}, got {type(value).__name__} {value!r}"
-            )
-            return default
-        if check is not None:
-            why = check(value)
-            if why:
-                self.problems.append(f"{self.key(name)}: {why}")
-                return default
-        return value
-
-    def path(self, name: str, default: Path) -> Path:
-        raw = self.get(
-            name, str, "", lambda s: None if s.startswith("/") else "must be an absolute path"
-        )
-        return Path(raw) if raw else default
-
-    def finish(self) -> None:
-        for extra in sorted(set(self.table) - self.seen):
-            self.problems.append(f"{self.key(extra)}: unknown key")
+def _key_text(name: str) -> str:
+    # A key is part of every message about it: a hostile one is quoted, like a value.
+    return name if _PLAIN_KEY.fullmatch(name) else quote(name)
 
 
-def _strings(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...] | None:
-    raw = r.get(key, list, list(default))
-    bad = [v for v in raw if not isinstance(v, str)]
-    if bad:
-        r.problems.append(f"{r.key(key)}: expected strings, got {bad!r}")
+def _unknown(
+    table: Mapping[str, Any], known: list[str], prefix: str, what: str, problems: Problems
+) -> None:
+    for extra in sorted(set(table) - set(known)):
+        hint = ""
+        if len(extra) <= 64:  # difflib is quadratic in the length
+            near = difflib.get_close_matches(extra, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+        problems.add(prefix + _key_text(extra), what + hint)
+
+
+def _keys(
+    keys: tuple[KeyInfo, ...],
+    table: Mapping[str, Any],
+    prefix: str,
+    problems: Problems,
+    defaults: Mapping[str, object],
+) -> dict[str, Any]:
+    """Each key's value (its default when absent or invalid); problems reported under prefix."""
+    values: dict[str, Any] = {}
+    for k in keys:
+        key = prefix + k.name
+        if k.name not in table:
+            if k.required:
+                problems.add(key, "missing")
+            else:
+                values[k.name] = defaults.get(key, k.default)
+            continue
+        value = k.key.kind.parse(table[k.name], key, problems)
+        if value is not None:
+            values[k.name] = value
+        elif not k.required:
+            values[k.name] = defaults.get(key, k.default)
+    _unknown(table, [k.name for k in keys], prefix, "unknown key", problems)
+    return values
+
+
+def _section(
+    sec: SectionInfo, doc: Mapping[str, Any], problems: Problems, defaults: Mapping[str, object]
+) -> object:
+    raw = doc.get(sec.name, {})
+    if not isinstance(raw, dict):
+        problems.add(sec.name, f"expected a table ([{sec.name}]), got {type(raw).__name__}")
+        raw = {}
+    return sec.cls(**_keys(sec.keys, raw, f"{sec.name}.", problems, defaults))
+
+
+def _item(
+    sec: SectionInfo, keys: tuple[KeyInfo, ...], item: object, i: int, problems: Problems
+) -> object | None:
+    """One [[array]] table, or None (reported). The usual valid item is parsed once,
+    with no per-key bookkeeping: a reload parses every [[static]] entry again."""
+    if type(item) is dict:
+        quiet = Problems()
+        values = _keys(keys, item, "", quiet, {})
+        if not quiet and len(values) == len(keys):
+            parsed: object = sec.cls(**values)
+            return parsed
+    where = f"{sec.name}[{i}]"
+    if not expect(item, dict, where, Problems()):
+        problems.add(where, "expected a table")
         return None
-    return tuple(raw)
+    assert isinstance(item, dict)
+    values = _keys(keys, item, f"{where}.", problems, {})
+    return sec.cls(**values) if len(values) == len(keys) else None
 
 
-def _names(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = _strings(r, key, default)
-    if raw is None:
-        return default
-    out = []
-    for i, value in enumerate(raw):
-        try:
-            out.append(parse_fqdn(value))
-        except InvalidName as e:
-            r.problems.append(f"{r.key(key)}[{i}]: {e.reason} (in {value!r})")
+def _array(sec: SectionInfo, doc: Mapping[str, Any], problems: Problems) -> tuple[object, ...]:
+    raw = doc.get(sec.name, [])
+    if not isinstance(raw, list):
+        problems.add(sec.name, f"expected an array of tables ([[{sec.name}]])")
+        return ()
+    keys = sec.keys
+    unique = keys[0].name  # the first key names an item: two items may not share it
+    out: list[object] = []
+    first_seen: dict[object, int] = {}
+    for i, item in enumerate(raw):
+        parsed = _item(sec, keys, item, i, problems)
+        if parsed is None:
+            continue
+        ident = getattr(parsed, unique)
+        seen = first_seen.setdefault(ident, i)
+        if seen != i:
+            problems.add(
+                f"{sec.name}[{i}].{unique}",
+                f"{quote(ident)} is already defined by {sec.name}[{seen}]",
+            )
+            continue
+        out.append(parsed)
     return tuple(out)
 
 
-def _interfaces(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = _strings(r, key, default)
-    if raw is None:
-        return default
-    for i, value in enumerate(raw):
-        # IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and whitespace.
-        if (
-            not value
-            or len(value) > 15
-            or any(c in value for c in "/: \t\n")
-            or value in (".", "..")
-        ):
-            r.problems.append(f"{r.key(key)}[{i}]: not an interface name: {value!r}")
-    return raw
-
-
-def _table(doc: Mapping[str, Any], name: str, problems: list[str]) -> _Reader:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        problems.append(f"{name}: expected a table ([{name}]), got {type(value).__name__}")
-        value = {}
-    return _Reader(value, f"{name}.", problems)
-
-
-def _static(doc: Mapping[str, Any], problems: list[str]) -> tuple[StaticEntry, ...]:
-    raw = doc.get("static", [])
-    if not isinstance(raw, list):
-        problems.append("static: expected an array of tables ([[static]])")
-        return ()
-    entries: list[StaticEntry] = []
-    first_seen: dict[str, int] = {}
-    for i, item in enumerate(raw):
-        # Fast path for the usual entry (both keys, nothing else, right types, all
-        # valid, name not seen before): it is parsed once per entry on every reload,
-        # so skip the per-key bookkeeping that only matters for reporting problems.
-        # Anything else is done again below, which reports exactly as it always has.
-        if type(item) is dict and item.keys() == _STATIC_KEYS:
-            given_name, given_addrs = item["name"], item["addresses"]
-            if type(given_name) is str and given_name and type(given_addrs) is list and given_addrs:
-                try:
-                    fast_name = parse_fqdn(given_name)
-                    fast_addrs = tuple(map(parse_address, given_addrs))
-                except (InvalidName, AddressError):
-                    pass
-                else:
-                    if fast_name not in first_seen:
-                        first_seen[fast_name] = i
-                        entries.append(StaticEntry(name=fast_name, addresses=fast_addrs))
-                        continue
-        where = f"static[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: expected a table")
-            continue
-        r = _Reader(item, f"{where}.", problems)
-        raw_name = r.get("name", str, "")
-        raw_addrs = r.get("addresses", list, [])
-        r.finish()
-        if "name" not in item:
-            problems.append(f"{where}.name: missing")
-        if "addresses" not in item:
-            problems.append(f"{where}.addresses: missing")
-        name = None
-        if isinstance(item.get("name"), str):
-            try:
-                name = parse_fqdn(raw_name)
-            except InvalidName as e:
-                problems.append(f"{where}.name: {e.reason} (in {raw_name!r})")
-        addrs = []
-        for j, a in enumerate(raw_addrs):
-            try:
-                addrs.append(parse_address(a))
-            except AddressError as e:
-                problems.append(f"{where}.addresses[{j}]: {e.reason} (in {a!r})")
-        if "addresses" in item and not raw_addrs:
-            problems.append(f"{where}.addresses: empty; a name needs at least one address")
-        if name is None or not addrs:
-            continue
-        if name in first_seen:
-            problems.append(
-                f"{where}.name: {name!r} is already defined by static[{first_seen[name]}]"
-            )
-            continue
-        first_seen[name] = i
-        entries.append(StaticEntry(name=name, addresses=tuple(addrs)))
-    return tuple(entries)
-
-
-def _zone(r: _Reader, key: str, default: str) -> str:
-    raw = r.get(key, str, default)
+def _toml(text: str, origin: str) -> dict[str, Any]:
     try:
-        return parse_fqdn(raw)
-    except InvalidName as e:
-        r.problems.append(f"{r.key(key)}: {e.reason} (in {raw!r})")
-        return default
-
-
-_LIBVIRT_URI_SCHEMES = ("qemu", "lxc", "test", "xen", "ch", "bhyve", "vz", "libxl")
-
-
-def _libvirt(r: _Reader) -> LibvirtConfig:
-    uris = _strings(r, "uris", LibvirtConfig.uris)
-    if uris is None:
-        uris = LibvirtConfig.uris
-    for i, uri in enumerate(uris):
-        scheme = uri.split(":", 1)[0].split("+", 1)[0]
-        if "://" not in uri or scheme not in _LIBVIRT_URI_SCHEMES:
-            r.problems.append(
-                f"{r.key('uris')}[{i}]: not a libvirt URI such as qemu:///system (in {uri!r})"
-            )
-    if len(set(uris)) != len(uris):
-        r.problems.append(f"{r.key('uris')}: a URI is listed twice")
-    config = LibvirtConfig(
-        enabled=r.get("enabled", bool, True),
-        uris=uris,
-        zone=_zone(r, "zone", LibvirtConfig.zone),
-        guest_hostnames=r.get("guest_hostnames", bool, False),
-        lease_dir=r.path("lease_dir", LibvirtConfig.lease_dir),
-    )
-    r.finish()
-    return config
-
-
-def _podman(r: _Reader, socket_default: Path | None) -> PodmanConfig:
-    config = PodmanConfig(
-        enabled=r.get("enabled", bool, True),
-        socket=r.path("socket", socket_default or PodmanConfig.socket),
-        zone=_zone(r, "zone", PodmanConfig.zone),
-        aardvark_dir=r.path("aardvark_dir", PodmanConfig.aardvark_dir),
-    )
-    r.finish()
-    return config
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(origin, [f"TOML syntax: {e}"]) from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays or inline tables.
+        raise ConfigError(origin, ["TOML syntax: values nested too deeply"]) from None
 
 
 def parse_config(
@@ -266,98 +178,39 @@ def parse_config(
     podman_socket_default: Path | None = None,
 ) -> Config:
     """Parse TOML text; raise ConfigError listing every problem found."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(origin, [f"TOML syntax: {e}"]) from None
-    problems: list[str] = []
-    known = {"daemon", "control", "dnsmasq", "hosts_file", "networkmanager", "host", "static",
-             "libvirt", "podman"}
-    for extra in sorted(set(doc) - known):
-        problems.append(f"{extra}: unknown section or key")
+    doc = _toml(text, origin)
+    problems = Problems()
+    defaults: dict[str, object] = {}
+    if socket_default is not None:
+        defaults["control.socket"] = socket_default
+    if podman_socket_default is not None:
+        defaults["podman.socket"] = podman_socket_default
+    schema = sections()
+    _unknown(doc, [s.name for s in schema], "", "unknown section or key", problems)
+    values: dict[str, Any] = {
+        s.name: _array(s, doc, problems) if s.array else _section(s, doc, problems, defaults)
+        for s in schema
+    }
+    problems.raise_if_any(origin)
+    return replace(Config(**values), origin=origin)
 
-    d = _table(doc, "daemon", problems)
-    daemon = DaemonConfig(
-        coalesce_ms=d.get(
-            "coalesce_ms",
-            int,
-            DaemonConfig.coalesce_ms,
-            lambda v: None if 0 <= v <= 10_000 else "must be 0..10000",
-        ),
-        log_level=d.get(
-            "log_level",
-            str,
-            DaemonConfig.log_level,
-            lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}",
-        ),
-    )
-    d.finish()
 
-    c = _table(doc, "control", problems)
-    uids = c.get("allow_uids", list, [])
-    bad_uids = [u for u in uids if not isinstance(u, int) or isinstance(u, bool) or u < 0]
-    if bad_uids:
-        problems.append(f"control.allow_uids: not uids: {bad_uids!r}")
-    control = ControlConfig(
-        socket=c.path("socket", socket_default or ControlConfig.socket),
-        allow_uids=tuple(u for u in uids if u not in bad_uids),
-    )
-    c.finish()
-
-    m = _table(doc, "dnsmasq", problems)
-    dnsmasq = DnsmasqConfig(
-        enabled=m.get("enabled", bool, True),
-        addn_hosts=m.path("addn_hosts", DnsmasqConfig.addn_hosts),
-        pid_file=m.path("pid_file", DnsmasqConfig.pid_file),
-        local_zones=_names(m, "local_zones", DnsmasqConfig.local_zones),
-    )
-    m.finish()
-
-    n = _table(doc, "networkmanager", problems)
-    networkmanager = NetworkManagerConfig(
-        enabled=n.get("enabled", bool, True),
-        dnsmasq_dir=n.path("dnsmasq_dir", NetworkManagerConfig.dnsmasq_dir),
-    )
-    n.finish()
-
-    t = _table(doc, "host", problems)
-    host_name = t.get("name", str, HostConfig.name)
-    try:
-        host_name = parse_fqdn(host_name)
-    except InvalidName as e:
-        problems.append(f"host.name: {e.reason} (in {host_name!r})")
-    host = HostConfig(
-        enabled=t.get("enabled", bool, True),
-        name=host_name,
-        interfaces=_interfaces(t, "interfaces", HostConfig.interfaces),
-    )
-    t.finish()
-
-    libvirt = _libvirt(_table(doc, "libvirt", problems))
-    podman = _podman(_table(doc, "podman", problems), podman_socket_default)
-
-    h = _table(doc, "hosts_file", problems)
-    hosts_file = HostsFileConfig(
-        enabled=h.get("enabled", bool, True),
-        path=h.path("path", HostsFileConfig.path),
-    )
-    h.finish()
-
-    static = _static(doc, problems)
-    if problems:
-        raise ConfigError(origin, problems)
-    return Config(
-        daemon=daemon,
-        control=control,
-        dnsmasq=dnsmasq,
-        hosts_file=hosts_file,
-        networkmanager=networkmanager,
-        host=host,
-        libvirt=libvirt,
-        podman=podman,
-        static=static,
-        origin=origin,
-    )
+def _read(target: Path) -> str:
+    with target.open("rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(target), [f"file is larger than {MAX_CONFIG_BYTES >> 20} MiB"])
+    if not data.strip():
+        # What a non-atomic save caught half-way leaves. Taking it as "all defaults"
+        # would drop every [[static]] name and move the sinks to the default paths.
+        raise ConfigError(
+            str(target),
+            [
+                "empty file: refused (a save interrupted half-way looks like this); "
+                "to run on the defaults, put a comment in it or remove it"
+            ],
+        )
+    return data.decode("utf-8")
 
 
 def load_config(path: Path | None, *, socket_default: Path | None = None) -> Config:
@@ -369,7 +222,7 @@ def load_config(path: Path | None, *, socket_default: Path | None = None) -> Con
     explicit = path is not None
     target = path if path is not None else default_config_path()
     try:
-        text = target.read_text(encoding="utf-8")
+        text = _read(target)
         origin = str(target.absolute())
     except FileNotFoundError:
         if explicit:

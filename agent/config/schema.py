@@ -1,57 +1,148 @@
-"""Typed configuration. Every field here is documented in README.md's config reference."""
+"""The config schema, the single truth: every key, its type, default and one-line doc.
+
+The loader (load.py) walks these classes; ``namesync-agent
+--print-default-config``, agent/config/default.toml, README's config
+reference and namesync.conf(5) are generated from them (reference.py).
+
+Adding a key is one line in its section below::
+
+    max_clients: int = setting(64, Int(1, 1024), "Connections the socket accepts at once.")
+
+then ``python -m agent.config.reference --write`` regenerates default.toml and
+README's reference (a test fails until you do). Adding a section is a frozen
+dataclass with a docstring (the section's comment in default.toml) and one
+``section(...)`` field in ``Config``. A check that needs two keys at once goes
+in load.py's ``_CROSS_CHECKS``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
+from agent.config.errors import ConfigError
+from agent.config.kinds import (
+    ADDRESSES,
+    BOOL,
+    FQDN,
+    FQDNS,
+    INTERFACES,
+    LIBVIRT_URIS,
+    PATH,
+    UIDS,
+    Choice,
+    Int,
+    Kind,
+)
 from agent.model.record import Address
+
+__all__ = ["ConfigError"]  # re-exported: callers import it from here
+
+T = TypeVar("T")
 
 DEFAULT_SYSTEM_CONFIG = Path("/etc/namesync/config.toml")
 DEFAULT_SYSTEM_SOCKET = Path("/run/namesync/control.sock")
 DEFAULT_PODMAN_SOCKET = Path("/run/podman/podman.sock")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+KEY = "namesync.key"  # dataclass field metadata: a config key (a Key)
+SECTION = "namesync.section"  # ...: a [section] or an [[array]] of tables (a SectionInfo)
 
 
-class ConfigError(Exception):
-    """One or more problems in a config file, each naming its key."""
+@dataclass(frozen=True)
+class Key:
+    kind: Kind[Any]
+    doc: str
+    # Set when the default differs for a non-root agent; says what it is then.
+    # default.toml shows such a key commented out, so each agent gets its own.
+    per_user: str = ""
+    # For keys without a default ([[static]]): what the commented example shows.
+    example: object = None
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        detail = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid config {source}:\n{detail}")
+
+def setting(default: T, kind: Kind[T], doc: str, *, per_user: str = "") -> T:
+    """A config key with its default, value kind and one-line doc."""
+    return field(default=default, metadata={KEY: Key(kind, doc, per_user)})
+
+
+def required(kind: Kind[T], doc: str, *, example: object) -> T:
+    """A key that must be given (inside an [[array]] of tables)."""
+    return cast(T, field(metadata={KEY: Key(kind, doc, example=example)}))
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    # 20 ms: see README "Coalescing window" for the measurement behind it.
-    coalesce_ms: int = 20
-    log_level: str = "info"
+    """The daemon itself."""
+
+    # 20 ms: see README "Coalescing" for the measurement behind it.
+    coalesce_ms: int = setting(
+        20,
+        Int(0, 10_000),
+        "Changes arriving within this window after the first one are written and "
+        "reloaded together (one write, one SIGHUP).",
+    )
+    log_level: str = setting("info", Choice(*LOG_LEVELS), "Log verbosity.")
 
 
 @dataclass(frozen=True)
 class ControlConfig:
-    socket: Path = DEFAULT_SYSTEM_SOCKET
-    # uids besides root and the daemon's own that may use the socket.
-    allow_uids: tuple[int, ...] = ()
+    """agentctl talks to the daemon on this socket. Root-only (mode 0600) unless
+    allow_uids is set (then 0666, each peer checked by SO_PEERCRED)."""
+
+    socket: Path = setting(
+        DEFAULT_SYSTEM_SOCKET,
+        PATH,
+        "The control socket; takes effect when the daemon restarts.",
+        per_user="$XDG_RUNTIME_DIR/namesync/control.sock",
+    )
+    allow_uids: tuple[int, ...] = setting(
+        (), UIDS, "Further uids allowed on the socket besides root and the daemon's own."
+    )
 
 
 @dataclass(frozen=True)
 class DnsmasqConfig:
-    enabled: bool = True
-    addn_hosts: Path = Path("/run/namesync/addn-hosts")
-    pid_file: Path = Path("/run/NetworkManager/dnsmasq.pid")
-    # Zones dnsmasq must answer locally (`local=/ZONE/`): unknown names there
-    # are NXDOMAIN and AAAA of an IPv4-only name is NODATA instead of being
-    # forwarded upstream. Written into NetworkManager's drop-in by `agentctl setup`.
-    local_zones: tuple[str, ...] = ("dns.libvirt", "dns.podman", "dns.host")
+    """A hosts-format file for dnsmasq's addn-hosts=, and the dnsmasq to SIGHUP after
+    it changes (only if /proc/PID is really dnsmasq)."""
+
+    enabled: bool = setting(True, BOOL, "Write the addn-hosts file and reload dnsmasq.")
+    addn_hosts: Path = setting(
+        Path("/run/namesync/addn-hosts"),
+        PATH,
+        "The addn-hosts file; written mode 0644 (dnsmasq reads it unprivileged).",
+    )
+    pid_file: Path = setting(
+        Path("/run/NetworkManager/dnsmasq.pid"), PATH, "The dnsmasq to SIGHUP after a change."
+    )
+    local_zones: tuple[str, ...] = setting(
+        ("dns.libvirt", "dns.podman", "dns.host"),
+        FQDNS,
+        "Zones dnsmasq answers locally (local=/ZONE/, written by `agentctl setup`): "
+        "unknown names there are NXDOMAIN, not forwarded upstream.",
+    )
+
+
+@dataclass(frozen=True)
+class HostsFileConfig:
+    """A managed block between namesync's marker lines; nothing else in the file is
+    touched. Serves glibc and systemd-resolved users."""
+
+    enabled: bool = setting(True, BOOL, "Keep the managed block up to date.")
+    path: Path = setting(Path("/etc/hosts"), PATH, "The hosts file holding the block.")
 
 
 @dataclass(frozen=True)
 class NetworkManagerConfig:
-    # Follow NetworkManager over the system D-Bus: its DNS mode and its dnsmasq.
-    enabled: bool = True
-    dnsmasq_dir: Path = Path("/etc/NetworkManager/dnsmasq.d")
+    """Follow NetworkManager over the system D-Bus: its DNS mode and its dnsmasq."""
+
+    enabled: bool = setting(True, BOOL, "Follow NetworkManager (DNS mode, its dnsmasq's pid).")
+    dnsmasq_dir: Path = setting(
+        Path("/etc/NetworkManager/dnsmasq.d"),
+        PATH,
+        "NetworkManager's dnsmasq drop-in directory; `agentctl setup` writes namesync.conf here.",
+    )
 
     @property
     def dropin(self) -> Path:
@@ -60,59 +151,134 @@ class NetworkManagerConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
-    # The host's own name, following its address on these interfaces live.
-    enabled: bool = True
-    name: str = "host.dns.host"
-    interfaces: tuple[str, ...] = ("virbr0",)
+    """The host's own name, following its address on these interfaces live (netlink)."""
+
+    enabled: bool = setting(True, BOOL, "Publish the host's own name.")
+    name: str = setting("host.dns.host", FQDN, "The host's name.")
+    interfaces: tuple[str, ...] = setting(
+        ("virbr0",), INTERFACES, "Interfaces whose addresses the host's name resolves to."
+    )
 
 
 @dataclass(frozen=True)
 class LibvirtConfig:
-    # Domains on these hypervisor connections get `<domain>.<zone>`; lxc:///system
-    # works the same way. One read-only connection per URI.
-    enabled: bool = True
-    uris: tuple[str, ...] = ("qemu:///system",)
-    zone: str = "dns.libvirt"
-    # The guest's own DHCP hostname is guest-controlled: only ever published as
-    # `<hostname>.guest.<zone>`, and only when this is on.
-    guest_hostnames: bool = False
-    # libvirt's per-network dnsmasq writes `<bridge>.status` lease files here.
-    lease_dir: Path = Path("/var/lib/libvirt/dnsmasq")
+    """Every running domain on these connections resolves as <domain>.<zone>, with one
+    more name per NIC (<nic>.<domain>.<zone>) when it has several. Addresses come from
+    libvirt's DHCP leases (watched in lease_dir), else from interfaceAddresses.
+    Connections are read-only. If libvirtd is not running, status says so and
+    namesync connects when it starts."""
+
+    enabled: bool = setting(True, BOOL, "Publish libvirt domains.")
+    uris: tuple[str, ...] = setting(
+        ("qemu:///system",),
+        LIBVIRT_URIS,
+        "Hypervisor connections, one read-only connection each; lxc:///system works the "
+        "same way.",
+    )
+    zone: str = setting("dns.libvirt", FQDN, "Zone of domain names.")
+    # The guest's own DHCP hostname is guest-controlled.
+    guest_hostnames: bool = setting(
+        False,
+        BOOL,
+        "Also publish a guest's DHCP hostname (chosen by the guest), only as "
+        "<hostname>.guest.<zone>.",
+    )
+    lease_dir: Path = setting(
+        Path("/var/lib/libvirt/dnsmasq"),
+        PATH,
+        "Where libvirt's per-network dnsmasq writes <bridge>.status lease files.",
+    )
 
 
 @dataclass(frozen=True)
 class PodmanConfig:
-    # Containers of the Podman service on this socket get `<name>.<zone>`.
-    enabled: bool = True
-    socket: Path = DEFAULT_PODMAN_SOCKET
-    zone: str = "dns.podman"
-    # netavark writes one file per DNS-enabled network here before `podman run`
-    # returns: the fast path, ahead of the (polled) event stream.
-    aardvark_dir: Path = Path("/run/containers/networks/aardvark-dns")
+    """Every running container of this Podman service resolves as <name>.<zone>, plus
+    its network aliases and its pod's name."""
+
+    enabled: bool = setting(True, BOOL, "Publish Podman containers.")
+    socket: Path = setting(
+        DEFAULT_PODMAN_SOCKET,
+        PATH,
+        "The Podman service's API socket.",
+        per_user="$XDG_RUNTIME_DIR/podman/podman.sock",
+    )
+    zone: str = setting("dns.podman", FQDN, "Zone of container names.")
+    aardvark_dir: Path = setting(
+        Path("/run/containers/networks/aardvark-dns"),
+        PATH,
+        "netavark's per-network DNS files, read as soon as they change (the fast path: "
+        "a name answers before Podman's event arrives).",
+    )
 
 
-@dataclass(frozen=True)
-class HostsFileConfig:
-    enabled: bool = True
-    path: Path = Path("/etc/hosts")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StaticEntry:
+    name: str = required(FQDN, "A fully qualified name (RFC 1123).", example="db.dns.host")
+    addresses: tuple[Address, ...] = required(
+        ADDRESSES, "Its IPv4 and/or IPv6 addresses.", example=("192.168.122.10", "fd00::10")
+    )
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
     name: str
-    addresses: tuple[Address, ...]
+    key: Key
+    default: object  # dataclasses.MISSING for a required key
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    cls: type
+    doc: str
+    array: bool  # [[name]], any number of tables, or one [name]
+    keys: tuple[KeyInfo, ...]
+    name: str = ""
+
+
+def keys_of(cls: type) -> tuple[KeyInfo, ...]:
+    return tuple(
+        KeyInfo(f.name, f.metadata[KEY], f.default) for f in fields(cls) if KEY in f.metadata
+    )
+
+
+def section(cls: type[S]) -> S:
+    """One [name] table of keys; its docstring is its comment in default.toml."""
+    info = SectionInfo(cls, inspect.cleandoc(cls.__doc__ or ""), False, keys_of(cls))
+    return field(default_factory=cls, metadata={SECTION: info})
+
+
+def array(cls: type[S], doc: str) -> tuple[S, ...]:
+    """Any number of [[name]] tables of ``cls``'s keys."""
+    info = SectionInfo(cls, doc, True, keys_of(cls))
+    return cast(tuple[S, ...], field(default=(), metadata={SECTION: info}))
 
 
 @dataclass(frozen=True)
 class Config:
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
-    dnsmasq: DnsmasqConfig = field(default_factory=DnsmasqConfig)
-    hosts_file: HostsFileConfig = field(default_factory=HostsFileConfig)
-    networkmanager: NetworkManagerConfig = field(default_factory=NetworkManagerConfig)
-    host: HostConfig = field(default_factory=HostConfig)
-    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
-    podman: PodmanConfig = field(default_factory=PodmanConfig)
-    static: tuple[StaticEntry, ...] = ()
+    daemon: DaemonConfig = section(DaemonConfig)
+    control: ControlConfig = section(ControlConfig)
+    dnsmasq: DnsmasqConfig = section(DnsmasqConfig)
+    hosts_file: HostsFileConfig = section(HostsFileConfig)
+    networkmanager: NetworkManagerConfig = section(NetworkManagerConfig)
+    host: HostConfig = section(HostConfig)
+    libvirt: LibvirtConfig = section(LibvirtConfig)
+    podman: PodmanConfig = section(PodmanConfig)
+    static: tuple[StaticEntry, ...] = array(
+        StaticEntry, "Names for host services, or anything else (any number of these)."
+    )
     # Where this config was read from ("<embedded default>" when no file exists).
     origin: str = "<embedded default>"
+
+
+def sections() -> tuple[SectionInfo, ...]:
+    """Every section of config.toml, in file order, each with its name."""
+    return tuple(
+        replace(f.metadata[SECTION], name=f.name) for f in fields(Config) if SECTION in f.metadata
+    )

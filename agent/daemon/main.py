@@ -10,7 +10,8 @@ from pathlib import Path
 import structlog
 
 from agent import version
-from agent.config.load import default_config_path, embedded_default_text, load_config
+from agent.config.load import default_config_path, load_config
+from agent.config.reference import default_toml
 from agent.config.schema import ConfigError
 from agent.control.server import SocketInUse
 
@@ -55,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--print-default-config",
         action="store_true",
-        help="print the embedded default config and exit",
+        help="print the default config (every section and key, with its default) and exit",
     )
     p.add_argument(
         "--log-level",
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.print_default_config:
-        sys.stdout.write(embedded_default_text())
+        sys.stdout.write(default_toml())
         return 0
     try:
         config = load_config(args.config)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from agent.model.quote import quote
+
 MAX_LABEL = 63
 MAX_FQDN = 253
 
@@ -37,7 +39,7 @@ class InvalidName(ValueError):
     """A name that cannot be made into a valid DNS name; ``reason`` says why."""
 
     def __init__(self, value: str, reason: str) -> None:
-        super().__init__(f"{value!r}: {reason}")
+        super().__init__(f"{quote(value)}: {reason}")
         self.value = value
         self.reason = reason
 
@@ -68,10 +70,10 @@ def check_label(label: str) -> str | None:
     if not label:
         return "empty label"
     if len(label) > MAX_LABEL:
-        return f"label {label!r} is {len(label)} characters, the limit is {MAX_LABEL}"
+        return f"label {quote(label)} is {len(label)} characters, the limit is {MAX_LABEL}"
     if not _LABEL_RE.match(label):
         return (
-            f"label {label!r} must be letters, digits and inner hyphens "
+            f"label {quote(label)} must be letters, digits and inner hyphens "
             "(RFC 1123), not starting or ending with a hyphen"
         )
     return None
@@ -83,7 +85,7 @@ def parse_fqdn(raw: str) -> str:
     A single trailing dot is accepted (``db.dns.host.``) and dropped.
     """
     if not isinstance(raw, str):
-        raise InvalidName(repr(raw), "not a string")
+        raise InvalidName(quote(raw), "not a string")
     if _FQDN_RE.fullmatch(raw):
         name = raw.lower()
         if name.endswith("."):

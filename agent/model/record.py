@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
+from agent.model.quote import quote
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class AddressError(ValueError):
     def __init__(self, value: str, reason: str) -> None:
-        super().__init__(f"{value!r}: {reason}")
+        super().__init__(f"{quote(value)}: {reason}")
         self.value = value
         self.reason = reason
 
@@ -47,7 +49,7 @@ def parse_address(raw: object) -> Address:
     means nothing to a remote resolver, so it is an error, not stripped.
     """
     if not isinstance(raw, str):
-        raise AddressError(repr(raw), "not a string")
+        raise AddressError(quote(raw), "not a string")
     text = raw.strip()
     addr = _parse_canonical(text)
     if addr is None:
