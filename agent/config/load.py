@@ -176,11 +176,18 @@ def parse_config(
     *,
     socket_default: Path | None = None,
     podman_socket_default: Path | None = None,
+    defaults: Mapping[str, object] | None = None,
 ) -> Config:
-    """Parse TOML text; raise ConfigError listing every problem found."""
+    """Parse TOML text; raise ConfigError listing every problem found.
+
+    ``defaults`` (dotted key -> value, e.g. ``{"podman.socket": Path(...)}``) replaces
+    the schema's default of a key the file does not set: how an agent that is not
+    the system one (a user agent) gets its own defaults. Those keys say so in the
+    schema (``per_user``) and default.toml leaves them commented out.
+    """
     doc = _toml(text, origin)
     problems = Problems()
-    defaults: dict[str, object] = {}
+    defaults = dict(defaults or {})
     if socket_default is not None:
         defaults["control.socket"] = socket_default
     if podman_socket_default is not None:
