@@ -253,6 +253,24 @@ class Podman:
         """``podman run -d``; returns the container id once the command has returned."""
         return self.cli("run", "-d", "--name", name, *options, IMAGE, *command).stdout.strip()
 
+    def run_via_api(self, name: str, network: str, aliases: list[str]) -> str:
+        """Create and start a container through the REST API, which (unlike the CLI)
+        takes network aliases as given, newlines included; returns its id."""
+        from podman import PodmanClient
+
+        body = {"name": name, "image": IMAGE, "command": ["sleep", "1000"],
+                "Networks": {network: {"aliases": aliases}}}
+        with PodmanClient(base_url=f"unix://{self.socket}") as client:
+            r = client.api.post("/containers/create", data=json.dumps(body),
+                                headers={"content-type": "application/json"})
+            if r.status_code != 201:
+                raise AssertionError(f"create {name}: {r.status_code} {r.text}")
+            cid: str = r.json()["Id"]
+            r = client.api.post(f"/containers/{cid}/start")
+            if r.status_code != 204:
+                raise AssertionError(f"start {name}: {r.status_code} {r.text}")
+        return cid
+
     def create(self, name: str, *options: str) -> str:
         return self.cli("create", "--name", name, *options, IMAGE, "sleep", "1000").stdout.strip()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -352,3 +353,162 @@ def test_unreadable_aardvark_file_is_reported_and_events_still_work(
     finally:
         bogus.unlink()
     until(lambda: source(agent)["detail"] is None, what="detail cleared")
+
+
+# --- issue 10, defect 3: a forged line from an alias with a newline -------------------
+
+FAKE_ID = "ab" * 32
+FORGED = "forged"
+# Everything after the newline becomes a line of its own in netavark's file; it claims
+# an id of the forger's choosing and a name and address nobody gave it.
+FORGING_ALIAS = f"x\n{FAKE_ID} 10.66.6.250  {FORGED}"
+
+
+class DigWatch:
+    """Ask dnsmasq for one name over and over (dig, in a thread) for as long as it runs:
+    every answer it ever got, so "NXDOMAIN throughout" is checked, not sampled."""
+
+    def __init__(self, dnsmasq: Dnsmasq, name: str) -> None:
+        self.dnsmasq, self.name = dnsmasq, name
+        self.answers: list[tuple[str, tuple[str, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            a = self.dnsmasq.query(self.name)
+            self.answers.append((a.status, a.records))
+
+    def __enter__(self) -> DigWatch:
+        self._thread.start()
+        until(lambda: self.answers, what=f"a first answer for {self.name}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def only_nxdomain(self) -> None:
+        assert len(self.answers) >= 10, self.answers
+        assert {status for status, _ in self.answers} == {"NXDOMAIN"}, [
+            a for a in self.answers if a[0] != "NXDOMAIN"][:5]
+
+
+def forged_refusals(agent: Agent) -> list[dict[str, Any]]:
+    return [r for r in agent.status()["table"]["rejected"] if r["kind"] == "aardvark line"]
+
+
+def assert_forgery_shown(agent: Agent, podman: Podman, evil_id: str) -> None:
+    refused = until(lambda: len(forged_refusals(agent)) == 2 and forged_refusals(agent),
+                    what="both halves of the forged line refused in status")
+    by_id = {r["object"]: r for r in refused}
+    assert set(by_id) == {evil_id, FAKE_ID}
+    assert by_id[FAKE_ID]["value"] == f"{FAKE_ID[:12]} 10.66.6.250 {FORGED},y,{evil_id[:12]}"
+    assert by_id[FAKE_ID]["reason"].startswith(
+        f"names {evil_id[:12]}, the short id of another container in this file")
+    assert by_id[evil_id]["reason"].startswith("its short id ends line ")
+    assert by_id[evil_id]["reason"].endswith(": one of its network aliases has a newline in it")
+    text = agentctl("--socket", str(agent.socket), "status").stdout
+    assert "of network nsforge's aardvark-dns file" in text
+    assert "fast path off for network nsforge: line " in text
+
+
+@pytest.fixture
+def forge_net(podman: Podman) -> Iterator[str]:
+    """A network of its own: the forged line outlives its writer (netavark removes
+    lines by container id), so its file is removed with the network after the test."""
+    net = podman.network_create("nsforge", "10.89.73.0/24")
+    yield net
+    podman.remove_all()
+    podman.cli("network", "rm", "-f", net)
+    (AARDVARK_DIR / net).unlink(missing_ok=True)
+
+
+def test_alias_with_a_newline_forges_nothing(
+        podman: Podman, dnsmasq: Dnsmasq, agent: Agent, forge_net: str,
+        watch_podman: Callable[..., None]) -> None:
+    watch_podman()
+    agent.start()
+    podman.run("bystander", "--network", forge_net)
+    answers(dnsmasq, f"bystander.{ZONE}", *v4(podman, "bystander"))
+    with DigWatch(dnsmasq, f"{FORGED}.{ZONE}") as watch:
+        evil = podman.run_via_api("evil", forge_net, [FORGING_ALIAS, "y"])
+        assert f"\n{FAKE_ID} 10.66.6.250  {FORGED},y,{evil[:12]}\n".encode() in (
+            AARDVARK_DIR / forge_net).read_bytes()  # what netavark really wrote
+        assert_forgery_shown(agent, podman, evil)
+        # Inspect publishes what the container really is; the newline alias is no label.
+        answers(dnsmasq, f"evil.{ZONE}", *v4(podman, "evil"))
+        answers(dnsmasq, f"y.{ZONE}", *v4(podman, "evil"))
+        answers(dnsmasq, f"bystander.{ZONE}", *v4(podman, "bystander"))
+        time.sleep(0.5)  # the watch keeps asking: a late publication would show
+    watch.only_nxdomain()
+    assert dnsmasq.query("x.dns.podman").status == "NXDOMAIN"
+
+    # netavark removes lines by container id: the forged one outlives its writer, and
+    # stays refused on its own.
+    podman.rm("evil")
+    podman.rm("bystander")
+    until(lambda: [r["reason"] for r in forged_refusals(agent)] == [
+        "ends with the short id " f"{evil[:12]} of another container "
+        "(a network alias with a newline in it?)"], what="the leftover line refused")
+    assert dnsmasq.query(f"{FORGED}.{ZONE}").status == "NXDOMAIN"
+
+
+def test_alias_with_a_newline_forges_nothing_after_a_restart_while_the_service_is_down(
+        podman: Podman, dnsmasq: Dnsmasq, agent: Agent, forge_net: str,
+        watch_podman: Callable[..., None]) -> None:
+    """No service: no inspect and no listing to check a line against; what the file
+    alone shows must be enough to refuse it."""
+    evil = podman.run_via_api("evil", forge_net, [FORGING_ALIAS, "y"])
+    podman.run("bystander", "--network", NET2)
+    podman.kill_service(signal.SIGKILL)
+    watch_podman()
+    with DigWatch(dnsmasq, f"{FORGED}.{ZONE}") as watch:
+        agent.start()
+        assert source(agent)["state"] == "disconnected"
+        assert_forgery_shown(agent, podman, evil)
+        # Another network's file is still believed.
+        answers(dnsmasq, f"bystander.{ZONE}", *v4(podman, "bystander"))
+        time.sleep(0.5)
+        podman.start_service()
+        until(lambda: source(agent)["state"] == "connected", timeout=40, what="reconnected")
+        answers(dnsmasq, f"evil.{ZONE}", *v4(podman, "evil"))
+        assert_forgery_shown(agent, podman, evil)
+    watch.only_nxdomain()
+
+
+# --- issue 10, defect 13: removed while the service is down ---------------------------
+
+
+def test_container_removed_while_the_service_is_down_is_unpublished_promptly(
+        podman: Podman, dnsmasq: Dnsmasq, agent: Agent,
+        watch_podman: Callable[..., None]) -> None:
+    watch_podman()
+    agent.start()
+    podman.run("leaving", "--network", NET1)
+    podman.run("stopping", "--network", NET2)
+    podman.run("staying", "--network", NET1)
+    podman.run("nodns", "--network", NODNS)
+    for name in ("leaving", "stopping", "staying", "nodns"):
+        answers(dnsmasq, f"{name}.{ZONE}", *v4(podman, name))
+
+    podman.kill_service(signal.SIGKILL)
+    until(lambda: source(agent)["state"] == "disconnected", what="the source to notice")
+    # The CLI (same storage) keeps working, and netavark removes the lines: that is
+    # proof enough that they are gone, with no service to ask.
+    podman.rm("leaving")
+    nxdomain(dnsmasq, f"leaving.{ZONE}", timeout=2)
+    podman.stop("stopping")
+    nxdomain(dnsmasq, f"stopping.{ZONE}", timeout=2)
+    assert dnsmasq.query(f"staying.{ZONE}").records == tuple(v4(podman, "staying"))
+    # No aardvark file lists a container on a network without DNS: nothing proves it
+    # went, so it stays until the service says so.
+    assert dnsmasq.query(f"nodns.{ZONE}").status == "NOERROR"
+    podman.start("stopping")  # its new line brings it back, still without the service
+    answers(dnsmasq, f"stopping.{ZONE}", *v4(podman, "stopping"), timeout=5)
+
+    podman.start_service()
+    until(lambda: source(agent)["state"] == "connected", timeout=40, what="reconnected")
+    assert dnsmasq.query(f"leaving.{ZONE}").status == "NXDOMAIN"
+    answers(dnsmasq, f"stopping.{ZONE}", *v4(podman, "stopping"))
+    assert source(agent)["objects"] == 3

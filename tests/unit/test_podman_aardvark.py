@@ -27,6 +27,7 @@ from agent.sources.podman.aardvark import (
     Snapshot,
     container_views,
     parse_network_file,
+    vet,
 )
 from agent.sources.podman.view import NetworkView
 
@@ -269,5 +270,73 @@ def test_watcher_starts_with_what_is_already_there(tmp_path: Path) -> None:
 
     async def body(watcher: AardvarkWatcher, rec: Recorder) -> None:
         await rec.until(lambda s: A in s.views, "initial scan")
+
+    run_watcher(tmp_path, body)
+
+
+# --- vetting: a line stands for one real container, or it is refused -------------------
+
+
+def reasons(data: bytes) -> list[tuple[int, str, str]]:
+    return [(r.entry.line, r.entry.container_id[:4], r.reason.split(":")[0].split(" (")[0])
+            for r in vet(parse_network_file("n", data))]
+
+
+def test_alias_with_a_newline_as_netavark_wrote_it_is_refused_both_halves() -> None:
+    """Recorded from netavark 1.4: a container created through the REST API with the alias
+    "x\\n<64 x ab> 10.66.6.250  forged"; its short id ends what follows the newline."""
+    assert reasons((DATA / "aardvark_forged").read_bytes()) == [
+        (3, "71e1", "its short id ends line 4"),
+        (4, "abab", "names 71e1756863f4, the short id of another container in this file"),
+    ]
+
+
+def test_the_forged_line_left_behind_alone_is_still_refused() -> None:
+    # netavark removes a container's lines by its id: the forged one outlives its writer.
+    forged = (DATA / "aardvark_forged").read_bytes().split(b"\n")
+    assert reasons(b"\n".join((forged[0], forged[3], b""))) == [
+        (2, "abab", "ends with the short id 71e1756863f4 of another container")]
+
+
+def test_clean_files_are_not_refused() -> None:
+    for f in ("aardvark_web-net", "aardvark_db_net"):
+        assert vet(parse_network_file(f, (DATA / f).read_bytes())) == ()
+    # A writer that adds no short ids at all (an older or newer netavark) is not refused.
+    assert reasons(f"10.0.0.1\n{A} 10.0.0.2  web\n{B} 10.0.0.3  db\n".encode()) == []
+
+
+def test_two_lines_for_one_id_are_both_refused() -> None:
+    text = f"10.0.0.1\n{line(A, '10.0.0.2', 'web')}\n{line(A, '10.66.6.250', 'forged')}\n"
+    assert [(n, why[:7]) for n, _, why in reasons(text.encode())] == [(2, "2 lines"),
+                                                                     (3, "2 lines")]
+
+
+def test_a_line_carrying_another_containers_short_id_is_refused() -> None:
+    # What follows the newline can end on any names the forger likes, but not past the
+    # short id Podman appends: it names the writer, not the claimed id.
+    text = (f"10.0.0.1\n{A} 10.0.0.2  web,x\n{B} 10.66.6.250  forged,{B[:12]},{A[:12]}\n"
+            f"{line(C, '10.0.0.4', 'db')}\n")
+    assert [(n, cid) for n, cid, _ in reasons(text.encode())] == [(2, "aaaa"), (3, "bbbb")]
+    # Alone in its file, the writer's own line is still shown as the forger.
+    text = f"10.0.0.1\n{A} 10.0.0.2  web,x\n{B} 10.66.6.250  forged,{B[:12]},{A[:12]}\n"
+    assert reasons(text.encode()) == [
+        (2, "aaaa", "its short id ends line 3"),
+        (3, "bbbb", f"names {A[:12]}, the short id of another container in this file")]
+
+
+def test_watcher_publishes_nothing_from_a_file_with_a_forged_line(tmp_path: Path) -> None:
+    forged = (DATA / "aardvark_forged").read_bytes()
+
+    async def body(watcher: AardvarkWatcher, rec: Recorder) -> None:
+        append(tmp_path / "other", line(C, "10.89.1.2", "fine"))
+        (tmp_path / "n1").write_bytes(forged)
+        snap = await rec.until(lambda s: "n1" in s.problems, "the forged file refused")
+        assert set(snap.views) == {C}  # another network's file is still believed
+        assert snap.problems["n1"].startswith("line 3 refused: its short id ends line 4")
+        assert snap.problems["n1"].endswith("(and 1 more)")
+        assert [r.entry.line for r in snap.refused] == [3, 4]
+        assert "ab" * 32 in snap.present and C in snap.present
+        (tmp_path / "n1").write_bytes(forged.split(b"\n")[0] + b"\n")
+        await rec.until(lambda s: not s.problems and not s.refused, "the forgery gone")
 
     run_watcher(tmp_path, body)

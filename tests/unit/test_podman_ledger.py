@@ -116,3 +116,36 @@ def test_names_map_for_renames() -> None:
     ledger.set_verdict(A, Live(view(A, "web2", "10.0.0.2")))
     assert ledger.names() == {A: "web2"}
     assert names(ledger.published(A)) == {"web2.dns.podman": "10.0.0.2"}
+
+
+def test_service_down_lines_vanishing_from_every_file_unpublish_the_container() -> None:
+    ledger = Ledger(build)
+    ledger.set_verdict(A, Live(view(A, "web", "10.0.0.2")))
+    ledger.set_verdict(B, Live(view(B, "db", "10.0.0.3")))
+    ledger.set_provisional({A: view(A, "web", "10.0.0.2")}, frozenset({A}))
+    # Service up: a vanished line is only a hint (inspect decides).
+    changed, hints = ledger.set_provisional({}, frozenset())
+    assert (changed, hints) == (set(), {A})
+    assert names(ledger.published(A)) == {"web.dns.podman": "10.0.0.2"}
+    ledger.set_provisional({A: view(A, "web", "10.0.0.2")}, frozenset({A}))
+    # Service down: the files are the only witness; B never had a line and stays.
+    changed, _ = ledger.set_provisional({}, frozenset(), files_alone=True)
+    assert changed == {A}
+    assert ledger.published(A) is None and ledger.verdict(A) is None
+    assert names(ledger.published(B)) == {"db.dns.podman": "10.0.0.3"}
+    # Started again through the CLI: its new line publishes it.
+    changed, _ = ledger.set_provisional({A: view(A, "web", "10.0.0.9")}, frozenset({A}),
+                                        files_alone=True)
+    assert changed == {A}
+    assert names(ledger.published(A)) == {"web.dns.podman": "10.0.0.9"}
+
+
+def test_refused_lines_are_published_as_refusals_under_their_own_keys() -> None:
+    ledger = Ledger(build)
+    state = ObjectState()
+    assert ledger.set_refused({"aardvark:n:x": state}) == {"aardvark:n:x"}
+    assert ledger.published("aardvark:n:x") is state
+    assert ledger.snapshot() == {"aardvark:n:x": state}
+    assert ledger.set_refused({"aardvark:n:x": state}) == set()
+    assert ledger.set_refused({}) == {"aardvark:n:x"}
+    assert ledger.published("aardvark:n:x") is None

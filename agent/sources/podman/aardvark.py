@@ -19,6 +19,20 @@ ledger.py). They are read defensively: a file that does not parse contributes
 nothing (the source says so in status and falls back to events for that
 network); a file caught mid-write (netavark appends lines and rewrites in
 place, not by rename) is read again when its writer closes it.
+
+netavark copies names into the file as they are, and Podman's REST API lets
+a client give a network alias with a newline in it: one container can then
+write a second, well-formed line that claims any id, address and name. So a
+line is only believed when it is what netavark writes for one container
+(``vet``): one line per id, and the short id Podman appends as the last name
+of every line belongs to that line's id. An alias with a newline always
+breaks one of the two, because what follows the newline ends with the short
+id of the container that wrote it (and netavark, which removes lines by
+their id, leaves that line behind when the writer goes). The lines that
+break them are refused
+(shown in status), and a file with a refused line publishes nothing from the
+fast path: which of its other lines came from the same forgery cannot be
+told, so that network waits for Podman's events and inspect.
 """
 
 from __future__ import annotations
@@ -70,6 +84,16 @@ class Entry:
     ipv4: tuple[IPv4Address, ...]
     ipv6: tuple[IPv6Address, ...]
     names: tuple[str, ...]  # container (or pod) name first, then aliases
+    line: int = field(default=0, compare=False)  # where in its file, for refusals
+
+
+@dataclass(frozen=True, slots=True)
+class LineRefusal:
+    """One line of a network's file that does not stand for what its container is."""
+
+    network: str
+    entry: Entry
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,30 +156,75 @@ def parse_network_file(network: str, data: bytes) -> NetworkFile:
         raise AardvarkFormatError(1, "no gateway")
     if len(head) == 2:
         _addresses(head[1], 1, "DNS server")
-    entries: dict[str, Entry] = {}
-    for i, line in enumerate(lines[1:], 2):
-        fields = line.split(" ")
-        if len(fields) not in (4, 5):
-            raise AardvarkFormatError(
-                i, f"expected ID IPV4S IPV6S NAMES [DNS_SERVERS], got {len(fields)} fields")
-        cid, v4, v6, names = fields[:4]
-        if not _ID.fullmatch(cid):
-            raise AardvarkFormatError(i, f"not a container id: {cid[:80]!r}")
-        ipv4 = tuple(_v4(a, i) for a in _addresses(v4, i, "IPv4"))
-        ipv6 = tuple(_v6(a, i) for a in _addresses(v6, i, "IPv6"))
-        if len(fields) == 5:
-            _addresses(fields[4], i, "DNS server")
-        entry = Entry(cid, ipv4, ipv6, _names(names, i))
-        old = entries.get(cid)
-        if old is not None:  # one line per interface/subnet in some versions: merge
-            entry = Entry(cid, old.ipv4 + entry.ipv4, old.ipv6 + entry.ipv6,
-                          old.names + tuple(n for n in entry.names if n not in old.names))
-        entries[cid] = entry
-    return NetworkFile(network, tuple(gateways), tuple(entries.values()))
+    entries = tuple(_entry(line, i) for i, line in enumerate(lines[1:], 2))
+    return NetworkFile(network, tuple(gateways), entries)
+
+
+def _entry(line: str, i: int) -> Entry:
+    fields = line.split(" ")
+    if len(fields) not in (4, 5):
+        raise AardvarkFormatError(
+            i, f"expected ID IPV4S IPV6S NAMES [DNS_SERVERS], got {len(fields)} fields")
+    cid, v4, v6, names = fields[:4]
+    if not _ID.fullmatch(cid):
+        raise AardvarkFormatError(i, f"not a container id: {cid[:80]!r}")
+    ipv4 = tuple(_v4(a, i) for a in _addresses(v4, i, "IPv4"))
+    ipv6 = tuple(_v6(a, i) for a in _addresses(v6, i, "IPv6"))
+    if len(fields) == 5:
+        _addresses(fields[4], i, "DNS server")
+    return Entry(cid, ipv4, ipv6, _names(names, i), i)
+
+
+
+_SHORT_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def _line_problem(e: Entry, lines_of: Mapping[str, int], shorts: Mapping[str, str],
+                  named_by: Mapping[str, int], marked: bool) -> str | None:
+    if lines_of[e.container_id] > 1:
+        return (f"{lines_of[e.container_id]} lines for container {e.container_id[:12]}: "
+                "netavark writes one (a network alias with a newline in it?)")
+    own = e.container_id[:12]
+    for n in e.names:
+        if n != own and shorts.get(n, e.container_id) != e.container_id:
+            return (f"names {n}, the short id of another container in this file "
+                    "(a network alias with a newline in it?)")
+    if own in named_by:
+        return (f"its short id ends line {named_by[own]}: one of its network aliases "
+                "has a newline in it")
+    last = e.names[-1]
+    if last != own and _SHORT_ID.fullmatch(last):
+        # Lingers after its writer is gone: netavark removes lines by their id.
+        return (f"ends with the short id {last} of another container "
+                "(a network alias with a newline in it?)")
+    if marked and last != own:
+        return ("does not end with its container's short id, as every other line does "
+                "(cut short by a newline in a network alias?)")
+    return None
+
+
+def vet(f: NetworkFile) -> tuple[LineRefusal, ...]:
+    """The lines of ``f`` that cannot be tied to one real container (module docstring)."""
+    lines_of: dict[str, int] = {}
+    for e in f.entries:
+        lines_of[e.container_id] = lines_of.get(e.container_id, 0) + 1
+    shorts = {cid[:12]: cid for cid in lines_of}
+    named_by = {n: e.line for e in f.entries for n in e.names
+                if n in shorts and n != e.container_id[:12]}
+    # Podman appends the short id to every line it writes; a file where some line
+    # ends with its own shows that this writer does it, so a line without is cut.
+    marked = any(e.names[-1] == e.container_id[:12] and lines_of[e.container_id] == 1
+                 for e in f.entries)
+    out = []
+    for e in f.entries:
+        why = _line_problem(e, lines_of, shorts, named_by, marked)
+        if why is not None:
+            out.append(LineRefusal(f.network, e, why))
+    return tuple(out)
 
 
 def container_views(files: Iterable[NetworkFile]) -> dict[str, ContainerView]:
-    """What the files say each container publishes, in the terms inspect uses."""
+    """What the (vetted) files say each container publishes, in the terms inspect uses."""
     names: dict[str, str] = {}
     nets: dict[str, list[NetworkView]] = {}
     for f in sorted(files, key=lambda f: f.network):
@@ -176,6 +245,11 @@ class Snapshot:
     views: Mapping[str, ContainerView] = field(default_factory=dict)
     # network -> why its file is not used; those networks fall back to events.
     problems: Mapping[str, str] = field(default_factory=dict)
+    # Every container id some file has a line for, believed or not: once the
+    # Podman service is gone, the only witness of which containers still exist.
+    present: frozenset[str] = frozenset()
+    refused: tuple[LineRefusal, ...] = ()
+    lines: tuple[tuple[str, Entry], ...] = ()  # (network, line) of every parsed file
 
 
 _Missing = None  # the file is gone
@@ -277,7 +351,20 @@ class AardvarkWatcher:
         self._kick = asyncio.Event()
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(container_views(self._files.values()), dict(self._problems))
+        problems = dict(self._problems)
+        trusted: list[NetworkFile] = []
+        refused: list[LineRefusal] = []
+        for name, f in sorted(self._files.items()):
+            bad = vet(f)
+            if bad:
+                refused += bad
+                problems[name] = (f"line {bad[0].entry.line} refused: {bad[0].reason}"
+                                  + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+            else:
+                trusted.append(f)
+        lines = tuple((f.network, e) for _, f in sorted(self._files.items()) for e in f.entries)
+        present = frozenset(e.container_id for _, e in lines)
+        return Snapshot(container_views(trusted), problems, present, tuple(refused), lines)
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._reader(), name=f"aardvark-read:{self.directory}")

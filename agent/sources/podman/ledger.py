@@ -15,6 +15,13 @@ Merge rules (README "Podman", fast path):
    source inspect it, so a restart is still fast).
 4. Tombstones of removed containers (ids never come back) are forgotten once
    no file has listed them for a while.
+5. While the Podman service is down (``files_alone``), the files are the
+   only witness left: a container inspect said runs, whose lines then vanish
+   from every file, was stopped or removed through the CLI (netavark tears
+   its lines down). Inspect's word on it is void: it publishes what the
+   files say, i.e. nothing, until the service is back and says more.
+6. Lines the source refuses (refusals.py) are kept beside the containers,
+   under their own keys, so they reach status like any other refusal.
 
 Pure bookkeeping: the source decides when to inspect and when to publish.
 """
@@ -42,8 +49,13 @@ class Ledger:
         self._provisional: dict[str, ContainerView] = {}
         self._provisional_states: dict[str, ObjectState] = {}
         self._unlisted_since: dict[str, float] = {}  # removed ids no file lists
+        self._present: frozenset[str] = frozenset()  # ids some file has a line for
+        self._refused: dict[str, ObjectState] = {}
 
     def published(self, cid: str) -> ObjectState | None:
+        refused = self._refused.get(cid)
+        if refused is not None:
+            return refused
         v = self._verdicts.get(cid)
         if isinstance(v, Live):
             return self._states[cid]
@@ -72,12 +84,28 @@ class Ledger:
                 self._unlisted_since.setdefault(cid, self._clock())
         return self.published(cid) != before
 
-    def set_provisional(self, views: Mapping[str, ContainerView]) -> tuple[set[str], set[str]]:
+    def set_provisional(self, views: Mapping[str, ContainerView],
+                        present: frozenset[str] | None = None, *,
+                        files_alone: bool = False) -> tuple[set[str], set[str]]:
         """Replace what aardvark's files say; returns (ids whose output changed,
-        ids whose lines changed: the hints the source inspects)."""
+        ids whose lines changed: the hints the source inspects).
+
+        ``present``: every id with a line in some file (None: not known);
+        ``files_alone``: the service is down, the files are all there is (rule 5).
+        """
         hints = {cid for cid in set(views) | set(self._provisional)
                  if views.get(cid) != self._provisional.get(cid)}
-        before = {cid: self.published(cid) for cid in hints}
+        vanished: set[str] = set()
+        if present is not None:
+            if files_alone:
+                vanished = {cid for cid in self._present - present
+                            if isinstance(self._verdicts.get(cid), Live)}
+            self._present = present
+        before = {cid: self.published(cid) for cid in hints | vanished}
+        for cid in vanished:
+            del self._verdicts[cid]
+            self._states.pop(cid, None)
+        hints |= vanished
         self._provisional = dict(views)
         for cid in hints:
             if cid in views:
@@ -87,6 +115,13 @@ class Ledger:
         self._sweep()
         changed = {cid for cid in hints if self.published(cid) != before[cid]}
         return changed, hints
+
+    def set_refused(self, refused: Mapping[str, ObjectState]) -> set[str]:
+        """Replace the refused lines (key -> refusals); returns the keys that changed."""
+        keys = {k for k in set(refused) | set(self._refused)
+                if refused.get(k) != self._refused.get(k)}
+        self._refused = dict(refused)
+        return keys
 
     def resync(self, verdicts: Mapping[str, Live | Down]) -> None:
         """A full listing: its verdicts replace all others (tombstones still listed stay)."""
@@ -98,7 +133,7 @@ class Ledger:
         self._sweep()
 
     def snapshot(self) -> dict[str, ObjectState]:
-        out: dict[str, ObjectState] = {}
+        out: dict[str, ObjectState] = dict(self._refused)
         for cid in set(self._verdicts) | set(self._provisional):
             state = self.published(cid)
             if state is not None:

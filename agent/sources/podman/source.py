@@ -43,6 +43,7 @@ from .inspect import DOWN_STATES, PUBLISHED_STATES, Down, InspectError, Live, Pe
 from .inspect import verdict as verdict_of
 from .ledger import Ledger
 from .pace import Pacer
+from .refusals import line_refusals
 from .view import ContainerView, object_state
 
 log = structlog.get_logger(component="sources.podman")
@@ -150,17 +151,33 @@ class PodmanSource(Source):
         if (isinstance(old, Live) and isinstance(verdict, Live)
                 and old.view.name != verdict.view.name):
             log.info("container renamed", id=cid[:12], old=old.view.name, new=verdict.view.name)
-        if self._ledger.set_verdict(cid, verdict):
-            self._pacer.poke({cid})
+        changed = {cid} if self._ledger.set_verdict(cid, verdict) else set()
+        if isinstance(verdict, Down) and verdict.gone and cid in self._fast.present:
+            changed |= self._refusals()  # a line for no container
+        self._pacer.poke(changed)
 
     def _fast_views(self) -> Mapping[str, ContainerView]:
         return {} if self._rootless or self._fast_off else self._fast.views
 
+    def _refusals(self) -> set[str]:
+        """Show the lines not believed (refusals.py); returns the keys that changed."""
+        if self._rootless or self._fast_off:
+            return self._ledger.set_refused({})
+
+        def removed(cid: str) -> bool:
+            v = self._ledger.verdict(cid)
+            return isinstance(v, Down) and v.gone
+
+        return self._ledger.set_refused(line_refusals(self._fast, source=self.name,
+                                                      removed=removed))
+
     def _on_aardvark(self, snapshot: Snapshot) -> None:
         problems_changed = snapshot.problems != self._fast.problems
         self._fast = snapshot
-        changed, hints = self._ledger.set_provisional(self._fast_views())
-        self._pacer.poke(changed)
+        present = None if self._rootless or self._fast_off else snapshot.present
+        changed, hints = self._ledger.set_provisional(
+            self._fast_views(), present, files_alone=self._session is None)
+        self._pacer.poke(changed | self._refusals())
         session = self._session
         if session is not None:
             for cid in sorted(hints):
@@ -231,6 +248,7 @@ class PodmanSource(Source):
             self._pod_names.clear()
             self._ledger.set_provisional(self._fast_views())
             self._ledger.resync(verdicts)
+            self._refusals()
             assert self._sink is not None
             self._sink.replace(self.name, self._ledger.snapshot())
             self._session = session

@@ -1,0 +1,406 @@
+"""namesync next to the runtimes' own DNS, one table, every row measured in this run.
+
+Run as root from the repo root:  .venv/bin/python bench/compare.py
+
+Inside a private mount + network namespace (bench/setup.py) it starts a real
+dnsmasq, a private rootful Podman (tests/harness/podman.py) with one
+DNS-enabled network, and the real namesync-agent watching that service, with
+the default config (``coalesce_ms = 20``). Rows:
+
+* podman run -> answer (single): N times one ``podman run -d`` on an idle
+  system; the clock starts when ``podman run`` starts, and two threads started
+  before it poll the host's dnsmasq (namesync's addn-hosts) and aardvark-dns
+  (at the network's gateway) for the name. The row compares the medians.
+* burst: 100 containers, 10 ``podman run -d`` at a time. Per name, the lag of
+  the host's first answer behind aardvark-dns's (p95 over the burst), the time
+  of the last name at each server, how many times dnsmasq re-read its file,
+  and the fraction of the burst's wall time dnsmasq spent re-reading
+  (re-reads x the floor's SIGHUP-to-answer at that table size, measured below
+  in the same run). Then again with 10,000 other (static) names loaded.
+* floor: a bare atomic write of the finished addn-hosts bytes + SIGHUP ->
+  answer, at 100 / 10k / 100k names (bench/data.py): no tool can be faster
+  with dnsmasq and a file.
+* RSS of the agent (no sources but static names) at 0 / 10k / 100k names, and
+  its peak while a config reload re-plans and rewrites 100k names.
+
+The libvirt lease row (namesync vs libvirt's own dnsmasq answering the guest's
+DHCP name) plugs in at ``extra_rows`` below. Everything started is stopped by
+pid on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.data import ADDR_A, ADDR_C, addresses, hosts_bytes, target_name
+from bench.data import ZONE as STATIC_ZONE
+from bench.dnspoll import Poller, _qname, p95
+from bench.setup import bench_root, isolate
+from tests.harness.agent import Agent, toml_config
+from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.podman import AARDVARK_DIR, IMAGE, Podman
+
+ZONE = "dns.podman"
+NETWORK = "cmpnet"
+SUBNET = "10.89.110.0/23"  # room for 100 burst containers and then some
+GATEWAY = "10.89.110.1"
+POLL_S = 0.0002
+QUERY_TIMEOUT_S = 0.005  # aardvark-dns re-binds on reload: re-ask soon, same for both
+
+
+@dataclass
+class Row:
+    what: str
+    namesync: str
+    peer: str
+    target: str = ""
+    met: bool | None = None
+
+
+# A hook for rows measured elsewhere in the same run (the libvirt lease row):
+# each callable gets the bench's root directory and returns its rows.
+extra_rows: list[Callable[[Path], list[Row]]] = []
+
+
+def ms(x: float) -> str:
+    return f"{x:.1f} ms"
+
+
+# --- asking two DNS servers for many names at once ------------------------------
+
+
+class Watch:
+    """One thread per server asks every name it is told about until it answers."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.poller = Poller(port, 0)
+        self.poller.sock.connect((host, port))
+        self.poller.sock.settimeout(QUERY_TIMEOUT_S)
+        self.wanted: dict[str, bytes] = {}
+        self.answered: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def want(self, name: str) -> None:
+        with self._lock:
+            self.wanted[name] = _qname(name.rstrip(".")) + b"\0\1\0\1"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                todo = [(n, q) for n, q in self.wanted.items() if n not in self.answered]
+            for name, q in todo:
+                try:
+                    got = self.poller.ask(q)
+                except ConnectionRefusedError:
+                    got = None
+                if got is not None and got[1] == 0 and got[2]:
+                    self.answered[name] = (got[0], got[2])
+            time.sleep(POLL_S)
+
+    def wait(self, names: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(n not in self.answered for n in names):
+            if time.monotonic() > deadline:
+                missing = [n for n in names if n not in self.answered]
+                raise TimeoutError(f"no answer for {missing[:5]} ({len(missing)})")
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.poller.close()
+
+
+# --- the Podman rows ------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, root: Path, run_dir: Path, args: argparse.Namespace) -> None:
+        self.root = root
+        self.args = args
+        self.dnsmasq = Dnsmasq(run_dir / "dnsmasq", zones=(ZONE, STATIC_ZONE))
+        self.podman = Podman(root / "podman")
+        self.agent = Agent(root / "agent")
+        self.floor_ms: dict[int, float] = {}
+
+    def configure(self, static: int) -> None:
+        text = toml_config(
+            socket=self.agent.socket, addn_hosts=self.dnsmasq.addn_hosts,
+            pid_file=self.dnsmasq.pid_file, hosts_file=None,
+            static=addresses(static, ADDR_A) if static else None,
+            podman=f'socket = "{self.podman.socket}"\naardvark_dir = "{AARDVARK_DIR}"')
+        self.agent.set_config(text.replace('log_level = "debug"', 'log_level = "info"'))
+
+    def restart_agent(self, static: int) -> None:
+        self.agent.stop()
+        self.configure(static)
+        self.agent.start()
+
+    def single(self, host: Watch, aardvark: Watch) -> list[Row]:
+        lag_host: list[float] = []
+        lag_aard: list[float] = []
+        for i in range(self.args.runs):
+            name = f"one{i}"
+            fqdn = f"{name}.{ZONE}"
+            time.sleep(1.0)  # idle: a lone change, as one `podman run` at a terminal
+            started = time.monotonic()
+            host.want(fqdn)
+            aardvark.want(fqdn + ".")
+            self.podman.cli("run", "-d", "--name", name, "--network", NETWORK, IMAGE,
+                            "sleep", "1000")
+            host.wait([fqdn], self.args.timeout)
+            aardvark.wait([fqdn + "."], self.args.timeout)
+            lag_host.append((host.answered[fqdn][0] - started) * 1000)
+            lag_aard.append((aardvark.answered[fqdn + "."][0] - started) * 1000)
+            self.podman.rm(name)
+        h, a = statistics.median(lag_host), statistics.median(lag_aard)
+        return [Row(f"podman run -> answer, single (median of {self.args.runs})",
+                    ms(h), ms(a), "host <= aardvark + 5 ms", h <= a + 5)]
+
+    def burst(self, host: Watch, aardvark: Watch, label: str, floor_ms: float) -> list[Row]:
+        names = [f"{label}{i}" for i in range(self.args.burst)]
+        reads_before = len(self.dnsmasq.reads())
+        time.sleep(1.0)
+        started: dict[str, float] = {}
+
+        def run(name: str) -> None:
+            host.want(f"{name}.{ZONE}")
+            aardvark.want(f"{name}.{ZONE}.")
+            started[name] = time.monotonic()
+            self.podman.cli("run", "-d", "--name", name, "--network", NETWORK, IMAGE,
+                            "sleep", "1000")
+
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(self.args.parallel) as pool:
+            list(pool.map(run, names))
+        host.wait([f"{n}.{ZONE}" for n in names], self.args.timeout)
+        aardvark.wait([f"{n}.{ZONE}." for n in names], self.args.timeout)
+        at_host = [host.answered[f"{n}.{ZONE}"][0] for n in names]
+        at_aard = [aardvark.answered[f"{n}.{ZONE}."][0] for n in names]
+        lags = [(h - a) * 1000 for h, a in zip(at_host, at_aard, strict=True)]
+        wall = max(at_host) - t0
+        reloads = len(self.dnsmasq.reads()) - reads_before
+        share = reloads * floor_ms / 1000 / wall
+        self.podman.cli("rm", "-f", "-t", "0", *names, timeout=300)
+        n = self.args.burst
+        what = f"burst {n} x podman run, {self.args.parallel} at a time{label_note(label)}"
+        return [
+            Row(f"{what}: last name", ms((max(at_host) - t0) * 1000),
+                ms((max(at_aard) - t0) * 1000)),
+            Row(f"{what}: p95 lag behind aardvark", ms(p95(lags)), "0", "<= 50 ms",
+                p95(lags) <= 50),
+            Row(f"{what}: dnsmasq re-reads", str(reloads), "-"),
+            Row(f"{what}: wall time re-reading", f"{share:.1%}", "-", "<= 10%", share <= 0.10),
+        ]
+
+    def podman_rows(self) -> list[Row]:
+        self.podman.start_service()
+        self.podman.network_create(NETWORK, SUBNET)
+        self.configure(0)
+        self.agent.start()
+        # The network's bridge and aardvark-dns exist only while a container uses it.
+        self.podman.run("warmup", "--network", NETWORK)
+        host = Watch(self.dnsmasq.port)
+        aardvark = Watch(53, GATEWAY)
+        try:
+            rows = self.single(host, aardvark)
+            rows += self.burst(host, aardvark, "b", self.floor_ms.get(100, 0.4))
+            self.restart_agent(10_000)
+            rows += self.burst(host, aardvark, "k", self.floor_ms.get(10_000, 9.0))
+        finally:
+            host.close()
+            aardvark.close()
+        return rows
+
+
+def label_note(label: str) -> str:
+    return ", 10k other names" if label == "k" else ""
+
+
+# --- the floor and memory rows --------------------------------------------------
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.parent / f".{path.name}.bench-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            done += os.write(fd, view[done:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def floor(run_dir: Path, n: int, rounds: int, timeout: float) -> float:
+    """Median ms from starting the write to dnsmasq answering the changed name."""
+    dns = Dnsmasq(run_dir / f"floor{n}", zones=(STATIC_ZONE,))
+    dns.addn_hosts.write_bytes(hosts_bytes(n, ADDR_A))
+    dns.start()
+    poller = Poller(dns.port, 0.0001)
+    try:
+        name = target_name(n)
+        poller.wait_for(name, ADDR_A, timeout)
+        out = []
+        for i in range(rounds):
+            addr = ADDR_C if i % 2 == 0 else ADDR_A
+            data = hosts_bytes(n, addr)
+            t0 = time.monotonic()
+            atomic_write(dns.addn_hosts, data)
+            os.kill(dns.pid, signal.SIGHUP)
+            out.append((poller.wait_for(name, addr, timeout) - t0) * 1000)
+        return statistics.median(out)
+    finally:
+        poller.close()
+        dns.stop()
+
+
+def rss_kb(pid: int, key: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@contextlib.contextmanager
+def sampling(pid: int) -> Iterator[list[int]]:
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError, KeyError):
+                peak[0] = max(peak[0], rss_kb(pid))
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def memory_rows(root: Path, run_dir: Path, timeout: float) -> list[Row]:
+    dns = Dnsmasq(run_dir / "rss", zones=(STATIC_ZONE,)).start()
+    agent = Agent(root / "rss-agent")
+    out: dict[int, float] = {}
+    peak_mb = 0.0
+    try:
+        for n in (0, 10_000, 100_000):
+            static = addresses(n, ADDR_A) if n else None
+            text = toml_config(socket=agent.socket, addn_hosts=dns.addn_hosts,
+                               pid_file=dns.pid_file, hosts_file=None, static=static)
+            agent.set_config(text.replace('log_level = "debug"', 'log_level = "info"'))
+            agent.start()
+            assert agent.proc is not None
+            time.sleep(2.0)  # settle: what an idle agent holds
+            out[n] = rss_kb(agent.proc.pid) / 1024
+            if n == 100_000:
+                writes = agent.status()["sinks"][0]["writes"]
+                agent.set_config(text.replace(f'"{ADDR_A}"', f'"{ADDR_C}"', 1)
+                                 .replace('log_level = "debug"', 'log_level = "info"'))
+                with sampling(agent.proc.pid) as peak:
+                    agent.proc.send_signal(signal.SIGHUP)
+                    deadline = time.monotonic() + timeout
+                    while agent.status()["sinks"][0]["writes"] == writes:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("the reload of 100k names never wrote")
+                        time.sleep(0.01)
+                peak_mb = peak[0] / 1024
+            agent.stop()
+    finally:
+        agent.stop()
+        dns.stop()
+    steady = out[100_000]
+    return [
+        Row("agent RSS, 0 names", f"{out[0]:.1f} MB", "-"),
+        Row("agent RSS, 10k names", f"{out[10_000]:.1f} MB", "-", "<= 45 MB",
+            out[10_000] <= 45),
+        Row("agent RSS, 100k names", f"{steady:.1f} MB", "-", "<= 120 MB", steady <= 120),
+        Row("agent RSS peak, reload of 100k", f"{peak_mb:.1f} MB", "-", "<= 1.5 x steady",
+            peak_mb <= 1.5 * steady),
+    ]
+
+
+def floor_rows(bench: Bench, run_dir: Path, args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for n in (100, 10_000, 100_000):
+        bench.floor_ms[n] = floor(run_dir, n, args.floor_rounds, args.timeout)
+        rows.append(Row(f"floor: write + SIGHUP -> answer, {n:,} names",
+                        ms(bench.floor_ms[n]), "-"))
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    w = max(len(r.what) for r in rows)
+    print(f"  {'':<{w}}  {'namesync':>10}  {'peer':>10}  target")
+    for r in rows:
+        verdict = "" if r.met is None else ("met" if r.met else "NOT met")
+        print(f"  {r.what:<{w}}  {r.namesync:>10}  {r.peer:>10}  {r.target} {verdict}".rstrip())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=7, help="single podman runs (median of)")
+    p.add_argument("--burst", type=int, default=100)
+    p.add_argument("--parallel", type=int, default=10)
+    p.add_argument("--floor-rounds", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--skip", action="append", default=[], choices=("podman", "memory"),
+                   help="leave a group of rows out (repeatable)")
+    args = p.parse_args()
+    if not isolate("compare", ("dnsmasq", "podman", "runc", "conmon", "busybox")):
+        return 2
+    with bench_root() as root:
+        # addn-hosts on /run (the namespace's private tmpfs), as on a workstation.
+        run_dir = Path(tempfile.mkdtemp(prefix="namesync-cmp-", dir="/run"))
+        run_dir.chmod(0o755)
+        bench = Bench(root, run_dir, args)
+        try:
+            bench.podman.setup()
+            version = bench.podman.cli("version", "--format", "{{.Client.Version}}").stdout
+            print(f"namesync compare: podman {version.strip()}; Python "
+                  f"{platform.python_version()}; {os.cpu_count()} CPUs; load "
+                  f"{os.getloadavg()[0]:.2f}; default config (coalesce_ms = 20)")
+            rows = floor_rows(bench, run_dir, args)
+            bench.dnsmasq.start()
+            if "podman" not in args.skip:
+                rows = bench.podman_rows() + rows
+            for hook in extra_rows:
+                rows += hook(root)
+            if "memory" not in args.skip:
+                rows += memory_rows(root, run_dir, args.timeout)
+            print_table(rows)
+        finally:
+            bench.agent.stop()
+            bench.podman.teardown()
+            bench.dnsmasq.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
