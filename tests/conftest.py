@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests.harness.agent import Agent
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.isolation import enter_private_namespaces
+from tests.harness.users import User, ensure_user, remove
 
 _NOT_ISOLATED: list[str] = []
 
@@ -98,3 +100,21 @@ def agent(agent_dir: Path) -> Iterator[Agent]:
     a = Agent(agent_dir)
     yield a
     a.stop()
+
+
+@pytest.fixture(scope="session")
+def unix_user() -> Iterator[Callable[[str], User]]:
+    """``unix_user("alice")``: a real unprivileged user unique to this run (created once
+    per tag, needs root); every one made is deleted at the end of the session."""
+    if os.geteuid() != 0:
+        pytest.skip("creating users needs root")
+    made: dict[str, User] = {}
+
+    def make(tag: str) -> User:
+        if tag not in made:
+            made[tag] = ensure_user(tag)
+        return made[tag]
+
+    yield make
+    for user in made.values():
+        remove(user)

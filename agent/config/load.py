@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import tomllib
@@ -220,6 +221,10 @@ def _read(target: Path) -> str:
     return data.decode("utf-8")
 
 
+# Reading failed for want of descriptors or memory: the file may well be fine.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
+
+
 def load_config(path: Path | None, *, socket_default: Path | None = None) -> Config:
     """Read ``path`` (or the default path); a missing default file means the embedded default.
 
@@ -235,7 +240,11 @@ def load_config(path: Path | None, *, socket_default: Path | None = None) -> Con
         if explicit:
             raise ConfigError(str(target), ["file not found"]) from None
         text, origin = embedded_default_text(), EMBEDDED
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        if e.errno in TRANSIENT_ERRNOS:
+            raise  # not the file's fault (no descriptors, no memory): the caller retries
+        raise ConfigError(str(target), [f"cannot read: {e}"]) from None
+    except UnicodeDecodeError as e:
         raise ConfigError(str(target), [f"cannot read: {e}"]) from None
     return parse_config(
         text,

@@ -100,6 +100,18 @@ class ControlConfig:
     allow_uids: tuple[int, ...] = setting(
         (), UIDS, "Further uids allowed on the socket besides root and the daemon's own."
     )
+    # Every local user may be able to connect: bound what they can hold. All
+    # are capped below the descriptor limit; root keeps a reserve beyond them.
+    max_connections: int = setting(
+        256, Int(1, 100_000), "Connections of all uids but root together; more are refused."
+    )
+    max_per_uid: int = setting(
+        16, Int(1, 100_000), "Connections one uid may hold; more are refused at once."
+    )
+    idle_timeout_s: int = setting(60, Int(1, 86_400), "An idle connection is closed after this.")
+    request_timeout_s: int = setting(
+        10, Int(1, 3_600), "A started request must arrive, and its reply be read, within this."
+    )
 
 
 @dataclass(frozen=True)

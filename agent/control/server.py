@@ -1,14 +1,33 @@
-"""Control socket server: root-only by default, callers identified by SO_PEERCRED."""
+"""Control socket server: callers identified by SO_PEERCRED at accept, bounded in number and time.
+
+Every local user may be able to connect (``allow_uids`` makes the socket
+0666, and peers of the user-session service use it too), so nothing a
+client does may cost the daemon more than a bounded share of itself:
+
+- the uid is checked the moment a connection is accepted; a uid that is not
+  allowed gets one error line and is closed before anything is read;
+- connections are capped per uid and overall, below the descriptor limit;
+  root has a reserve of its own, so ``agentctl status`` as root answers
+  however many connections others hold;
+- an idle connection is closed after ``idle_timeout_s``, a request that has
+  started must be complete (and its reply taken) within ``request_timeout_s``;
+- when accept fails for lack of descriptors or memory, accepting pauses
+  briefly instead of spinning, and each such episode is logged once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import resource
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +38,15 @@ from . import protocol
 
 log = structlog.get_logger(component="control")
 
+# Descriptors the daemon keeps for itself (sources, D-Bus, inotify, files
+# being replaced, worker threads' opens) before any client connection.
+FD_HEADROOM = 128
+ACCEPT_PAUSE_S = 0.5
+ACCEPT_BATCH = 64  # accepts per wake-up, so one flood cannot starve the loop
+# How long a refusal summary waits before it is logged again for the same uid.
+LOG_EPISODE_S = 60.0
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -27,7 +55,19 @@ class Peer:
     gid: int
 
 
-Handler = Callable[[Peer, dict[str, Any]], Awaitable[dict[str, Any]]]
+Reply = dict[str, Any] | AsyncIterator[dict[str, Any]]
+# A handler returns one result, or an async iterator whose items are sent as
+# {"v":1,"id":..,"event":{...}} lines until it ends or the client goes away.
+Handler = Callable[[Peer, dict[str, Any]], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 256  # all uids but root together
+    max_per_uid: int = 16
+    root_reserve: int = 32  # root's own connections, beyond everyone else's
+    idle_timeout_s: float = 60.0
+    request_timeout_s: float = 10.0
 
 
 class SocketInUse(RuntimeError):
@@ -61,75 +101,262 @@ def _claim_path(path: Path) -> None:
     raise SocketInUse(f"another namesync-agent is listening on {path}")
 
 
+def effective_limits(limits: Limits, nofile: int | None = None) -> Limits:
+    """``limits`` shrunk so that every client together stays below the descriptor limit."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    budget = max(2, nofile - FD_HEADROOM)
+    root = max(1, min(limits.root_reserve, budget // 4))
+    others = max(1, min(limits.max_connections, budget - root))
+    return Limits(
+        max_connections=others,
+        max_per_uid=max(1, min(limits.max_per_uid, others)),
+        root_reserve=root,
+        idle_timeout_s=limits.idle_timeout_s,
+        request_timeout_s=limits.request_timeout_s,
+    )
+
+
+class _Episodes:
+    """One log line per kind of trouble per episode, with the count of what was suppressed."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+        self._count: Counter[str] = Counter()
+
+    def note(self, key: str, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        self._count[key] += 1
+        started = self._since.get(key)
+        if started is not None and now - started < LOG_EPISODE_S:
+            return
+        self._since[key] = now
+        log.warning(event, times=self._count.pop(key), **fields)
+
+    def end(self, key: str, event: str, **fields: Any) -> None:
+        if self._since.pop(key, None) is not None:
+            log.info(event, suppressed=self._count.pop(key, 0), **fields)
+
+
 class ControlServer:
     def __init__(
-        self, path: Path, handlers: Mapping[str, Handler], allow_uids: tuple[int, ...] = ()
+        self,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        allow_uids: tuple[int, ...] = (),
+        limits: Limits | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
         self.allowed = {0, os.geteuid(), *allow_uids}
         self.open_to_others = bool(set(allow_uids) - {0, os.geteuid()})
-        self._server: asyncio.AbstractServer | None = None
+        self.limits = effective_limits(limits or Limits())
+        self._listener: socket.socket | None = None
+        self._per_uid: Counter[int] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused: asyncio.TimerHandle | None = None
+        self._episodes = _Episodes()
+        self.refused = 0  # connections closed at accept (uid not allowed, over a cap)
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         _claim_path(self.path)
-        # Created with a tight umask so there is no window where others can connect.
-        old = os.umask(0o177)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=protocol.MAX_LINE
-            )
-        finally:
-            os.umask(old)
+            # Created with a tight umask so there is no window where others can connect.
+            old = os.umask(0o177)
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(old)
+            # The kernel caps this at net.core.somaxconn (4096 by default).
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._listener = sock
         if self.open_to_others:
             # Other uids are let through the file mode, then checked by SO_PEERCRED.
             os.chmod(self.path, 0o666)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_ready)
+        log.debug("control socket listening", path=str(self.path), limits=str(self.limits))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._listener is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._listener.fileno())
+            if self._paused is not None:
+                self._paused.cancel()
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
+    # --- accepting ------------------------------------------------------------
+
+    def _accept_ready(self) -> None:
+        assert self._listener is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:
+                if e.errno in _RESOURCE_ERRNOS:
+                    self._pause_accepting(e)
+                    return
+                raise
+            self._episodes.end("accept", "control socket accepting again")
+            self._admit(conn)
+
+    def _pause_accepting(self, err: OSError) -> None:
+        """Out of descriptors: stop asking until some are back, rather than spin on EMFILE."""
+        assert self._listener is not None
+        self._episodes.note(
+            "accept",
+            "control socket cannot accept; pausing",
+            error=err.strerror,
+            connections=sum(self._per_uid.values()),
+        )
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._listener.fileno())
+        self._paused = loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._paused = None
+        if self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept_ready)
+
+    def _refusal(self, peer: Peer) -> tuple[str, str] | None:
+        if peer.uid not in self.allowed:
+            return "permission_denied", f"uid {peer.uid} may not use this socket"
+        lim = self.limits
+        if peer.uid == 0:
+            if self._per_uid[0] >= lim.root_reserve:
+                return "too_many_connections", f"root already holds {lim.root_reserve}"
+            return None
+        others = sum(n for uid, n in self._per_uid.items() if uid != 0)
+        if self._per_uid[peer.uid] >= lim.max_per_uid:
+            return "too_many_connections", f"uid {peer.uid} already holds {lim.max_per_uid}"
+        if others >= lim.max_connections:
+            return "too_many_connections", f"{others} connections open; try again later"
+        return None
+
+    def _admit(self, conn: socket.socket) -> None:
         try:
-            peer = peer_credentials(sock)
-            while True:
-                try:
-                    line = await reader.readline()
-                except (asyncio.LimitOverrunError, ValueError):
-                    writer.write(protocol.error(None, "too_large", "request line too long"))
-                    break
-                if not line:
-                    break
-                writer.write(await self._dispatch(peer, line))
-                await writer.drain()
-        except (ConnectionError, OSError):
+            peer = peer_credentials(conn)
+        except OSError:
+            conn.close()
+            return
+        refusal = self._refusal(peer)
+        if refusal is not None:
+            self.refused += 1
+            self._episodes.note(
+                f"refused:{peer.uid}:{refusal[0]}",
+                "control connection refused",
+                uid=peer.uid,
+                pid=peer.pid,
+                reason=refusal[1],
+            )
+            # One short line fits any fresh socket's buffer: this never blocks.
+            with contextlib.suppress(OSError):
+                conn.setblocking(False)
+                conn.send(protocol.error(None, *refusal))
+            conn.close()
+            return
+        self._per_uid[peer.uid] += 1
+        task = asyncio.create_task(self._connection(conn, peer), name=f"control:{peer.pid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- serving one connection ---------------------------------------------
+
+    async def _connection(self, conn: socket.socket, peer: Peer) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=protocol.MAX_LINE)
+            await self._serve(reader, writer, peer)
+        except (ConnectionError, OSError, TimeoutError):
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            self._per_uid[peer.uid] -= 1
+            if self._per_uid[peer.uid] <= 0:
+                del self._per_uid[peer.uid]
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.wait_closed()
+            else:
+                conn.close()
 
-    async def _dispatch(self, peer: Peer, line: bytes) -> bytes:
+    async def _read_line(self, reader: asyncio.StreamReader, buf: bytearray) -> bytes | None:
+        """The next request line; None at EOF. Times out idle and slow clients."""
+        lim = self.limits
+        deadline: float | None = None
+        while True:
+            nl = buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(buf[: nl + 1])
+                del buf[: nl + 1]
+                return line
+            if len(buf) > protocol.MAX_LINE:
+                raise protocol.ProtocolError("too_large", "request line too long")
+            now = time.monotonic()
+            if buf and deadline is None:
+                deadline = now + lim.request_timeout_s
+            wait = lim.idle_timeout_s if deadline is None else deadline - now
+            chunk = await asyncio.wait_for(reader.read(65536), max(wait, 0.001))
+            if not chunk:
+                return None
+            buf += chunk
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), self.limits.request_timeout_s)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
+        buf = bytearray()
+        while True:
+            try:
+                line = await self._read_line(reader, buf)
+            except protocol.ProtocolError as e:
+                await self._send(writer, protocol.error(None, e.code, e.message))
+                return
+            if line is None:
+                return
+            reply = await self._dispatch(peer, line)
+            if isinstance(reply, bytes):
+                await self._send(writer, reply)
+                continue
+            req_id, events = reply
+            async for event in events:
+                await self._send(writer, protocol.event(req_id, event))
+            return
+
+    async def _dispatch(
+        self, peer: Peer, line: bytes
+    ) -> bytes | tuple[Any, AsyncIterator[dict[str, Any]]]:
         try:
             req = protocol.decode_request(line)
         except protocol.ProtocolError as e:
-            return protocol.error(None, e.code, e.message)
-        if peer.uid not in self.allowed:
-            log.warning("control request refused", uid=peer.uid, pid=peer.pid, method=req.method)
-            return protocol.error(
-                req.id, "permission_denied", f"uid {peer.uid} may not use this socket"
-            )
+            return protocol.error(e.req_id, e.code, e.message)
         handler = self.handlers.get(req.method)
         if handler is None:
-            return protocol.error(req.id, "unknown_method", f"no method {req.method!r}")
+            return protocol.error(req.id, "unknown_method", f"no method {req.method[:80]!r}")
         try:
-            return protocol.result(req.id, await handler(peer, req.params))
+            value = await handler(peer, req.params)
+            if isinstance(value, dict):
+                return protocol.result(req.id, value)
+            return req.id, value
         except protocol.ProtocolError as e:
             return protocol.error(req.id, e.code, e.message)
         except Exception as e:

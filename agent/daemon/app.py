@@ -16,7 +16,7 @@ import structlog
 from agent import version
 from agent.config.load import load_config
 from agent.config.schema import Config, ConfigError, DnsmasqConfig
-from agent.control.server import ControlServer, Peer
+from agent.control.server import ControlServer, Limits, Peer
 from agent.resolver.networkmanager import NetworkManagerWatcher
 from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
@@ -27,6 +27,7 @@ from agent.sources.lifecycle import Backoff
 from agent.sources.registry import build_sources
 
 from . import status as st
+from .instance import InstanceLock
 from .notify import sd_notify
 from .pipeline import Pipeline
 
@@ -35,6 +36,8 @@ log = structlog.get_logger(component="daemon")
 # A source that cannot reach its service at startup must not hold the first
 # sync hostage: after this, the daemon syncs with what it has and says so.
 STARTUP_SYNC_TIMEOUT_S = 10.0
+# A reload that failed for want of descriptors or memory is tried again.
+RELOAD_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 SOURCE_RESTART_MAX_S = 30.0
 
 
@@ -64,6 +67,26 @@ def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list
     if config.hosts_file.enabled:
         sinks.append(HostsFileSink(config.hosts_file.path))
     return sinks
+
+
+def managed_paths(config: Config) -> list[Path]:
+    """The files this agent's sinks write: no second agent may write them too."""
+    paths = []
+    if config.dnsmasq.enabled:
+        paths.append(config.dnsmasq.addn_hosts)
+    if config.hosts_file.enabled:
+        paths.append(config.hosts_file.path)
+    return paths
+
+
+def control_limits(config: Config) -> Limits:
+    c = config.control
+    return Limits(
+        max_connections=c.max_connections,
+        max_per_uid=c.max_per_uid,
+        idle_timeout_s=c.idle_timeout_s,
+        request_timeout_s=c.request_timeout_s,
+    )
 
 
 def _sinks_key(config: Config) -> tuple[object, ...]:
@@ -168,11 +191,26 @@ class Daemon:
 
     # --- config ------------------------------------------------------------
 
+    async def _read_config(self) -> Config:
+        """load_config, retried while it fails for a passing reason (EMFILE, ENOMEM)."""
+        for attempt, delay in enumerate((*RELOAD_RETRY_S, None)):
+            try:
+                return await asyncio.to_thread(
+                    load_config, self.config_path, socket_default=self.config.control.socket
+                )
+            except OSError as e:
+                if delay is None:
+                    raise ConfigError(
+                        str(self.config_path), [f"cannot read: {e.strerror or e}"]
+                    ) from None
+                if attempt == 0:
+                    log.warning("config reload failed; retrying", error=e.strerror or str(e))
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
     async def reload(self) -> dict[str, Any]:
         try:
-            new = await asyncio.to_thread(
-                load_config, self.config_path, socket_default=self.config.control.socket
-            )
+            new = await self._read_config()
         except ConfigError as e:
             self.config_error = str(e)
             log.error(
@@ -262,12 +300,25 @@ class Daemon:
             await self.reload()
 
     async def run(self, *, once: bool = False) -> int:
+        # Before anything is touched: a second agent on our paths refuses here.
+        lock = InstanceLock(self.config.control.socket, managed_paths(self.config))
+        lock.acquire()
+        try:
+            return await self._run_locked(once=once)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, *, once: bool) -> int:
         loop = asyncio.get_running_loop()
         if not once:
-            self.control = ControlServer(
-                self.config.control.socket, self._handlers(), self.config.control.allow_uids
+            control = ControlServer(
+                self.config.control.socket,
+                self._handlers(),
+                self.config.control.allow_uids,
+                control_limits(self.config),
             )
-            await self.control.start()
+            await control.start()
+            self.control = control
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._reload_soon)

@@ -17,6 +17,11 @@ from agent.control.server import SocketInUse
 
 from . import logging as nlogging
 from .app import Daemon
+from .instance import AlreadyRunning
+
+# Distinct from a failed sync (1) and a config error (2): nothing was wrong
+# with this agent, another one already does the job.
+EXIT_ALREADY_RUNNING = 3
 
 DESCRIPTION = """\
 Keep DNS names for libvirt VMs, Podman containers and the host in a dnsmasq
@@ -46,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="sync once (write files, reload dnsmasq) and exit: 0 on success, "
-        "1 if a file could not be written, 2 on a config error",
+        "1 if a file could not be written, 2 on a config error, 3 if another "
+        "namesync-agent already runs on the same socket or files",
     )
     p.add_argument(
         "--check-config",
@@ -85,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", version=version(), config=config.origin, once=args.once)
     try:
         return asyncio.run(Daemon(config, args.config).run(once=args.once))
+    except AlreadyRunning as e:
+        log.error("cannot start", reason=str(e))
+        print(f"namesync-agent: {e}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
     except SocketInUse as e:
         log.error("cannot start", reason=str(e))
         return 1

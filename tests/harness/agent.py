@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,14 +19,17 @@ from .wait import until
 def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
                 hosts_file: Path | None, static: dict[str, list[str]] | None = None,
                 coalesce_ms: int = 20, extra: str = "", host: str | None = None,
-                dnsmasq_extra: str = "",
+                dnsmasq_extra: str = "", control_extra: str = "",
                 networkmanager: str | None = None, libvirt: str | None = None,
                 podman: str | None = None) -> str:
     """A config for the test agent. ``host``/``networkmanager``/``libvirt``/``podman``:
     the body of those sections; None disables them (no netlink, D-Bus, libvirtd or
     Podman unless a test asks)."""
     lines = ["[daemon]", f"coalesce_ms = {coalesce_ms}", 'log_level = "debug"',
-             "[control]", f'socket = "{socket}"', "[dnsmasq]"]
+             "[control]", f'socket = "{socket}"']
+    if control_extra:
+        lines.append(control_extra)
+    lines.append("[dnsmasq]")
     if addn_hosts is None:
         lines.append("enabled = false")
     else:
@@ -46,8 +50,10 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
 
 
 class Agent:
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
+                 nofile: int | None = None) -> None:
         self.env = env or {}
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the agent, e.g. systemd's 1024
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "config.toml"
@@ -67,9 +73,14 @@ class Agent:
     def start(self) -> Agent:
         self._log = self.log.open("ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log,
-                                     env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+                                     preexec_fn=self._limits if self.nofile else None)
         until(lambda: self._ready(), timeout=15, what="namesync-agent ready")
         return self
+
+    def _limits(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _ready(self) -> bool:
         assert self.proc is not None

@@ -45,8 +45,8 @@ def test_status_json_document(dnsmasq: Dnsmasq, agent: Agent, write_config: Writ
 def test_status_without_daemon_says_so() -> None:
     run = agentctl("--socket", "/nonexistent/namesync.sock", "status", check=False)
     assert run.returncode == 1
-    assert run.stderr == ("agentctl: no control socket at /nonexistent/namesync.sock: "
-                          "is namesync-agent running?\n")
+    assert run.stderr == ("agentctl: no agent listening on /nonexistent/namesync.sock "
+                          "(is namesync running?)\n")
 
 
 def test_once_writes_reloads_and_exits(dnsmasq: Dnsmasq, agent: Agent,

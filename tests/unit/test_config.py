@@ -374,3 +374,18 @@ def test_podman_socket_default_is_per_user_for_users() -> None:
     ) == Path("/run/user/1000/podman/podman.sock")
     user = Path("/run/user/1000/podman/podman.sock")
     assert parse_config("", "x", podman_socket_default=user).podman.socket == user
+
+
+def test_control_limits_parse_and_are_bounded() -> None:
+    cfg = parse_config(
+        "[control]\nmax_connections = 50\nmax_per_uid = 4\nidle_timeout_s = 2\n"
+        "request_timeout_s = 3\n", "t")
+    c = cfg.control
+    assert (c.max_connections, c.max_per_uid, c.idle_timeout_s, c.request_timeout_s) == (
+        50, 4, 2, 3)
+    with pytest.raises(ConfigError) as err:
+        parse_config("[control]\nmax_connections = 0\nmax_per_uid = true\n"
+                     "idle_timeout_s = nan\nrequest_timeout_s = \"1s\"\n", "t")
+    text = "\n".join(err.value.problems)
+    for key in ("max_connections", "max_per_uid", "idle_timeout_s", "request_timeout_s"):
+        assert f"control.{key}:" in text

@@ -222,7 +222,10 @@ try:
 except OSError as e:
     print(json.dumps({"connect_errno": e.errno}))
     sys.exit(0)
-s.sendall(b'{"v":1,"id":7,"method":"status","params":{}}\n')
+try:
+    s.sendall(b'{"v":1,"id":7,"method":"status","params":{}}\n')
+except BrokenPipeError:
+    pass  # refused at accept: the reason is already waiting to be read
 buf = b""
 while not buf.endswith(b"\n"):
     chunk = s.recv(65536)
@@ -265,7 +268,8 @@ def test_allowed_uid_is_served(sock_dir: Path) -> None:
 def test_uid_not_in_allow_list_gets_permission_denied(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
     out = with_server(path, lambda _: client_as(NOBODY - 1, path), allow_uids=(NOBODY,))
-    assert out["response"]["id"] == 7
+    # Refused at accept, before its request was read: the reply cannot carry its id.
+    assert out["response"]["id"] is None
     assert "result" not in out["response"]
     assert out["response"]["error"]["code"] == "permission_denied"
     assert str(NOBODY - 1) in out["response"]["error"]["message"]
@@ -276,3 +280,131 @@ def test_root_only_socket_cannot_even_be_connected_by_others(sock_dir: Path) -> 
     path = sock_dir / "control.sock"
     out = with_server(path, lambda _: client_as(NOBODY, path), allow_uids=())
     assert out == {"connect_errno": errno.EACCES}
+
+
+# --- hostile requests (issue 10, defect 9) ---------------------------------------
+
+EDGE_CASES = [
+    pytest.param(b'{"v":1,"id":' + b"9" * 5000 + b',"method":"status"}\n', id="id-5000-digits"),
+    pytest.param(b'{"v":1,"id":' + b"[" * 200_000 + b"]" * 200_000 + b',"method":"status"}\n',
+                 id="id-nested-200k"),
+    pytest.param(b"[" * 200_000 + b"\n", id="unclosed-200k"),
+    pytest.param(b'{"v":1,"id":NaN,"method":"status"}\n', id="id-NaN"),
+    pytest.param(b'{"v":1,"id":-Infinity,"method":"status"}\n', id="id-Infinity"),
+    pytest.param(b'{"v":1,"id":1,"method":"status","params":{"x":NaN}}\n', id="params-NaN"),
+    pytest.param(b'{"v":1,"id":"' + b"x" * 10_000 + b'","method":"status"}\n', id="id-10k-string"),
+    pytest.param(b'{"v":1,"id":{"a":1},"method":"status"}\n', id="id-object"),
+    pytest.param(b'{"v":' + b"7" * 5000 + b',"id":1,"method":"status"}\n', id="v-5000-digits"),
+    pytest.param(b'{"v":1,"id":1,"method":"' + b"m" * 100_000 + b'"}\n', id="method-100k"),
+]
+
+
+@pytest.mark.parametrize("payload", EDGE_CASES)
+def test_hostile_request_gets_a_strict_json_error_and_the_server_goes_on(
+        sock_dir: Path, payload: bytes, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = sock_dir / "control.sock"
+    follow_up = b'{"v":1,"id":2,"method":"status"}\n'
+
+    def check(_: ControlServer) -> list[bytes]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(payload + follow_up)
+            buf = b""
+            while buf.count(b"\n") < 2:
+                chunk = s.recv(65536)
+                assert chunk, f"connection closed after {buf[:200]!r}"
+                buf += chunk
+        return buf.splitlines()
+
+    lines = with_server(path, check)
+
+    def strict(raw: bytes) -> Any:
+        return json.loads(raw, parse_constant=lambda c: pytest.fail(f"bare {c} on the wire"))
+
+    first, second = (strict(line) for line in lines)
+    assert first["error"]["code"] in ("bad_request", "unknown_method")
+    assert first["id"] is None or first["id"] == 1
+    assert len(lines[0]) < 1000  # the offending value is not quoted back whole
+    assert second == {"v": 1, "id": 2, "result": {"names": 3, "uid": os.geteuid(),
+                                                   "pid": os.getpid(), "echo": {}}}
+    logged = capsys.readouterr()
+    assert "Traceback" not in logged.out + logged.err
+    assert "Traceback" not in caplog.text
+
+
+def test_handler_result_with_nan_is_an_error_not_bare_nan(sock_dir: Path) -> None:
+    path = sock_dir / "control.sock"
+
+    async def nan(peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ratio": float("nan")}
+
+    async def main() -> list[dict[str, Any]]:
+        server = ControlServer(path, {"nan": nan})
+        await server.start()
+        try:
+            return await asyncio.to_thread(
+                raw_exchange, path, b'{"v":1,"id":1,"method":"nan"}\n', 1)
+        finally:
+            await server.close()
+
+    (out,) = asyncio.run(main())
+    assert out["id"] == 1 and out["error"]["code"] == "internal"
+
+
+def test_backlog_takes_1000_simultaneous_connects(sock_dir: Path) -> None:
+    """All connect before the server accepts any: only the listen backlog holds them."""
+    path = sock_dir / "control.sock"
+    from agent.control.server import Limits
+
+    async def main() -> tuple[list[int], int]:
+        server = ControlServer(path, HANDLERS, limits=Limits(max_connections=2000,
+                                                            max_per_uid=2000))
+        server_limits_ok = server.limits.root_reserve
+        await server.start()
+        loop = asyncio.get_running_loop()
+        # The loop is not allowed to accept while the clients connect.
+        assert server._listener is not None
+        loop.remove_reader(server._listener.fileno())
+
+        def connect_all() -> list[int]:
+            errs, socks = [], []
+            for _ in range(1000):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setblocking(False)
+                try:
+                    s.connect(str(path))
+                except OSError as e:
+                    errs.append(e.errno or 0)
+                socks.append(s)
+            for s in socks:
+                s.close()
+            return errs
+
+        try:
+            return await asyncio.to_thread(connect_all), server_limits_ok
+        finally:
+            await server.close()
+
+    errs, _ = asyncio.run(main())
+    assert errs == []
+
+
+def test_client_messages_are_plain_sentences(sock_dir: Path) -> None:
+    path = sock_dir / "control.sock"
+    with pytest.raises(ControlError) as err:
+        Client(path).call("status")
+    assert err.value.message == f"no agent listening on {path} (is namesync running?)"
+
+    # A peer that accepts and never answers: a timeout, said as such.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    try:
+        with pytest.raises(ControlError) as err:
+            Client(path, timeout=0.3).call("status")
+        assert err.value.code == "timeout"
+        assert err.value.message == f"no answer from the agent on {path} within 0.3s"
+    finally:
+        listener.close()
