@@ -1,110 +1,164 @@
-"""Human rendering of the status document: short, aligned, problems first-class."""
+"""Human rendering of the status document: problems first, each said once, ages, columns.
+
+The document may carry sections this version does not know (a later daemon,
+the user agent's peers): unknown keys are ignored, never an error.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from agent.daemon.health import assess
 
-def _age(iso: str | None) -> str:
-    return iso.replace("T", " ").rstrip("Z").split(".")[0] + "Z" if iso else "never"
-
-
-def _uptime(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+from .text import age, columns, duration, plain
 
 
-def format_status(doc: dict[str, Any]) -> str:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _header(doc: dict[str, Any], health: dict[str, Any], now: float) -> list[str]:
     d = doc["daemon"]
-    out: list[str] = []
-    state = "ready" if d["ready"] else "starting"
-    out.append(f"namesync {d['version']}  pid {d['pid']}  up {_uptime(d['uptime_s'])}  {state}")
-    out.append(f"config   {d['config']}  (loaded {_age(d['config_loaded'])})")
-    if d.get("config_error"):
-        out.append("  ! last reload refused, previous config still running:")
-        out.extend("    " + line for line in d["config_error"].splitlines()[1:])
+    n = len(health["problems"])
+    verdict = health["state"] + (f" ({_plural(n, 'problem')})" if n else "")
+    out = [f"namesync {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  {verdict}"]
+    out.append(f"config    {d['config']}  loaded {age(d['config_loaded'], now)}")
+    t = doc["table"]
+    sync = f"last sync {age(d['last_sync'], now)}" + ("" if d["last_sync_ok"] else " (failed)")
     out.append(
-        f"names    {doc['table']['names']}   syncs {d['syncs']}  "
-        f"last {_age(d['last_sync'])}{'' if d['last_sync_ok'] else '  (FAILED, retrying)'}"
+        f"names     {t['names']} published, {_plural(len(t['conflicts']), 'conflict')}, "
+        f"{len(t['rejected'])} refused; {sync}"
     )
+    resolver = _resolver(doc.get("networkmanager") or {})
+    if resolver:
+        out.append(f"resolver  {resolver}")
+    return out
 
-    nm = doc.get("networkmanager") or {}
-    if nm.get("watching"):
-        if nm["bus"] != "connected":
-            out.append(
-                f"resolver D-Bus {nm['bus']}" + (f": {nm['bus_error']}" if nm["bus_error"] else "")
-            )
-        elif not nm["running"]:
-            out.append("resolver NetworkManager not running")
-        else:
-            pid = nm["dnsmasq_pid"]
-            out.append(
-                f"resolver NetworkManager dns={nm['dns_mode']}"
-                + (f", its dnsmasq pid {pid}" if pid else "")
-            )
-        if nm.get("advice"):
-            out.append(f"  ! {nm['advice']}")
 
-    out.append("")
-    out.append("SOURCES")
+def _resolver(nm: dict[str, Any]) -> str | None:
+    if not nm.get("watching"):
+        return None
+    if nm["bus"] != "connected":
+        text = f"system D-Bus {nm['bus']}" + (f": {plain(nm['bus_error'])}"
+                                              if nm.get("bus_error") else "")
+    elif not nm["running"]:
+        text = "NetworkManager not running"
+    else:
+        pid = nm["dnsmasq_pid"]
+        text = f"NetworkManager dns={nm['dns_mode']}" + (f", its dnsmasq pid {pid}" if pid else "")
+    if nm.get("advice"):
+        text += f"\n          {nm['advice']}"
+    return text
+
+
+def _problems(health: dict[str, Any]) -> list[str]:
+    if not health["problems"]:
+        return []
+    out = ["", "PROBLEMS"]
+    for p in health["problems"]:
+        out.append(f"  {p['what']}: {plain(p['problem'])}")
+        if p.get("fix"):
+            out.append(f"    fix: {p['fix']}")
+    return out
+
+
+def _source_note(s: dict[str, Any], now: float, current: bool) -> list[str]:
+    notes = []
+    if s["state"] == "disconnected" and s.get("names"):
+        # Names stay while a source is away (its last snapshot, or netavark's files for
+        # Podman): say so, or "disconnected" next to a count of names reads as a lie.
+        notes.append(f"still publishing its {_plural(s['names'], 'name')} (last known state)")
+    if s.get("detail"):
+        notes.append(plain(s["detail"]))
+    if s.get("last_error") and not current:
+        # A current error is under PROBLEMS; a past one is history worth a line.
+        notes.append(f"last error {age(s['last_error_at'], now)}: {plain(s['last_error'])}")
+    return [f"    {n}" for n in notes]
+
+
+def _sources(doc: dict[str, Any], now: float) -> list[str]:
+    out = ["", "SOURCES"]
+    rows = [["NAME", "STATE", "NAMES", "REFUSED", "LAST EVENT"]]
+    notes: list[list[str]] = [[]]
     for s in doc["sources"]:
-        out.append(
-            f"  {s['name']:<24} {s['state']:<13} {s['objects']:>5} objects"
-            f"   last event {_age(s['last_event'])}"
-        )
-        if s.get("detail"):
-            out.append(f"    {s['detail']}")
-        if s.get("last_error"):
-            out.append(f"    last error {_age(s['last_error_at'])}: {s['last_error']}")
+        names = str(s.get("names", s["objects"]))
+        refused = str(s.get("refused", 0) + s.get("lost", 0))
+        rows.append([s["name"], s["state"], names, refused, age(s["last_event"], now)])
+        current = s["state"] in ("disconnected", "starting")
+        notes.append(_source_note(s, now, current))
+    for line, extra in zip(columns(rows, right={2, 3}), notes, strict=True):
+        out.append(line)
+        out.extend(extra)
+    return out
 
-    out.append("")
-    out.append("SINKS")
+
+def _reload_line(r: dict[str, Any] | None, now: float) -> str | None:
+    if not r:
+        return None
+    if not r["signalled"]:
+        return f"    last reload {age(r['at'], now)}: not signalled (see PROBLEMS)"
+    return (f"    last reload {age(r['at'], now)}: SIGHUP to pid {r['pid']} ({r['via']}), "
+            f"{r['latency_ms']:.1f} ms after the change")
+
+
+def _sink(k: dict[str, Any], now: float) -> tuple[list[str], list[str]]:
+    """The sink's row and the lines under it."""
+    if k.get("refused"):
+        # A refused file holds whatever the user left in it: no counts to show.
+        return [k["kind"], k["path"], "refused (see PROBLEMS)"], []
+    row = [k["kind"], k["path"], f"{_plural(k['names'], 'name')}, {_plural(k['lines'], 'line')}"]
+    write = f"    last write {age(k['last_write'], now)}"
+    if k.get("last_write_ms") is not None:
+        write += f" ({k['last_write_method']}, {k['last_write_ms']:.1f} ms)"
+    lines = [write + f"; writes {k['writes']}, unchanged {k['unchanged']}"]
+    reload = _reload_line(k.get("last_reload"), now)
+    if reload:
+        lines.append(reload)
+    if k.get("warning"):
+        lines.append(f"    warning: {plain(k['warning'])}")
+    return row, lines
+
+
+def _sinks(doc: dict[str, Any], now: float) -> list[str]:
+    out = ["", "SINKS"]
     if not doc["sinks"]:
-        out.append("  (none enabled)")
-    for k in doc["sinks"]:
-        out.append(f"  {k['kind']:<11} {k['path']}   {k['names']} names, {k['lines']} lines")
-        out.append(
-            f"    last write {_age(k['last_write'])}"
-            + (
-                f" ({k['last_write_method']}, {k['last_write_ms']:.1f} ms)"
-                if k.get("last_write_ms") is not None
-                else ""
-            )
-            + f"   writes {k['writes']}, unchanged {k['unchanged']}"
-        )
-        r = k.get("last_reload")
-        if r:
-            if r["signalled"]:
-                out.append(
-                    f"    last reload {_age(r['at'])}: SIGHUP to pid {r['pid']} "
-                    f"({r['via']}), {r['latency_ms']:.1f} ms after the change"
-                )
-            else:
-                out.append(f"    last reload {_age(r['at'])}: NOT signalled: {r['reason']}")
-        if k.get("warning"):
-            out.append(f"    ! warning: {k['warning']}")
-        if k.get("refused"):
-            out.append(f"    ! refused: {k['refused']}")
-        if k.get("last_error"):
-            out.append(f"    ! last error {_age(k['last_error_at'])}: {k['last_error']}")
+        return [*out, "  (none enabled)"]
+    rows, unders = zip(*(_sink(k, now) for k in doc["sinks"]), strict=True)
+    for line, under in zip(columns(list(rows)), unders, strict=True):
+        out.append(line)
+        out.extend(under)
+    return out
 
+
+def party(p: dict[str, Any]) -> str:
+    return f"{p['source']} {p['display'] or p['object']}"
+
+
+def _table(doc: dict[str, Any]) -> list[str]:
+    out = []
     conflicts = doc["table"]["conflicts"]
-    out.append("")
-    out.append(f"CONFLICTS ({len(conflicts)})")
-    for c in conflicts:
-        losers = ", ".join(f"{p['source']}:{p['display'] or p['object']}" for p in c["losers"])
-        w = c["winner"]
-        out.append(
-            f"  {c['name']}: kept by {w['source']}:{w['display'] or w['object']}; "
-            f"refused for {losers}"
-        )
-
+    if conflicts:
+        out += ["", f"CONFLICTS ({len(conflicts)})"]
+        rows = [["NAME", "KEPT BY", "REFUSED FOR"]]
+        rows += [[c["name"], party(c["winner"]), ", ".join(party(p) for p in c["losers"])]
+                 for c in conflicts]
+        out += columns(rows)
     rejected = doc["table"]["rejected"]
-    out.append("")
-    out.append(f"REFUSED NAMES ({len(rejected)})")
-    for r in rejected:
-        out.append(f"  {r['source']}:{r['display'] or r['object']}: {r['value']!r}: {r['reason']}")
+    if rejected:
+        out += ["", f"REFUSED NAMES ({len(rejected)})"]
+        rows = [["FROM", "VALUE", "REASON"]]
+        rows += [[party(r), repr(r["value"]), r["reason"]] for r in rejected]
+        out += columns(rows)
+    return out
+
+
+def format_status(doc: dict[str, Any], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    health = doc.get("health") or assess(doc)
+    out = _header(doc, health, now)
+    out += _problems(health)
+    out += _sources(doc, now)
+    out += _sinks(doc, now)
+    out += _table(doc)
     return "\n".join(out) + "\n"

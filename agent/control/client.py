@@ -12,6 +12,7 @@ import itertools
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,44 @@ class Client:
         if not isinstance(result, dict):
             raise ControlError("bad_reply", f"unreadable answer from the agent on {self.path}")
         return result
+
+    def stream(self, method: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """A streaming method (``watch``): yield each event until the agent ends the stream."""
+        msg = protocol.encode(
+            {"v": protocol.VERSION, "id": next(self._ids), "method": method,
+             "params": params or {}}
+        )
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            self._connect(s, time.monotonic() + self.timeout)
+            s.settimeout(None)  # events come when something changes: no deadline
+            try:
+                s.sendall(msg)
+                yield from self._events(s)
+            except OSError as e:
+                raise ControlError(
+                    "io", f"talking to the agent on {self.path}: {e.strerror or e}"
+                ) from None
+
+    def _events(self, s: socket.socket) -> Iterator[dict[str, Any]]:
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    raise ControlError(
+                        "bad_reply", f"unreadable event from the agent on {self.path}"
+                    ) from None
+                if "error" in msg:
+                    err = msg["error"]
+                    raise ControlError(str(err.get("code")), str(err.get("message")))
+                if isinstance(msg.get("event"), dict):
+                    yield msg["event"]
+            if len(buf) > protocol.MAX_LINE:
+                raise ControlError("too_large", f"the agent on {self.path} sent too large an event")

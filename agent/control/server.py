@@ -337,10 +337,36 @@ class ControlServer:
             if isinstance(reply, bytes):
                 await self._send(writer, reply)
                 continue
-            req_id, events = reply
-            async for event in events:
-                await self._send(writer, protocol.event(req_id, event))
+            await self._stream(reader, writer, *reply)
             return
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      req_id: Any, events: AsyncIterator[dict[str, Any]]) -> None:
+        """Send events until the stream ends or the client hangs up (or sends anything).
+
+        Watching for the hangup matters when nothing happens: a watcher that quit
+        must not hold its place (and its queue) until the next change.
+        """
+        hangup = asyncio.ensure_future(reader.read(1))
+        try:
+            while True:
+                item = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait({item, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if item not in done:
+                    item.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await item
+                    return
+                try:
+                    event = item.result()
+                except StopAsyncIteration:
+                    return
+                await self._send(writer, protocol.event(req_id, event))
+        finally:
+            hangup.cancel()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def _dispatch(
         self, peer: Peer, line: bytes

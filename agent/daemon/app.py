@@ -27,9 +27,12 @@ from agent.sources.lifecycle import Backoff
 from agent.sources.registry import build_sources
 
 from . import status as st
+from .health import assess
+from .history import NameHistory
 from .instance import InstanceLock
 from .notify import sd_notify
 from .pipeline import Pipeline
+from .queries import Queries
 
 log = structlog.get_logger(component="daemon")
 
@@ -101,6 +104,8 @@ class Daemon:
         self.nm: NetworkManagerWatcher | None = None
         self._nm_task: asyncio.Task[None] | None = None
         self.pipeline = Pipeline([], config.daemon.coalesce_ms / 1000)
+        self.history = NameHistory()
+        self.pipeline.observers.append(self.history.observe)
         self.sources: dict[str, Source] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
@@ -244,7 +249,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         p = self.pipeline
-        return {
+        doc = {
             "status_version": st.STATUS_VERSION,
             "daemon": {
                 "version": version(),
@@ -259,12 +264,15 @@ class Daemon:
                 "syncs": p.syncs,
                 "last_sync": st.ts(p.last_sync),
                 "last_sync_ok": p.last_sync_ok,
+                "watchers": self.history.watchers,
             },
-            "sources": [st.source_status(s, p.store) for s in self.sources.values()],
+            "sources": [st.source_status(s, p.store, p.table) for s in self.sources.values()],
             "sinks": [st.sink_status(s) for s in p.sinks],
             "networkmanager": st.networkmanager_status(self.nm),
             "table": st.table_status(p.table),
         }
+        doc["health"] = assess(doc)
+        return doc
 
     async def _h_hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -281,7 +289,13 @@ class Daemon:
         return await self.reload()
 
     def _handlers(self) -> dict[str, Any]:
-        return {"hello": self._h_hello, "status": self._h_status, "reload": self._h_reload}
+        return {
+            "hello": self._h_hello,
+            "status": self._h_status,
+            "reload": self._h_reload,
+            # list, explain, watch, and reload with its delivery check (queries.py).
+            **Queries(self).handlers(),
+        }
 
     # --- lifecycle ---------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -31,6 +32,9 @@ class Pipeline:
         self.syncs = 0
         self.last_sync: float | None = None
         self.last_sync_ok = True
+        # Called with (old, new) after every sync's plan, on the loop: watchers
+        # of the table (agentctl list's "since", watch) hook in here.
+        self.observers: list[Callable[[Table, Table], None]] = []
 
     def _on_change(self) -> None:
         self.coalescer.poke()
@@ -69,7 +73,9 @@ class Pipeline:
         async with self._lock:
             table = plan(self.store.records(), self.store.rejections(), self.table.holders())
             self._log_differences(self.table, table)
-            self.table = table
+            old, self.table = self.table, table
+            for observe in self.observers:
+                observe(old, table)
             sinks = list(self.sinks)
             results = await asyncio.gather(
                 *(asyncio.to_thread(s.apply, table, first) for s in sinks),

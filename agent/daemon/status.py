@@ -38,8 +38,10 @@ def provenance(p: Provenance) -> dict[str, Any]:
     return {"source": p.source, "object": p.object_id, "kind": p.kind, "display": p.display}
 
 
-def source_status(src: Source, store: StateStore) -> dict[str, Any]:
+def source_status(src: Source, store: StateStore, table: Table | None = None) -> dict[str, Any]:
     h = src.health
+    counts = _source_counts(src.name, table) if table is not None else {}
+    fix = getattr(src, "fix_hint", None)
     return {
         "name": src.name,
         "kind": src.kind,
@@ -51,7 +53,23 @@ def source_status(src: Source, store: StateStore) -> dict[str, Any]:
         "last_error": h.last_error,
         "last_error_at": ts(h.last_error_at),
         "detail": h.detail,
+        # Fields added in status_version 1 (issue 15): what the source's objects add
+        # up to in the table, and the plain fix for its last error, if it knows one.
+        **counts,
+        "fix": fix() if callable(fix) else None,
     }
+
+
+def _source_counts(source: str, table: Table) -> dict[str, int]:
+    """Names a source has in the table, and how many it was refused or lost.
+
+    ``objects`` alone misleads: a host source holding one object whose only
+    record was refused is "1 object" and publishes nothing.
+    """
+    names = sum(1 for e in table.entries.values() if e.provenance.source == source)
+    refused = sum(1 for r in table.rejections if r.provenance.source == source)
+    lost = sum(1 for c in table.conflicts for p in c.losers if p.source == source)
+    return {"names": names, "refused": refused, "lost": lost}
 
 
 def sink_status(sink: Sink) -> dict[str, Any]:

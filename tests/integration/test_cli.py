@@ -44,7 +44,7 @@ def test_status_json_document(dnsmasq: Dnsmasq, agent: Agent, write_config: Writ
 
 def test_status_without_daemon_says_so() -> None:
     run = agentctl("--socket", "/nonexistent/namesync.sock", "status", check=False)
-    assert run.returncode == 1
+    assert run.returncode == 3  # systemctl is-active: not running
     assert run.stderr == ("agentctl: no agent listening on /nonexistent/namesync.sock "
                           "(is namesync running?)\n")
 
@@ -124,10 +124,11 @@ def test_conflicts_and_refused_names_in_status(dnsmasq: Dnsmasq, public_tmp: Pat
         "source": "libvirt:test", "object": "uuid-2", "kind": "domain",
         "display": "domain caf\u00e9", "value": "caf\u00e9",
         "reason": "contains non-ASCII character U+00E9"}]
-    assert ("web.dns.test: kept by static:[[static]] web.dns.test; "
-            "refused for libvirt:test:domain web") in human
-    assert ("libvirt:test:domain caf\u00e9: 'caf\u00e9': "
-            "contains non-ASCII character U+00E9") in human
+    assert ("  NAME          KEPT BY                         REFUSED FOR\n"
+            "  web.dns.test  static [[static]] web.dns.test  libvirt:test domain web\n") in human
+    assert ("  FROM                      VALUE   REASON\n"
+            "  libvirt:test domain caf\u00e9  'caf\u00e9'  contains non-ASCII character U+00E9\n"
+            ) in human
     # The static holder keeps the name at dnsmasq.
     assert dnsmasq.query("web.dns.test").records == ("10.0.0.1",)
 

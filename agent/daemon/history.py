@@ -1,0 +1,136 @@
+"""What changed between two tables: since when each name is held, what vanished, who watches.
+
+The pipeline hands every new table here (``observe``). From the difference
+this keeps, per name, the time its current holder got it (``agentctl list``'s
+"since"), a bounded memory of names that went away (``explain``'s "was
+published until 3m ago"), and fans the changes out to ``agentctl watch``
+subscribers, each with a bounded queue: a client that does not read is cut
+off, never allowed to grow the daemon's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.model.record import Address, Provenance
+from agent.plan.table import Entry, Table
+
+from .status import provenance, ts
+
+GONE_KEPT = 1000  # names remembered after they vanish (explain's nearest miss)
+WATCH_QUEUE = 1000  # events a watcher may lag behind before it is cut off
+MAX_WATCHERS = 16
+
+
+@dataclass(frozen=True)
+class Gone:
+    name: str
+    addresses: tuple[Address, ...]
+    provenance: Provenance
+    since: float
+    until: float
+
+
+class TooManyWatchers(Exception):
+    pass
+
+
+def entry_event(kind: str, e: Entry, at: float, since: float | None = None) -> dict[str, Any]:
+    return {
+        "event": kind,
+        "at": ts(at),
+        "name": e.name,
+        "addresses": [str(a) for a in e.addresses],
+        "since": ts(since),
+        **provenance(e.provenance),
+    }
+
+
+class _Watcher:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(WATCH_QUEUE)
+        self.overflowed = False
+
+    def put(self, event: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class NameHistory:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.since: dict[str, float] = {}
+        self.gone: OrderedDict[str, Gone] = OrderedDict()
+        self._watchers: set[_Watcher] = set()
+
+    def observe(self, old: Table, new: Table) -> None:
+        now = self._clock()
+        events: list[dict[str, Any]] = []
+        before = old.entries
+        for name, e in new.entries.items():
+            o = before.get(name)
+            if o is e:  # entries are memoised per record: the usual case costs this test
+                continue
+            if o is None or (o.provenance.source, o.provenance.object_id) != (
+                e.provenance.source, e.provenance.object_id
+            ):
+                self.since[name] = now
+                self.gone.pop(name, None)
+                events.append(entry_event("appeared" if o is None else "moved", e, now, now))
+            elif o.addresses != e.addresses:
+                events.append(entry_event("changed", e, now, self.since.get(name)))
+        for name, o in before.items():
+            if name not in new.entries:
+                since = self.since.pop(name, now)
+                self.gone[name] = Gone(name, o.addresses, o.provenance, since, now)
+                self.gone.move_to_end(name)
+                events.append(entry_event("vanished", o, now, since))
+        while len(self.gone) > GONE_KEPT:
+            self.gone.popitem(last=False)
+        for r in set(new.rejections) - set(old.rejections):
+            events.append({"event": "refused", "at": ts(now), "name": None, "value": r.value,
+                           "reason": r.reason, **provenance(r.provenance)})
+        for w in self._watchers:
+            for ev in events:
+                w.put(ev)
+
+    def subscribe(self, table: Table) -> AsyncIterator[dict[str, Any]]:
+        """The current names (``present`` events), then every change, until cancelled."""
+        if len(self._watchers) >= MAX_WATCHERS:
+            raise TooManyWatchers(f"{MAX_WATCHERS} watchers already connected")
+        w = _Watcher()
+        self._watchers.add(w)
+        # The current table is a snapshot handed over whole, not queued: 10,000
+        # names must not count against the lag allowed for changes.
+        return self._drain(w, list(table.entries.values()), self._clock())
+
+    async def _drain(self, w: _Watcher, present: list[Entry],
+                     now: float) -> AsyncIterator[dict[str, Any]]:
+        try:
+            for e in present:
+                yield entry_event("present", e, now, self.since.get(e.name))
+            yield {"event": "synced", "at": ts(now), "names": len(present)}
+            while True:
+                if w.overflowed and w.queue.empty():
+                    yield {"event": "overflow", "at": ts(self._clock()),
+                           "reason": f"more than {WATCH_QUEUE} changes not read; reconnect"}
+                    return
+                ev = await w.queue.get()
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            self._watchers.discard(w)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
