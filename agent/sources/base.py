@@ -59,7 +59,7 @@ class Source(Observed, ABC):
 
 
 class ServiceSource(Lifecycle[C, Objects], Source):
-    """A source that follows a service; ``list`` returns its whole snapshot."""
+    """A source that follows a service; ``list_all`` returns its whole snapshot."""
 
     async def run(self, sink: SnapshotSink) -> None:
         self._sink = sink

@@ -122,7 +122,7 @@ class HostAddressSource(ServiceSource[Netlink]):
     async def subscribe(self, conn: Netlink) -> None:
         await conn.monitor.bind()
 
-    async def list(self, conn: Netlink) -> Objects:
+    async def list_all(self, conn: Netlink) -> Objects:
         return {"host": await self._read(conn.request)}
 
     def connected_detail(self) -> str | None:

@@ -38,7 +38,7 @@ log = structlog.get_logger(component="sources.lifecycle")
 LinkState = Literal["starting", "connected", "disconnected", "stopped"]
 
 C = TypeVar("C")  # whatever connect() returns: a connection, a bus, a socket pair
-S = TypeVar("S")  # whatever list() returns: a snapshot of objects, a resolver view
+S = TypeVar("S")  # whatever list_all() returns: a snapshot of objects, a resolver view
 T = TypeVar("T")
 
 
@@ -185,10 +185,10 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
         """Open the connection; raise (``Unavailable`` if retrying cannot help)."""
 
     async def subscribe(self, conn: C) -> None:
-        """Register for events; runs before ``list`` so no change is missed."""
+        """Register for events; runs before ``list_all`` so no change is missed."""
 
     @abstractmethod
-    async def list(self, conn: C) -> S:
+    async def list_all(self, conn: C) -> S:
         """Read everything there is now."""
 
     @abstractmethod
@@ -268,7 +268,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
         conn = await self.connect()
         try:
             await self.subscribe(conn)
-            self.take(await self.list(conn))
+            self.take(await self.list_all(conn))
             self._connected()
             backoff.reset()
             return await self.follow(conn)

@@ -42,7 +42,7 @@ class StaticSource(ServiceSource[None]):
     async def connect(self) -> None:
         return None
 
-    async def list(self, conn: None) -> Objects:
+    async def list_all(self, conn: None) -> Objects:
         self.saw_event()
         return self.snapshot()
 

@@ -214,3 +214,32 @@ def test_hostile_and_clashing_domain_names_are_reported_not_written(
     assert ask(dnsmasq, f"db-1.{ZONE}").records == (ip_first,)
     assert "caf" not in dnsmasq.addn_hosts.read_text(encoding="utf-8", errors="replace")
     assert "caf" not in (public_tmp / "hosts").read_text(encoding="utf-8", errors="replace")
+
+
+def test_a_started_network_s_empty_lease_file_is_no_leases_and_a_restart_drops_old_ones(
+        libvirtd: Libvirtd, dnsmasq: Dnsmasq, agent: Agent,
+        watch_lxc: Callable[..., None]) -> None:
+    """Issue 10, defect 12: libvirt creates ``<bridge>.status`` empty when it starts a
+    network. That is no leases, not a refused file; and a restarted (transient)
+    network's new, empty file must not leave the previous incarnation's leases
+    published. (A persistent network keeps its file across a restart: libvirt's
+    dnsmasq takes those leases back, and so does namesync.)"""
+    watch_lxc()
+    agent.start()
+    net = libvirtd.network(persistent=False)  # started after the agent: appears empty
+    status = lease_file(net.bridge)
+    until(status.exists, what=f"{net.bridge}.status")
+    assert status.read_bytes() == b""
+    guest = libvirtd.guest("cycled", [net])
+    ip = guest.wait_for_lease()
+    answers(dnsmasq, f"cycled.{ZONE}", ip)
+
+    net.destroy()  # transient: gone, and its lease file with it
+    until(lambda: not status.exists(), what="the old incarnation's file removed")
+    net.start()  # a new incarnation: a new empty file
+    until(status.exists, what="the new incarnation's file")
+    # The guest runs on (detached from the new bridge); its old lease is gone.
+    nxdomain(dnsmasq, f"cycled.{ZONE}")
+    src = libvirt_source(agent)
+    assert "refused" not in (src["detail"] or ""), src
+    assert "empty file" not in (src["last_error"] or ""), src

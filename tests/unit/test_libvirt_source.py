@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -180,15 +181,49 @@ def test_guest_hostnames_opt_in(tmp_path: Path, test_domain: Any) -> None:
 
 def test_unreachable_libvirtd_is_reported_and_ready_anyway(tmp_path: Path) -> None:
     async def body() -> None:
-        uri = f"qemu+unix:///system?socket={tmp_path}/no-such.sock"
+        # A socket that is there but refuses (a stale one): retried with backoff.
+        sock = tmp_path / "stale.sock"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(sock))  # bound, never listening: connect() is refused
+        uri = f"qemu+unix:///system?socket={sock}"
         src = LibvirtSource(uri, LibvirtConfig(uris=(uri,), lease_dir=tmp_path))
         sink = Sink()
         task = asyncio.create_task(src.run(sink))
         await asyncio.wait_for(src.synced.wait(), 5)
         assert src.health.state == "disconnected"
         assert "reconnecting in" in (src.health.detail or "")
+        assert "stale.sock" in (src.health.last_error or "")
+        await stop(Running(src, sink, task))
+    run(body)
+
+
+def test_absent_libvirtd_is_awaited_not_polled(tmp_path: Path) -> None:
+    async def body() -> None:
+        uri = f"qemu+unix:///system?socket={tmp_path}/no-such.sock"
+        src = LibvirtSource(uri, LibvirtConfig(uris=(uri,), lease_dir=tmp_path))
+        sink = Sink()
+        task = asyncio.create_task(src.run(sink))
+        await asyncio.wait_for(src.synced.wait(), 5)
+        assert src.health.state == "disconnected"
+        # Issue 11: no retry timer for a service that is not there at all.
+        assert src.health.detail == (
+            f"libvirtd's socket {tmp_path}/no-such.sock does not exist; "
+            f"waiting for {tmp_path}/no-such.sock to appear")
         assert "no-such.sock" in (src.health.last_error or "")
         await stop(Running(src, sink, task))
     run(body)
+
+
+def test_socket_candidates() -> None:
+    from agent.sources.libvirt.source import socket_candidates
+    run_dir = Path("/run/libvirt")
+    assert socket_candidates("qemu:///system") == (
+        run_dir / "libvirt-sock-ro", run_dir / "virtqemud-sock-ro")
+    assert socket_candidates("lxc:///system") == (
+        run_dir / "libvirt-sock-ro", run_dir / "virtlxcd-sock-ro")
+    assert socket_candidates("qemu+unix:///system?socket=/x/y.sock") == (Path("/x/y.sock"),)
+    assert socket_candidates("qemu:///session") == ()
+    assert socket_candidates("qemu+ssh://host/system") == ()
+    assert socket_candidates("test:///default") == ()
 
 

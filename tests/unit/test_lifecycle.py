@@ -85,7 +85,7 @@ class Scripted(ServiceSource[int]):
     async def subscribe(self, conn: int) -> None:
         self.calls.append("subscribe")
 
-    async def list(self, conn: int) -> Objects:
+    async def list_all(self, conn: int) -> Objects:
         self.calls.append("list")
         return self.snapshot
 

@@ -75,9 +75,9 @@ def parse_status(bridge: str, data: bytes) -> LeaseFile:
     if len(data) > MAX_STATUS_BYTES:
         raise LeaseFileError(f"{len(data)} bytes, more than any lease file holds")
     if not data.strip():
-        # libvirt always writes a JSON list, even an empty one: an empty file is
-        # a truncated one, and must not make every lease on the bridge vanish.
-        raise LeaseFileError("empty file")
+        # libvirt creates the file empty when it starts the network, and its lease
+        # helper replaces it by rename (never torn): empty means no leases yet.
+        return LeaseFile(bridge, (), 0)
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

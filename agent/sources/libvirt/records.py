@@ -42,7 +42,7 @@ def nic_label(nic: Nic) -> str:
     return f"nic{nic.index}"
 
 
-def _nic_bridge(nic: Nic, bridges: Mapping[str, str]) -> str | None:
+def nic_bridge(nic: Nic, bridges: Mapping[str, str]) -> str | None:
     if nic.bridge:
         return nic.bridge
     return bridges.get(nic.network) if nic.network else None
@@ -66,7 +66,7 @@ def domain_state(
 
     per_nic: list[tuple[Nic, tuple[Address, ...], list[Lease]]] = []
     for nic in dom.nics:
-        bridge = _nic_bridge(nic, bridges)
+        bridge = nic_bridge(nic, bridges)
         nic_leases = leases.get((bridge, nic.mac), []) if bridge and nic.mac else []
         addrs = tuple(lease.address for lease in nic_leases)
         if not addrs and nic.mac:
@@ -172,3 +172,35 @@ def next_expiry(all_leases: Iterable[Lease], now: float) -> float | None:
     """When the next live lease runs out: the snapshot must be rebuilt then."""
     future = [lease.expiry for lease in all_leases if lease.expiry > now]
     return min(future) if future else None
+
+
+Probed = Mapping[str, Mapping[str, tuple[Address, ...]]]  # uuid -> mac -> addresses
+
+
+def leased_nics(all_leases: Iterable[Lease]) -> frozenset[tuple[str, str]]:
+    """(bridge, mac) of every NIC a lease file speaks for."""
+    return frozenset((x.bridge, x.mac) for x in all_leases)
+
+
+def needs_probe(dom: Domain, bridges: Mapping[str, str],
+                leased: frozenset[tuple[str, str]]) -> bool:
+    """A running domain with a NIC that no lease explains (bridged, static address)."""
+    return dom.active and any(
+        nic.mac and (nic_bridge(nic, bridges), nic.mac) not in leased for nic in dom.nics
+    )
+
+
+def unsuperseded(probed: Probed, domains: Mapping[str, Domain], bridges: Mapping[str, str],
+                 leased: frozenset[tuple[str, str]]) -> dict[str, dict[str, tuple[Address, ...]]]:
+    """Probe results still in force: a NIC that has a lease now is served by it, so
+    its probed addresses (taken when it had none) must not come back when that
+    lease expires. Domains gone are dropped."""
+    out: dict[str, dict[str, tuple[Address, ...]]] = {}
+    for uuid, found in probed.items():
+        dom = domains.get(uuid)
+        if dom is None:
+            continue
+        superseded = {nic.mac for nic in dom.nics
+                      if nic.mac in found and (nic_bridge(nic, bridges), nic.mac) in leased}
+        out[uuid] = {m: a for m, a in found.items() if m not in superseded}
+    return out
