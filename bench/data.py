@@ -48,7 +48,8 @@ def addresses(n: int, target_addr: str) -> dict[str, list[str]]:
             table[name(i)] = [target_addr]
             continue
         v4 = str(ipaddress.IPv4Address(0x0A000000 + i + 1))
-        v6 = f"fd00::{(i + 1) >> 16:x}:{(i + 1) & 0xFFFF:x}"  # valid past 65,535 names too
+        # Not "fd00::{i + 1:x}": one hex group holds only 65,535 names.
+        v6 = str(ipaddress.IPv6Address((0xFD00 << 112) + i + 1))
         table[name(i)] = [v4, v6] if i % 4 == 0 else [v4]
     return table
 

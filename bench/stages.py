@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config.load import parse_config
 from agent.model.record import ObjectState, Provenance, Record
+from agent.plan.planner import Planner
 from agent.plan.render import host_lines, render_addn_hosts
-from agent.plan.table import plan
+from agent.plan.table import Table, plan
 from agent.sources.static import StaticSource
 from agent.state.store import StateStore
 from bench.data import ADDR_A, ADDR_B, ZONE, config_text, target_index
@@ -66,23 +67,31 @@ def main() -> None:
     store0.replace("static", snap_a)
     table_a = plan(store0.records(), store0.rejections(), None)
     timed("Table.holders", table_a.holders)
-    holders = table_a.holders()
     # A config reload brings all-new records: plan and render see nothing they saw.
     fresh = [StaticSource(cfg_b.static).snapshot() for _ in range(REPEATS)]
 
+    # What the daemon's pipeline does: one Planner, each table made from the last.
+    def planner_after(table: Table) -> Planner:
+        p = Planner()
+        p.table = table
+        return p
+    planners = [planner_after(table_a) for _ in range(REPEATS)]
+
     def plan_fresh() -> None:
         snap = fresh.pop()
-        plan((r for o in snap.values() for r in o.records), (), holders)
+        planners.pop().plan((r for o in snap.values() for r in o.records), ())
     timed("plan, all records new (config reload)", plan_fresh)
     fresh = [StaticSource(cfg_b.static).snapshot() for _ in range(REPEATS)]
-    tables = [plan((r for o in s.values() for r in o.records), (), holders) for s in fresh]
+    tables = [planner_after(table_a).plan((r for o in s.values() for r in o.records), ())
+              for s in fresh]
     timed("render_addn_hosts + host_lines, new table",
           lambda: (render_addn_hosts(t := tables.pop()), host_lines(t)))
     store1 = StateStore(lambda: None)
     store1.replace("static", snap_b)
-    timed("plan, records seen before", lambda: plan(store1.records(), store1.rejections(),
-                                                    holders))
-    table_b = plan(store1.records(), store1.rejections(), holders)
+    planner = Planner()
+    table_b = planner.plan(store1.records(), store1.rejections())
+    timed("plan, records seen before", lambda: planner.plan(store1.records(),
+                                                            store1.rejections()))
     timed("render_addn_hosts + host_lines, same table again",
           lambda: (render_addn_hosts(table_b), host_lines(table_b)))
 
@@ -96,10 +105,10 @@ def main() -> None:
         addr[0] = ADDR_A if addr[0] == ADDR_B else ADDR_B
         store1.update("static", name, ObjectState(
             records=(Record(name, (ip_address(addr[0]),), prov),)))
-        t = plan(store1.records(), store1.rejections(), table_b.holders())
+        t = planner.plan(store1.records(), store1.rejections())
         render_addn_hosts(t)
         host_lines(t)
-    timed("source update: update+holders+plan+render", source_update)
+    timed("source update: update+plan+render", source_update)
     assert render_addn_hosts(table_a) != render_addn_hosts(table_b)
 
 

@@ -136,16 +136,29 @@ def _item(
     return sec.cls(**values) if len(values) == len(keys) else None
 
 
-def _array(sec: SectionInfo, doc: Mapping[str, Any], problems: Problems) -> tuple[object, ...]:
+def _array(
+    sec: SectionInfo, doc: Mapping[str, Any], problems: Problems, previous: tuple[object, ...]
+) -> tuple[object, ...]:
+    """An [[array]] of tables; an item equal to one of ``previous`` is that same object.
+
+    On a reload nearly every [[static]] entry is unchanged: the running config's
+    object (and the name and addresses the published records share with it) is
+    kept, and the new copy freed at once, so the table is never held twice.
+    """
     raw = doc.get(sec.name, [])
     if not isinstance(raw, list):
         problems.add(sec.name, f"expected an array of tables ([[{sec.name}]])")
         return ()
     keys = sec.keys
     unique = keys[0].name  # the first key names an item: two items may not share it
+    running = {getattr(item, unique): item for item in previous}
     out: list[object] = []
     first_seen: dict[object, int] = {}
     for i, item in enumerate(raw):
+        # Each parsed table is dropped from the document as soon as it is converted:
+        # with 100,000 entries the document is larger than what it becomes, and
+        # holding both at once is a reload's peak.
+        raw[i] = None
         parsed = _item(sec, keys, item, i, problems)
         if parsed is None:
             continue
@@ -157,7 +170,8 @@ def _array(sec: SectionInfo, doc: Mapping[str, Any], problems: Problems) -> tupl
                 f"{quote(ident)} is already defined by {sec.name}[{seen}]",
             )
             continue
-        out.append(parsed)
+        same = running.get(ident)
+        out.append(same if same == parsed else parsed)
     return tuple(out)
 
 
@@ -178,6 +192,7 @@ def parse_config(
     socket_default: Path | None = None,
     podman_socket_default: Path | None = None,
     defaults: Mapping[str, object] | None = None,
+    previous: Config | None = None,
 ) -> Config:
     """Parse TOML text; raise ConfigError listing every problem found.
 
@@ -196,7 +211,9 @@ def parse_config(
     schema = sections()
     _unknown(doc, [s.name for s in schema], "", "unknown section or key", problems)
     values: dict[str, Any] = {
-        s.name: _array(s, doc, problems) if s.array else _section(s, doc, problems, defaults)
+        s.name: _array(s, doc, problems, getattr(previous, s.name, ()))
+        if s.array
+        else _section(s, doc, problems, defaults)
         for s in schema
     }
     problems.raise_if_any(origin)
@@ -225,7 +242,9 @@ def _read(target: Path) -> str:
 TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 
 
-def load_config(path: Path | None, *, socket_default: Path | None = None) -> Config:
+def load_config(
+    path: Path | None, *, socket_default: Path | None = None, previous: Config | None = None
+) -> Config:
     """Read ``path`` (or the default path); a missing default file means the embedded default.
 
     An explicitly named file that does not exist is an error: running on
@@ -251,4 +270,5 @@ def load_config(path: Path | None, *, socket_default: Path | None = None) -> Con
         origin,
         socket_default=socket_default or default_socket_path(),
         podman_socket_default=default_podman_socket(),
+        previous=previous,
     )

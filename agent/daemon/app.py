@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import time
@@ -28,6 +27,7 @@ from agent.sources.registry import build_sources
 
 from . import status as st
 from .health import assess
+from .heap import settle_heap
 from .history import NameHistory
 from .instance import InstanceLock
 from .notify import sd_notify
@@ -42,19 +42,6 @@ STARTUP_SYNC_TIMEOUT_S = 10.0
 # A reload that failed for want of descriptors or memory is tried again.
 RELOAD_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 SOURCE_RESTART_MAX_S = 30.0
-
-
-def _settle_heap() -> None:
-    """Exclude what is alive now (config, snapshots, table) from future GC scans.
-
-    The table is made of many small long-lived objects, and a config reload
-    allocates tens of thousands more: without this, the cyclic GC rescans
-    the whole standing table again and again during a reload (measured: a
-    third of a 10,000-name reload). Freed objects are still freed by
-    reference counting; namesync's records hold no reference cycles.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list[Sink]:
@@ -201,7 +188,10 @@ class Daemon:
         for attempt, delay in enumerate((*RELOAD_RETRY_S, None)):
             try:
                 return await asyncio.to_thread(
-                    load_config, self.config_path, socket_default=self.config.control.socket
+                    load_config,
+                    self.config_path,
+                    socket_default=self.config.control.socket,
+                    previous=self.config,
                 )
             except OSError as e:
                 if delay is None:
@@ -241,7 +231,7 @@ class Daemon:
             await self._apply_networkmanager(new)
             self.pipeline.set_sinks(build_sinks(new, self.nm))
         # After the resulting sync, not before it: a full collection takes a while.
-        asyncio.get_running_loop().call_later(1.0, _settle_heap)
+        asyncio.get_running_loop().call_later(1.0, settle_heap)
         log.info("config reloaded", config=new.origin)
         return {"reloaded": True, "problems": [], "config": new.origin}
 
@@ -347,7 +337,7 @@ class Daemon:
             if late:
                 log.warning("sources not synced at startup; publishing what is known", sources=late)
             ok = await self.pipeline.sync()
-            _settle_heap()
+            settle_heap()
             self.ready_event.set()
             if once:
                 return 0 if ok else 1

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.plan.table import Table, plan
+from agent.plan.planner import Planner
+from agent.plan.table import Table
 from agent.sinks.base import Sink
 from agent.state.store import StateStore
 
@@ -24,6 +25,7 @@ class Pipeline:
     def __init__(self, sinks: list[Sink], coalesce_s: float) -> None:
         self.sinks = sinks
         self.store = StateStore(on_change=self._on_change)
+        self.planner = Planner()
         self.table = Table()
         self.coalescer = Coalescer(coalesce_s, self.coalesced_sync)
         self._lock = asyncio.Lock()
@@ -71,7 +73,7 @@ class Pipeline:
         """Recompute the table from all snapshots and apply it to every sink."""
         first = time.monotonic() if first_change_at is None else first_change_at
         async with self._lock:
-            table = plan(self.store.records(), self.store.rejections(), self.table.holders())
+            table = self.planner.plan(self.store.records(), self.store.rejections())
             self._log_differences(self.table, table)
             old, self.table = self.table, table
             for observe in self.observers:

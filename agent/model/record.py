@@ -7,7 +7,6 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
 
 from agent.model.quote import quote
 
@@ -104,12 +103,6 @@ class Record:
     name: str
     addresses: tuple[Address, ...]
     provenance: Provenance
-    # plan.table's memo of what it derives from this record alone (its table entry),
-    # so a record that did not change since the last sync costs a lookup, not a new
-    # entry and a re-render: with 10,000 names and one changing, that is the whole
-    # sync. Derived from the frozen fields, so it cannot go stale; not part of the value.
-    # Any, not object: plan reads it once per name per sync, and a cast() is a call.
-    _plan_memo: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         addresses = sort_addresses(self.addresses)

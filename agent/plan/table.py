@@ -6,31 +6,29 @@ no previous holder goes to static config first (the user said so
 explicitly), then to the smallest (source, object id). Objects are compared
 by identity, not by address, so a holder whose address changes keeps its
 name.
+
+A table is a plain value. What one sync can reuse from the last (the previous
+holders, an unchanged entry's rendered lines) is read from the previous table
+by the planner (plan/planner.py), never stored on a record or a table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from agent.model.record import Address, Provenance, Record, Rejection, sort_addresses
+from agent.plan.render import entry_lines
 
 Holder = tuple[str, str]  # (source, object_id)
+# A table entry is the record that won its name: a name claimed once (nearly all of
+# them) is that record itself, no copy. An object claiming a name through several
+# records (two NICs) gets one merged record.
+Entry = Record
 
 
 def _holder(p: Provenance) -> Holder:
     return (p.source, p.object_id)
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    addresses: tuple[Address, ...]
-    provenance: Provenance
-    # render.py's memo of this entry's hosts lines. An entry outlives the sync that
-    # made it (it is memoised on its record, see plan), so an unchanged name is
-    # formatted once, not on every sync. Not part of the value.
-    _lines: tuple[bytes, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -42,18 +40,26 @@ class Conflict:
 
 @dataclass(frozen=True)
 class Table:
+    """Entries by name, in name order, and their hosts-format ``lines``.
+
+    ``lines`` holds one ``b"ADDRESS NAME"`` per address of each entry, in entry
+    order (IPv4 before IPv6): what every sink writes. Derived from the entries
+    when not given; the planner gives it, reusing the previous table's lines.
+    """
+
     entries: Mapping[str, Entry] = field(default_factory=dict)
     conflicts: tuple[Conflict, ...] = ()
     rejections: tuple[Rejection, ...] = ()
-    # Memos, not part of the value; a table is never changed after it is made. plan()
-    # fills _holders as it goes (the pipeline asks the last table for its holders on
-    # every sync); render.py fills _lines (each sink renders the same table).
-    _holders: dict[str, Holder] | None = field(default=None, init=False, repr=False, compare=False)
-    _lines: tuple[bytes, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    lines: tuple[bytes, ...] = field(default=None, repr=False)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        if self.lines is None:
+            entries = {name: self.entries[name] for name in sorted(self.entries)}
+            lines = tuple(b for name, e in entries.items() for b in entry_lines(name, e))
+            object.__setattr__(self, "entries", entries)
+            object.__setattr__(self, "lines", lines)
 
     def holders(self) -> dict[str, Holder]:
-        if self._holders is not None:
-            return dict(self._holders)  # a copy: the caller may change it
         return {name: _holder(e.provenance) for name, e in self.entries.items()}
 
 
@@ -61,18 +67,68 @@ def _rank(p: Provenance) -> tuple[int, Provenance]:
     return (0 if p.kind == "static" else 1, p)
 
 
-def _entry_of(rec: Record) -> tuple[Entry, Holder]:
-    """The entry (and holder) of a name only ``rec`` claims, made once per record.
+def _claims(records: Iterable[Record]) -> tuple[dict[str, Record], dict[str, list[Record]]]:
+    """The first record per name, and the further records of names claimed again.
 
-    One claimant wins whatever the previous holder was, with the record's own
-    addresses (a Record keeps them sorted and unique). That is a function of the
-    frozen record alone, so it is memoised on the record and reused by every
-    later sync for as long as the record stays in its snapshot.
+    Nearly every name is claimed by exactly one record and this runs for every
+    name on every sync, so the usual case is one dict operation. (The same record
+    object seen twice is one claim: merging it with itself is a no-op.)
     """
-    prov = rec.provenance
-    memo: tuple[Entry, Holder] = (Entry(rec.name, rec.addresses, prov), _holder(prov))
-    object.__setattr__(rec, "_plan_memo", memo)
-    return memo
+    first: dict[str, Record] = {}
+    again: dict[str, list[Record]] = {}
+    claim = first.setdefault
+    for rec in records:
+        if claim(rec.name, rec) is not rec:
+            again.setdefault(rec.name, []).append(rec)
+    return first, again
+
+
+def _decide(
+    name: str, claims: list[Record], kept: Holder | None
+) -> tuple[Entry, Conflict | None]:
+    # holder -> (provenance, addresses); one object may claim a name through
+    # several records (e.g. two NICs), which merge.
+    by_holder: dict[Holder, tuple[Provenance, set[Address]]] = {}
+    for r in claims:
+        key = _holder(r.provenance)
+        if key in by_holder:
+            by_holder[key][1].update(r.addresses)
+        else:
+            by_holder[key] = (r.provenance, set(r.addresses))
+    if kept is not None and kept in by_holder:
+        winner_key = kept
+    else:
+        winner_key = min(by_holder.items(), key=lambda kv: _rank(kv[1][0]))[0]
+    prov, addrs = by_holder[winner_key]
+    entry = Record(name, sort_addresses(addrs), prov)
+    if len(by_holder) == 1:
+        return entry, None
+    losers = tuple(sorted(p for h, (p, _) in by_holder.items() if h != winner_key))
+    return entry, Conflict(name, prov, losers)
+
+
+def make_table(
+    records: Iterable[Record],
+    rejections: Iterable[Rejection],
+    kept: Callable[[str], Holder | None],
+    lines: Callable[[dict[str, Entry]], tuple[bytes, ...]] | None = None,
+) -> Table:
+    """The table for these claims; ``kept(name)`` is who held a contested name before."""
+    first, again = _claims(records)
+    entries = {name: first[name] for name in sorted(first)}  # name order, as always
+    conflicts: list[Conflict] = []
+    for name in sorted(again):
+        entry, conflict = _decide(name, [first[name], *again[name]], kept(name))
+        entries[name] = entry  # keeps its sorted place
+        if conflict is not None:
+            conflicts.append(conflict)
+    ordered_rejections = tuple(sorted(set(rejections), key=lambda r: (r.provenance, r.value)))
+    return Table(
+        entries=entries,
+        conflicts=tuple(conflicts),
+        rejections=ordered_rejections,
+        lines=lines(entries) if lines is not None else None,  # type: ignore[arg-type]
+    )
 
 
 def plan(
@@ -80,51 +136,6 @@ def plan(
     rejections: Iterable[Rejection],
     previous: Mapping[str, Holder] | None = None,
 ) -> Table:
-    previous = previous or {}
-    # Nearly every name is claimed by exactly one record, and this runs for every
-    # name on every sync: keep the first record per name, give every name that
-    # record's memoised entry, then decide the few names claimed again with the
-    # general merge, in place. (The same record object seen twice is one claim:
-    # merging it with itself is a no-op.)
-    first: dict[str, Record] = {}
-    again: dict[str, list[Record]] = {}
-    claim = first.setdefault
-    for rec in records:
-        if claim(rec.name, rec) is not rec:
-            again.setdefault(rec.name, []).append(rec)
-
-    entries: dict[str, Entry] = {}
-    holders: dict[str, Holder] = {}
-    for name in sorted(first):  # entries in name order, as always
-        rec = first[name]
-        memo = rec._plan_memo
-        if memo is None:
-            memo = _entry_of(rec)
-        entries[name], holders[name] = memo
-
-    conflicts: list[Conflict] = []
-    for name in sorted(again):
-        # holder -> (provenance, addresses); one object may claim a name through
-        # several records (e.g. two NICs), which merge.
-        by_holder: dict[Holder, tuple[Provenance, set[Address]]] = {}
-        for r in (first[name], *again[name]):
-            key = _holder(r.provenance)
-            if key in by_holder:
-                by_holder[key][1].update(r.addresses)
-            else:
-                by_holder[key] = (r.provenance, set(r.addresses))
-        kept = previous.get(name)
-        if kept is not None and kept in by_holder:
-            winner_key = kept
-        else:
-            winner_key = min(by_holder.items(), key=lambda kv: _rank(kv[1][0]))[0]
-        prov, addrs = by_holder[winner_key]
-        entries[name] = Entry(name, sort_addresses(addrs), prov)  # keeps its sorted place
-        holders[name] = winner_key
-        if len(by_holder) > 1:
-            losers = tuple(sorted(p for h, (p, _) in by_holder.items() if h != winner_key))
-            conflicts.append(Conflict(name, prov, losers))
-    ordered_rejections = tuple(sorted(set(rejections), key=lambda r: (r.provenance, r.value)))
-    table = Table(entries=entries, conflicts=tuple(conflicts), rejections=ordered_rejections)
-    object.__setattr__(table, "_holders", holders)
-    return table
+    """One table from scratch; ``previous`` maps each name to its holder before."""
+    held = previous or {}
+    return make_table(records, rejections, held.get)

@@ -17,6 +17,29 @@ _records = attrgetter("records")
 _rejections = attrgetter("rejections")
 
 
+def _keep_equal(
+    old: dict[str, ObjectState], objects: Mapping[str, ObjectState]
+) -> tuple[dict[str, ObjectState], bool]:
+    """``objects``, holding the old state object wherever it equals the new one.
+
+    A resync or a config reload hands over a whole new snapshot in which nearly
+    every object is unchanged. Keeping the old objects frees the new copies at
+    once (no second table in memory during a reload), and lets the planner see
+    the same records as last time, so their entries and lines are reused.
+    """
+    new: dict[str, ObjectState] = {}
+    changed = len(old) != len(objects)
+    get = old.get
+    for oid, state in objects.items():
+        prev = get(oid)
+        if prev is not None and (prev is state or prev == state):
+            new[oid] = prev
+        else:
+            new[oid] = state
+            changed = True
+    return new, changed
+
+
 class StateStore:
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._snapshots: dict[str, dict[str, ObjectState]] = {}
@@ -32,8 +55,9 @@ class StateStore:
         self._on_change()
 
     def replace(self, source: str, objects: Mapping[str, ObjectState]) -> None:
-        new = dict(objects)
-        if self._snapshots.get(source) == new:
+        old = self._snapshots.get(source)
+        new, changed = _keep_equal(old, objects) if old else (dict(objects), True)
+        if not changed:
             return
         self._snapshots[source] = new
         self._rejecting[source] = sum(1 for obj in new.values() if obj.rejections)
