@@ -101,7 +101,7 @@ def test_huge_name_is_quoted_short_in_status_and_reload(
     assert "static[2].name: label 'aaa" in run.stderr
     assert f"({len(huge)} characters)" in run.stderr
     assert len(run.stderr) < 2000
-    status = agentctl("--socket", str(agent.socket), "status", "--json")
+    status = agentctl("--socket", str(agent.socket), "status", "--json", check=False)
     assert len(status.stdout) < 20_000
     assert "static[2].name" in json.loads(status.stdout)["daemon"]["config_error"]
     assert_kept(dnsmasq, agent, addn_hosts, reads)
