@@ -13,11 +13,18 @@ rpm_pkgs=(dnsmasq bind-utils iproute python3 util-linux)
 if [ "${1:-}" = "--test" ]; then
   rpm_pkgs+=(NetworkManager dbus-daemon dbus-tools libvirt-daemon libvirt-daemon-driver-lxc
              libvirt-daemon-driver-network libvirt-client libvirt-devel pkgconf-pkg-config gcc
-             python3-devel busybox podman netavark aardvark-dns runc conmon)
+             python3-devel busybox podman netavark aardvark-dns runc conmon
+             systemd-container mmdebstrap rpm-build rpmlint cpio checkpolicy
+             selinux-policy-devel make bzip2 git man-db groff-base zsh fish)
   deb_pkgs+=(dbus busybox-static libvirt-clients libvirt-dev pkg-config gcc python3-dev
              libvirt-daemon libvirt-daemon-driver-lxc podman netavark aardvark-dns runc conmon
              uidmap catatonit
-             golang-github-containers-common)
+             golang-github-containers-common
+             # tests/system: a real systemd booted with systemd-nspawn in a Debian rootfs
+             # (mmdebstrap), the RPM built and linted from the spec, the SELinux module
+             # compiled, man pages rendered, completions run.
+             systemd-container mmdebstrap rpm rpmlint cpio checkpolicy selinux-policy-dev make
+             bzip2 git man-db groff-base zsh fish)
   # These two start a system service on install (network-manager becomes the
   # machine's network manager; libvirt-daemon-system starts libvirtd with its
   # default network). Install them only where that cannot happen (policy-rc.d

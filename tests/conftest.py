@@ -59,6 +59,9 @@ _COMPONENT_TOOLS: dict[str, tuple[str, ...]] = {
     "networkmanager": ("NetworkManager", "dbus-daemon", "nsenter"),
     "libvirt": ("libvirtd", "virtlogd", "busybox", "py:libvirt"),
     "podman": ("podman", "runc", "conmon", "busybox"),
+    "rpm": ("rpmbuild", "rpmlint", "rpm2cpio", "cpio", "checkmodule", "semodule_package", "make",
+            "bzip2", "git", "man", "groff"),
+    "systemd": ("systemd-nspawn", "mmdebstrap", "nsenter", "rpmbuild", "rpm2cpio", "git"),
 }
 
 

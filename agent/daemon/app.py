@@ -30,7 +30,7 @@ from .health import assess
 from .heap import settle_heap
 from .history import NameHistory
 from .instance import InstanceLock
-from .notify import sd_notify
+from .notify import reloading_message, sd_notify
 from .pipeline import Pipeline
 from .queries import Queries
 
@@ -204,6 +204,22 @@ class Daemon:
         raise AssertionError("unreachable")
 
     async def reload(self) -> dict[str, Any]:
+        """Apply the config file again; returns once the new names are served (or refused).
+
+        systemd is told RELOADING=1 before and READY=1 after, whatever the
+        outcome: `systemctl reload` (ExecReload=agentctl reload, or a SIGHUP
+        under Type=notify-reload) returns when the new config is in force.
+        """
+        notify = self.ready_event.is_set()  # a SIGHUP during startup is not a reload
+        if notify:
+            sd_notify(reloading_message())
+        try:
+            return await self._reload()
+        finally:
+            if notify:
+                sd_notify("READY=1")
+
+    async def _reload(self) -> dict[str, Any]:
         try:
             new = await self._read_config()
         except ConfigError as e:
@@ -230,6 +246,8 @@ class Daemon:
         if _sinks_key(new) != _sinks_key(old):
             await self._apply_networkmanager(new)
             self.pipeline.set_sinks(build_sinks(new, self.nm))
+        # Written and dnsmasq signalled before the caller hears "reloaded".
+        await self.pipeline.sync()
         # After the resulting sync, not before it: a full collection takes a while.
         asyncio.get_running_loop().call_later(1.0, settle_heap)
         log.info("config reloaded", config=new.origin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def sd_notify(message: str) -> bool:
@@ -19,3 +20,10 @@ def sd_notify(message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def reloading_message() -> str:
+    """RELOADING=1 with the CLOCK_MONOTONIC time systemd (>= 253) requires beside it: it
+    tells a reload this service started apart from a stale one it already saw end."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return f"RELOADING=1\nMONOTONIC_USEC={usec}"

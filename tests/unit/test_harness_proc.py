@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,22 @@ from tests.harness.wait import until
 
 
 def test_states_of_a_real_child_live_zombie_reaped() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             stdin=subprocess.PIPE)
+    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert child.stdin is not None
     try:
         assert not proc.process_gone(child.pid)
-        assert proc.comm(child.pid).startswith("python")
-        assert proc.cmdline(child.pid)[1:] == ["-c", "import sys; sys.stdin.read()"]
+        # Popen returns before the exec is visible in /proc on a busy machine
+        until(lambda: proc.comm(child.pid) == "cat" and proc.cmdline(child.pid) == ["cat"],
+              what="cat to run")
         assert proc.namespace(child.pid, "mnt") == proc.namespace("self", "mnt")
         assert child.pid in proc.children(os.getpid())
         assert child.pid in set(proc.pids())
-        assert child.stdin is not None
         child.stdin.close()
         until(lambda: proc.state(child.pid) == "Z", what="child to become a zombie")
         assert proc.process_gone(child.pid)  # a zombie counts as gone
     finally:
+        child.stdin.close()
+        child.kill()
         child.wait()
     assert proc.state(child.pid) is None
     assert proc.comm(child.pid) == "" and proc.cmdline(child.pid) == []

@@ -1,0 +1,201 @@
+"""The RPM built from packaging/namesync.spec: rpmlint-clean, complete, and what it ships works.
+
+Built on Debian with the stand-in Fedora macros (packaging/rpm/); rpmlint with
+packaging/rpm/rpmlint.toml (Fedora-like). The SELinux module is compiled by
+the spec's %build with the reference policy's Makefile (m4, checkmodule,
+semodule_package); nothing here runs SELinux, so it is never loaded.
+"""
+
+from __future__ import annotations
+
+import bz2
+import os
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.harness import rpm
+
+pytestmark = pytest.mark.rpm
+
+# Exactly the warnings packaging/rpm/rpmlint.toml explains, nothing more.
+EXPECTED_WARNINGS = {
+    "namesync.noarch: W: no-manual-page-for-binary agentctl",
+    "namesync.noarch: W: no-manual-page-for-binary namesync-agent",
+    "namesync.noarch: W: postin-without-ghost-file-creation /run/namesync",
+    "namesync.noarch: W: postin-without-ghost-file-creation /run/namesync/addn-hosts",
+    "namesync-selinux.noarch: W: no-documentation",
+    "namesync-selinux.noarch: W: dangerous-command-in-%pre cp",
+    "namesync-selinux.noarch: W: dangerous-command-in-%posttrans rm",
+}
+REQUIRES_ON_RELEASE = re.compile(
+    r"namesync-selinux\.noarch: W: requires-on-release namesync = [\w.]+-\d+\.\w+")
+
+MAN_PAGES = ("namesync-agent.8", "agentctl.8", "namesync.conf.5")
+
+
+def test_rpmlint_has_no_errors_and_only_the_explained_warnings(rpm_build: rpm.Build) -> None:
+    lint = rpm.rpmlint(rpm_build)
+    findings = {ln for ln in lint.stdout.splitlines() if re.search(r": [EW]: ", ln)}
+    errors = {f for f in findings if ": E: " in f}
+    assert not errors, lint.stdout
+    warnings = {f for f in findings if not REQUIRES_ON_RELEASE.fullmatch(f)}
+    assert warnings == EXPECTED_WARNINGS, lint.stdout
+    assert lint.returncode == 0, lint.stdout
+
+
+def test_spec_tags_and_versions(rpm_build: rpm.Build) -> None:
+    main = rpm_build.rpms["namesync"]
+    summary, url, license_, version = rpm.query(
+        main, "--qf", "%{summary}\n%{url}\n%{license}\n%{version}\n")
+    assert len(summary) < 80 and not summary.endswith(".")
+    assert url.startswith("https://") and license_ == "MIT"
+    pyproject = tomllib.loads((rpm.REPO / "pyproject.toml").read_text())
+    assert version == pyproject["project"]["version"]
+    # The build-system floor that reads `license = "MIT"` (SPDX, PEP 639).
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]
+
+
+def test_layout_is_fedoras(rpm_build: rpm.Build) -> None:
+    files = set(rpm.query(rpm_build.rpms["namesync"], "-l"))
+    sitelib = rpm.rpm_eval("%{python3_sitelib}")
+    for path in ("/usr/bin/namesync-agent", "/usr/bin/agentctl",
+                 "/usr/lib/systemd/system/namesync.service",
+                 "/usr/lib/systemd/user/namesync.service",
+                 "/usr/lib/systemd/system-preset/90-namesync.preset",
+                 "/usr/lib/tmpfiles.d/namesync.conf", "/etc/namesync/config.toml",
+                 "/run/namesync", "/run/namesync/addn-hosts",
+                 "/usr/share/man/man8/namesync-agent.8.gz", "/usr/share/man/man8/agentctl.8.gz",
+                 "/usr/share/man/man5/namesync.conf.5.gz",
+                 "/usr/share/bash-completion/completions/agentctl",
+                 "/usr/share/zsh/site-functions/_agentctl",
+                 "/usr/share/fish/vendor_completions.d/agentctl.fish",
+                 f"{sitelib}/agent/daemon/main.py",
+                 f"{sitelib}/namesync-0.1.0.dist-info/licenses/LICENSE"):
+        assert path in files, path
+    config = rpm.query(rpm_build.rpms["namesync"], "--configfiles")
+    assert config == ["/etc/namesync/config.toml"]
+    noreplace = rpm.query(rpm_build.rpms["namesync"], "--qf",
+                          "[%{FILENAMES} %{FILEFLAGS:fflags}\n]")
+    assert "/etc/namesync/config.toml cn" in noreplace  # %config(noreplace)
+    assert f"{sitelib}/namesync-0.1.0.dist-info/licenses/LICENSE l" in noreplace  # %license
+    assert "/run/namesync/addn-hosts g" in noreplace  # %ghost
+
+
+def test_scriptlets_use_systemd_helpers_and_tmpfiles(rpm_build: rpm.Build) -> None:
+    scripts = "\n".join(rpm.query(rpm_build.rpms["namesync"], "--scripts"))
+    assert "systemd-update-helper install-system-units namesync.service" in scripts
+    assert "systemd-update-helper install-user-units namesync.service" in scripts
+    assert "systemd-update-helper mark-restart-system-units namesync.service" in scripts
+    assert "systemd-tmpfiles --create /usr/lib/tmpfiles.d/namesync.conf" in scripts
+    requires = rpm.query(rpm_build.rpms["namesync"], "--requires")
+    assert "python3-libvirt" in requires
+
+
+def test_man_pages_render(rpm_root: Path) -> None:
+    for page in MAN_PAGES:
+        path = rpm_root / "usr/share/man" / f"man{page[-1]}" / f"{page}.gz"
+        env = {**os.environ, "MANWIDTH": "80", "LC_ALL": "C.UTF-8"}
+        out = subprocess.run(["man", "-l", str(path)], capture_output=True, text=True,
+                             env=env, timeout=30, check=True)
+        assert out.stderr == "", (page, out.stderr)
+        head = out.stdout.splitlines()[0]
+        assert head.split()[0] == page.rsplit(".", 1)[0].upper() + f"({page[-1]})"
+        # groff's own warnings (-ww), e.g. an unknown request or bad escape
+        warn = subprocess.run(["sh", "-c", f"zcat {path} | groff -man -Tutf8 -ww -z"],
+                              capture_output=True, text=True, timeout=30)
+        assert warn.stderr == "", (page, warn.stderr)
+    agent = subprocess.run(["man", "-l", str(rpm_root / "usr/share/man/man8/namesync-agent.8.gz")],
+                           capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "MANWIDTH": "200"}).stdout
+    for option in ("--config", "--check-config", "--print-default-config", "SIGHUP"):
+        assert option in agent
+    ctl = subprocess.run(["man", "-l", str(rpm_root / "usr/share/man/man8/agentctl.8.gz")],
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "MANWIDTH": "200"}).stdout
+    for command in ("status", "reload", "setup", "--socket"):
+        assert command in ctl
+    conf = subprocess.run(["man", "-l", str(rpm_root / "usr/share/man/man5/namesync.conf.5.gz")],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "MANWIDTH": "200"}).stdout
+    for section in ("[daemon]", "[dnsmasq]", "[control]"):
+        assert section in conf
+
+
+def test_bash_completion_completes_commands_options_and_files(rpm_root: Path,
+                                                             tmp_path: Path) -> None:
+    script = rpm_root / "usr/share/bash-completion/completions/agentctl"
+    (tmp_path / "conf.toml").write_text("")
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        out = subprocess.run(
+            ["bash", "-c", f'source {script}; COMP_WORDS=({line}); '
+             f'COMP_CWORD={len(words) - 1}; _agentctl; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+            capture_output=True, text=True, timeout=30, check=True, cwd=tmp_path)
+        return out.stdout.split()
+
+    assert set(complete("agentctl", "")) >= {"status", "reload", "setup", "--socket"}
+    assert complete("agentctl", "re") == ["reload"]
+    assert complete("agentctl", "status", "--j") == ["--json"]
+    assert complete("agentctl", "setup", "--config", "con") == ["conf.toml"]
+    agent = rpm_root / "usr/share/bash-completion/completions/namesync-agent"
+    out = subprocess.run(["bash", "-c", f"source {agent}; COMP_WORDS=(namesync-agent "
+                          "--log-level ''); COMP_CWORD=2; _namesync_agent; echo ${COMPREPLY[@]}"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.split() == ["debug", "info", "warning", "error"]
+
+
+def test_fish_and_zsh_completion(rpm_root: Path) -> None:
+    fish = rpm_root / "usr/share/fish/vendor_completions.d/agentctl.fish"
+    zsh = rpm_root / "usr/share/zsh/site-functions/_agentctl"
+    for tool in ("fish", "zsh"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
+            pytest.skip(f"{tool} is not installed (contrib/dev-setup.sh --test installs it)")
+    out = subprocess.run(["fish", "--no-config", "-c", f"source {fish}; complete -C 'agentctl st'"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert [ln.split("\t")[0] for ln in out.splitlines()] == ["status"]
+    out = subprocess.run(["fish", "--no-config", "-c",
+                          f"source {fish}; complete -C 'agentctl status --'"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "--json" in [ln.split("\t")[0] for ln in out.splitlines()]
+    subprocess.run(["zsh", "-n", str(zsh)], check=True, timeout=30)
+    text = zsh.read_text()
+    assert text.startswith("#compdef agentctl\n")
+    for word in ("'status:", "'reload:", "--socket[", "--json["):
+        assert word in text
+
+
+def test_selinux_module_compiled_and_labels_run_namesync_for_dnsmasq(
+        rpm_build: rpm.Build, tmp_path: Path) -> None:
+    """Compiled, never loaded: nothing on this machine runs SELinux."""
+    sel = rpm_build.rpms["namesync-selinux"]
+    pp = "/usr/share/selinux/packages/targeted/namesync.pp.bz2"
+    assert pp in rpm.query(sel, "-l")
+    rpm.extract(sel, tmp_path / "root")
+    module = tmp_path / "namesync.pp"
+    module.write_bytes(bz2.decompress((tmp_path / "root" / pp.lstrip("/")).read_bytes()))
+    subprocess.run(["semodule_unpackage", str(module), str(tmp_path / "m.mod"),
+                    str(tmp_path / "m.fc")], check=True, timeout=30)
+    fc = [ln.split() for ln in (tmp_path / "m.fc").read_text().splitlines() if ln.strip()
+          and not ln.startswith("#")]
+    assert ["/run/namesync(/.*)?", "system_u:object_r:namesync_var_run_t:s0"] in fc
+    # The rules themselves, in the module source as the reference policy expands it.
+    subprocess.run(["make", "-s", "-f", str(rpm.SELINUX_MAKEFILE), "namesync.pp"],
+                   cwd=_copy(rpm.REPO / "packaging/selinux", tmp_path / "se"),
+                   capture_output=True, text=True, timeout=60, check=True)
+    policy = (tmp_path / "se/tmp/namesync.tmp").read_text()
+    assert "allow dnsmasq_t namesync_var_run_t:file { getattr open read lock ioctl };" in policy
+    assert "allow dnsmasq_t namesync_var_run_t:dir" in policy
+    scripts = "\n".join(rpm.query(sel, "--scripts"))
+    assert f"semodule -n -s targeted -X 200 -i {pp}" in scripts
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
