@@ -26,11 +26,17 @@ EXIT_ALREADY_RUNNING = 3
 DESCRIPTION = """\
 Keep DNS names for libvirt VMs, Podman containers and the host in a dnsmasq
 addn-hosts file and a managed block of a hosts file, and reload dnsmasq the
-moment they change. Runs in the foreground (systemd style). Sources in this
-version: static records from the config file ([[static]]).
+moment they change. Runs in the foreground (systemd style).
+
+sources: libvirt domains (<domain>.dns.libvirt, from lifecycle events and DHCP
+leases), Podman containers (<name>.dns.podman, from the event stream and
+netavark's files), the host's own addresses (host.dns.host, over netlink) and
+[[static]] records from the config file.
 
 signals: SIGHUP reloads the config (a config with errors is refused and the
-running one kept); SIGTERM/SIGINT exit cleanly.
+running one kept), as does `agentctl reload`; SIGTERM/SIGINT exit cleanly.
+Ask the running agent with `agentctl status`, `agentctl list` and
+`agentctl explain NAME`.
 """
 
 
@@ -69,6 +75,14 @@ def parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="override [daemon] log_level",
     )
+    p.add_argument(
+        "--log-format",
+        choices=nlogging.FORMATS,
+        default="auto",
+        help="journal: native journal entries (MESSAGE, PRIORITY, fields); console: "
+        "readable lines; json: JSON lines; auto (default): journal when stderr is "
+        "systemd's journal stream, console on a terminal, json otherwise",
+    )
     p.add_argument("--version", action="version", version=f"namesync-agent {version()}")
     return p
 
@@ -86,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"{config.origin}: OK ({len(config.static)} static names)")
         return 0
-    nlogging.configure(args.log_level or config.daemon.log_level)
+    nlogging.configure(args.log_level or config.daemon.log_level, fmt=args.log_format)
     log = structlog.get_logger(component="main")
     log.info("starting", version=version(), config=config.origin, once=args.once)
     try:

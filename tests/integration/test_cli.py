@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -13,9 +14,11 @@ import pytest
 
 from agent.config.load import parse_config
 from agent.daemon.app import Daemon
+from agent.daemon.journal import JOURNAL_SOCKET
 from agent.model.record import ObjectState, Provenance, Record, Rejection, parse_address
 from tests.harness.agent import Agent, agentctl, toml_config
 from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.journal import JournalServer
 from tests.harness.wait import until
 
 from .conftest import WriteConfig
@@ -68,21 +71,50 @@ def test_once_fails_clearly_when_a_file_cannot_be_written(
     assert "END marker" in run.stderr or "END at line(s) 1" in run.stderr
 
 
-def test_journald_priority_prefixes(agent: Agent, write_config: WriteConfig,
-                                    tmp_path: Path) -> None:
-    write_config({"j.dns.test": ["10.0.0.7"]})
-    log = tmp_path / "journal"
+def _run_under_journal_stream(agent: Agent, tmp_path: Path) -> list[str]:
+    """The agent as systemd runs it: stderr is the journal stream JOURNAL_STREAM names."""
+    log = tmp_path / "stream"
     with log.open("wb") as stream:
         st = os.fstat(stream.fileno())
         env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
         subprocess.run(agent.command("--once"), stderr=stream, env=env, check=True, timeout=30)
-    lines = log.read_text().splitlines()
+    return log.read_text().splitlines()
+
+
+def test_native_journal_entries_under_systemd(agent: Agent, write_config: WriteConfig,
+                                              dnsmasq: Dnsmasq, tmp_path: Path) -> None:
+    """A real datagram socket at journald's path (the session's private /run) receives
+    the entries; they parse as the journal protocol; nothing goes to the stream."""
+    write_config({"j.dns.test": ["10.0.0.7"]})
+    journal = JournalServer(JOURNAL_SOCKET)
+    try:
+        assert _run_under_journal_stream(agent, tmp_path) == []
+        entries = []
+        journal.sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                entries.append(journal.receive())
+    finally:
+        journal.close()
+    by_message = {e["MESSAGE"][0].split(b":")[0]: e for e in entries}
+    start = by_message[b"starting"]
+    assert start["PRIORITY"] == [b"6"] and start["SYSLOG_IDENTIFIER"] == [b"namesync-agent"]
+    assert start["COMPONENT"] == [b"main"] and start["CONFIG"] == [str(agent.config).encode()]
+    reload = by_message[b"dnsmasq reloaded"]
+    assert reload["PID"] == [str(dnsmasq.pid).encode()]
+    assert reload["PATH"] == [str(dnsmasq.addn_hosts).encode()]
+
+
+def test_journal_stream_without_journal_socket(agent: Agent, write_config: WriteConfig,
+                                               tmp_path: Path) -> None:
+    """No journal socket (journald restarting): priority-prefixed lines on the stream."""
+    write_config({"j.dns.test": ["10.0.0.7"]})
+    assert not JOURNAL_SOCKET.exists()
+    lines = _run_under_journal_stream(agent, tmp_path)
     assert lines
     for line in lines:
-        prio, _, payload = line.partition(">")
-        assert prio in {"<3", "<4", "<6", "<7"}, line
-        json.loads(payload)
-    assert any(line.startswith("<6>") and '"event": "starting"' in line for line in lines)
+        assert line[:3] in {"<3>", "<4>", "<6>", "<7>"}, line
+    assert any(line.startswith("<6>starting: version=") for line in lines)
 
 
 def test_conflicts_and_refused_names_in_status(dnsmasq: Dnsmasq, public_tmp: Path,
