@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.daemon.health import assess
+from agent.daemon.health import assess, sink_failing
 
 from .text import age, columns, duration, plain
 
@@ -73,8 +73,15 @@ def _source_note(s: dict[str, Any], now: float, current: bool) -> list[str]:
         notes.append(plain(s["detail"]))
     if s.get("last_error") and not current:
         # A current error is under PROBLEMS; a past one is history worth a line.
-        notes.append(f"last error {age(s['last_error_at'], now)}: {plain(s['last_error'])}")
+        notes.append(_past_error(s, now))
     return [f"    {n}" for n in notes]
+
+
+def _past_error(x: dict[str, Any], now: float) -> str:
+    text = f"last error {age(x['last_error_at'], now)}"
+    if x.get("recovered_at"):
+        text += f" (recovered {age(x['recovered_at'], now)})"
+    return f"{text}: {plain(x['last_error'])}"
 
 
 def _sources(doc: dict[str, Any], now: float) -> list[str]:
@@ -85,7 +92,7 @@ def _sources(doc: dict[str, Any], now: float) -> list[str]:
         names = str(s.get("names", s["objects"]))
         refused = str(s.get("refused", 0) + s.get("lost", 0))
         rows.append([s["name"], s["state"], names, refused, age(s["last_event"], now)])
-        current = s["state"] in ("disconnected", "starting")
+        current = s.get("error_active", s["state"] in ("disconnected", "starting"))
         notes.append(_source_note(s, now, current))
     for line, extra in zip(columns(rows, right={2, 3}), notes, strict=True):
         out.append(line)
@@ -102,7 +109,7 @@ def _reload_line(r: dict[str, Any] | None, now: float) -> str | None:
             f"{r['latency_ms']:.1f} ms after the change")
 
 
-def _sink(k: dict[str, Any], now: float) -> tuple[list[str], list[str]]:
+def _sink(k: dict[str, Any], now: float, last_sync_ok: bool) -> tuple[list[str], list[str]]:
     """The sink's row and the lines under it."""
     if k.get("refused"):
         # A refused file holds whatever the user left in it: no counts to show.
@@ -117,6 +124,8 @@ def _sink(k: dict[str, Any], now: float) -> tuple[list[str], list[str]]:
         lines.append(reload)
     if k.get("warning"):
         lines.append(f"    warning: {plain(k['warning'])}")
+    if k.get("last_error") and not sink_failing(k, last_sync_ok):
+        lines.append(f"    {_past_error(k, now)}")
     return row, lines
 
 
@@ -124,7 +133,8 @@ def _sinks(doc: dict[str, Any], now: float) -> list[str]:
     out = ["", "SINKS"]
     if not doc["sinks"]:
         return [*out, "  (none enabled)"]
-    rows, unders = zip(*(_sink(k, now) for k in doc["sinks"]), strict=True)
+    ok = doc["daemon"]["last_sync_ok"]
+    rows, unders = zip(*(_sink(k, now, ok) for k in doc["sinks"]), strict=True)
     for line, under in zip(columns(list(rows)), unders, strict=True):
         out.append(line)
         out.extend(under)

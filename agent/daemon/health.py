@@ -19,14 +19,22 @@ def _problem(what: str, problem: str, fix: str | None = None) -> Problem:
     return {"what": what, "problem": problem, "fix": fix}
 
 
+def _without_fix(text: str, fix: str | None) -> str:
+    """Sources word their errors 'reason (fix)'; the fix gets its own line here."""
+    return text[: -len(fix) - 3] if fix and text.endswith(f" ({fix})") else text
+
+
 def _source_problems(src: dict[str, Any]) -> list[Problem]:
     if src["state"] not in ("disconnected", "starting"):
         return []
     why = src.get("last_error") or src.get("detail") or "not connected"
-    return [_problem(f"source {src['name']}", f"{src['state']}: {why}", src.get("fix"))]
+    fix = src.get("fix")
+    return [_problem(f"source {src['name']}", f"{src['state']}: {_without_fix(why, fix)}", fix)]
 
 
-def _sink_failing(sink: dict[str, Any], last_sync_ok: bool) -> bool:
+def sink_failing(sink: dict[str, Any], last_sync_ok: bool) -> bool:
+    if "error_active" in sink:
+        return bool(sink["error_active"])
     if last_sync_ok or not sink.get("last_error_at"):
         return False
     failed = parse_ts(sink["last_error_at"]) or 0.0
@@ -39,7 +47,7 @@ def _sink_problems(sink: dict[str, Any], last_sync_ok: bool) -> list[Problem]:
     if sink.get("refused"):
         out.append(_problem(what, f"refused: {sink['refused']}",
                             "fix the namesync marker lines by hand; namesync rewrites the block"))
-    elif _sink_failing(sink, last_sync_ok):
+    elif sink_failing(sink, last_sync_ok):
         out.append(_problem(what, f"failing: {sink['last_error']}"))
     reload = sink.get("last_reload")
     if reload and not reload["signalled"]:
