@@ -15,6 +15,14 @@ from agent.daemon.journal import field_name
 from tests.harness.journal import JournalServer
 
 
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """These tests configure structlog globally; later tests must see it as before."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[JournalServer]:
     server = JournalServer(tmp_path / "journal" / "socket")
