@@ -15,6 +15,7 @@ from typing import Any
 
 from agent.config.errors import ConfigError, Problems
 from agent.config.kinds import expect
+from agent.config.modes import resolve_mode, user_label
 from agent.config.schema import (
     DEFAULT_PODMAN_SOCKET,
     DEFAULT_SYSTEM_CONFIG,
@@ -25,6 +26,7 @@ from agent.config.schema import (
     SectionInfo,
     sections,
 )
+from agent.model.names import InvalidName
 from agent.model.quote import quote
 
 __all__ = ["LOG_LEVELS", "load_config", "parse_config"]
@@ -58,6 +60,33 @@ def default_podman_socket(euid: int | None = None, env: Mapping[str, str] | None
     if (os.geteuid() if euid is None else euid) == 0 or not env.get("XDG_RUNTIME_DIR"):
         return DEFAULT_PODMAN_SOCKET
     return Path(env["XDG_RUNTIME_DIR"]) / "podman" / "podman.sock"
+
+
+def user_defaults(euid: int | None = None, env: Mapping[str, str] | None = None
+                  ) -> dict[str, object]:
+    """A user agent's defaults (dotted key -> value): the schema's ``per_user`` keys."""
+    env = os.environ if env is None else env
+    uid = os.geteuid() if euid is None else euid
+    try:
+        label = user_label(uid)
+    except (KeyError, InvalidName):
+        label = f"uid{uid}"  # the system agent refuses it, with the reason
+    out: dict[str, object] = {
+        "dnsmasq.enabled": False,
+        "hosts_file.enabled": False,
+        "networkmanager.enabled": False,
+        "host.enabled": False,
+        "libvirt.uris": ("qemu:///session",),
+        "podman.zone": f"{label}.dns.podman",
+        "libvirt.zone": f"{label}.dns.libvirt",
+    }
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        run = Path(runtime)
+        out["control.socket"] = run / "namesync" / "control.sock"
+        out["podman.socket"] = run / "podman" / "podman.sock"
+        out["podman.aardvark_dir"] = run / "containers" / "networks" / "aardvark-dns"
+    return out
 
 
 def embedded_default_text() -> str:
@@ -193,6 +222,7 @@ def parse_config(
     podman_socket_default: Path | None = None,
     defaults: Mapping[str, object] | None = None,
     previous: Config | None = None,
+    mode: str = "system",
 ) -> Config:
     """Parse TOML text; raise ConfigError listing every problem found.
 
@@ -217,7 +247,7 @@ def parse_config(
         for s in schema
     }
     problems.raise_if_any(origin)
-    return replace(Config(**values), origin=origin)
+    return replace(Config(**values), origin=origin, mode=mode)
 
 
 def _read(target: Path) -> str:
@@ -243,7 +273,8 @@ TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EA
 
 
 def load_config(
-    path: Path | None, *, socket_default: Path | None = None, previous: Config | None = None
+    path: Path | None, *, socket_default: Path | None = None, previous: Config | None = None,
+    mode: str | None = None,
 ) -> Config:
     """Read ``path`` (or the default path); a missing default file means the embedded default.
 
@@ -251,7 +282,14 @@ def load_config(
     defaults when the user pointed at a file would hide a typo in a path.
     """
     explicit = path is not None
-    target = path if path is not None else default_config_path()
+    natural = resolve_mode(None)
+    mode = resolve_mode(mode)
+    if path is not None:
+        target = path
+    elif mode == natural:
+        target = default_config_path()
+    else:  # a forced mode reads that mode's file (-1: "not root", whoever runs it)
+        target = default_config_path(0 if mode == "system" else -1)
     try:
         text = _read(target)
         origin = str(target.absolute())
@@ -268,7 +306,9 @@ def load_config(
     return parse_config(
         text,
         origin,
-        socket_default=socket_default or default_socket_path(),
-        podman_socket_default=default_podman_socket(),
+        socket_default=socket_default or (default_socket_path() if mode == natural else None),
+        podman_socket_default=default_podman_socket() if mode == natural else None,
+        defaults=user_defaults() if mode == "user" else None,
+        mode=mode,
         previous=previous,
     )

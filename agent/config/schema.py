@@ -35,6 +35,7 @@ from agent.config.kinds import (
     Choice,
     Int,
     Kind,
+    Strings,
 )
 from agent.model.record import Address
 
@@ -45,6 +46,12 @@ T = TypeVar("T")
 DEFAULT_SYSTEM_CONFIG = Path("/etc/namesync/config.toml")
 DEFAULT_SYSTEM_SOCKET = Path("/run/namesync/control.sock")
 DEFAULT_PODMAN_SOCKET = Path("/run/podman/podman.sock")
+DEFAULT_PEER_SOCKET = Path("/run/namesync/peer.sock")
+# "system": root's agent, writes the files and serves user agents. "user": a
+# user session's agent (rootless Podman, qemu:///session), which pushes its
+# table to the system agent instead (README "User session"). Not a config key:
+# `namesync-agent --mode`, by default system as root and user otherwise.
+MODES = ("system", "user")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 KEY = "namesync.key"  # dataclass field metadata: a config key (a Key)
@@ -119,7 +126,8 @@ class DnsmasqConfig:
     """A hosts-format file for dnsmasq's addn-hosts=, and the dnsmasq to SIGHUP after
     it changes (only if /proc/PID is really dnsmasq)."""
 
-    enabled: bool = setting(True, BOOL, "Write the addn-hosts file and reload dnsmasq.")
+    enabled: bool = setting(True, BOOL, "Write the addn-hosts file and reload dnsmasq.",
+                            per_user="false (the system agent publishes a user's names)")
     addn_hosts: Path = setting(
         Path("/run/namesync/addn-hosts"),
         PATH,
@@ -141,7 +149,8 @@ class HostsFileConfig:
     """A managed block between namesync's marker lines; nothing else in the file is
     touched. Serves glibc and systemd-resolved users."""
 
-    enabled: bool = setting(True, BOOL, "Keep the managed block up to date.")
+    enabled: bool = setting(True, BOOL, "Keep the managed block up to date.",
+                            per_user="false (the system agent publishes a user's names)")
     path: Path = setting(Path("/etc/hosts"), PATH, "The hosts file holding the block.")
 
 
@@ -149,7 +158,8 @@ class HostsFileConfig:
 class NetworkManagerConfig:
     """Follow NetworkManager over the system D-Bus: its DNS mode and its dnsmasq."""
 
-    enabled: bool = setting(True, BOOL, "Follow NetworkManager (DNS mode, its dnsmasq's pid).")
+    enabled: bool = setting(True, BOOL, "Follow NetworkManager (DNS mode, its dnsmasq's pid).",
+                            per_user="false")
     dnsmasq_dir: Path = setting(
         Path("/etc/NetworkManager/dnsmasq.d"),
         PATH,
@@ -165,7 +175,8 @@ class NetworkManagerConfig:
 class HostConfig:
     """The host's own name, following its address on these interfaces live (netlink)."""
 
-    enabled: bool = setting(True, BOOL, "Publish the host's own name.")
+    enabled: bool = setting(True, BOOL, "Publish the host's own name.",
+                            per_user="false (the host's name is the system agent's)")
     name: str = setting("host.dns.host", FQDN, "The host's name.")
     interfaces: tuple[str, ...] = setting(
         ("virbr0",), INTERFACES, "Interfaces whose addresses the host's name resolves to."
@@ -186,8 +197,10 @@ class LibvirtConfig:
         LIBVIRT_URIS,
         "Hypervisor connections, one read-only connection each; lxc:///system works the "
         "same way.",
+        per_user='["qemu:///session"]',
     )
-    zone: str = setting("dns.libvirt", FQDN, "Zone of domain names.")
+    zone: str = setting("dns.libvirt", FQDN, "Zone of domain names.",
+                        per_user="<user>.dns.libvirt")
     # The guest's own DHCP hostname is guest-controlled.
     guest_hostnames: bool = setting(
         False,
@@ -214,13 +227,46 @@ class PodmanConfig:
         "The Podman service's API socket.",
         per_user="$XDG_RUNTIME_DIR/podman/podman.sock",
     )
-    zone: str = setting("dns.podman", FQDN, "Zone of container names.")
+    zone: str = setting("dns.podman", FQDN, "Zone of container names.",
+                        per_user="<user>.dns.podman")
     aardvark_dir: Path = setting(
         Path("/run/containers/networks/aardvark-dns"),
         PATH,
         "netavark's per-network DNS files, read as soon as they change (the fast path: "
         "a name answers before Podman's event arrives).",
+        per_user="$XDG_RUNTIME_DIR/containers/networks/aardvark-dns",
     )
+
+
+def _user_name_item(value: str) -> tuple[str, None] | tuple[None, str]:
+    if not value or len(value) > 256 or any(c in value for c in ":/\n\0"):
+        return None, f"not a user name: {value!r}"
+    return value, None
+
+
+@dataclass(frozen=True)
+class PeersConfig:
+    """User agents (the systemd user unit: rootless Podman, qemu:///session) publish
+through the system agent on this socket, which every local user may connect to.
+The system agent serves it; a user agent pushes its whole table there. A peer's
+names are confined to <name>.<user>.<zone> for the [podman] and [libvirt] zones;
+users in trusted_users may also publish directly in those zones. Anything else is
+refused and shown in `agentctl status` with the peer's uid."""
+
+    enabled: bool = setting(True, BOOL, "System agent: serve the socket; user agent: push to it.")
+    socket: Path = setting(DEFAULT_PEER_SOCKET, PATH,
+                           "The peer socket (mode 0666; each peer identified by SO_PEERCRED).")
+    trusted_users: tuple[str, ...] = setting(
+        (), Strings(_user_name_item, "user names"),
+        "Users who may publish <name>.<zone> directly, not only <name>.<user>.<zone>.")
+    max_names: int = setting(512, Int(1, 100_000),
+                             "Names one user may publish; a push with more is refused whole.")
+    max_message_bytes: int = setting(1 << 20, Int(1024, 64 << 20),
+                                     "Bytes one push may take on the wire.")
+    push_rate: int = setting(5, Int(1, 1000), "Pushes per second per user, after a burst.")
+    push_burst: int = setting(20, Int(1, 10_000), "Pushes one user may send at once.")
+    grace_s: int = setting(30, Int(0, 86_400),
+                           "A disconnected user agent's names stay this long, then go.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,11 +328,13 @@ class Config:
     host: HostConfig = section(HostConfig)
     libvirt: LibvirtConfig = section(LibvirtConfig)
     podman: PodmanConfig = section(PodmanConfig)
+    peers: PeersConfig = section(PeersConfig)
     static: tuple[StaticEntry, ...] = array(
         StaticEntry, "Names for host services, or anything else (any number of these)."
     )
     # Where this config was read from ("<embedded default>" when no file exists).
     origin: str = "<embedded default>"
+    mode: str = "system"  # MODES
 
 
 def sections() -> tuple[SectionInfo, ...]:

@@ -139,17 +139,31 @@ class _Episodes:
 
 
 class ControlServer:
+    """One socket, one handler table. ``open_to_all``: every uid is admitted (the peer
+    socket, whose handlers scope by uid); ``max_line`` bounds one request;
+    ``on_open``/``on_close`` see each admitted connection (the peer source's grace
+    period starts when a user agent's last one closes)."""
+
     def __init__(
         self,
         path: Path,
         handlers: Mapping[str, Handler],
         allow_uids: tuple[int, ...] = (),
         limits: Limits | None = None,
+        *,
+        open_to_all: bool = False,
+        max_line: int = protocol.MAX_LINE,
+        on_open: Callable[[Peer], None] | None = None,
+        on_close: Callable[[Peer], None] | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
         self.allowed = {0, os.geteuid(), *allow_uids}
-        self.open_to_others = bool(set(allow_uids) - {0, os.geteuid()})
+        self.open_to_all = open_to_all
+        self.open_to_others = open_to_all or bool(set(allow_uids) - {0, os.geteuid()})
+        self.max_line = max_line
+        self._on_open = on_open
+        self._on_close = on_close
         self.limits = effective_limits(limits or Limits())
         self._listener: socket.socket | None = None
         self._per_uid: Counter[int] = Counter()
@@ -235,7 +249,7 @@ class ControlServer:
             asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept_ready)
 
     def _refusal(self, peer: Peer) -> tuple[str, str] | None:
-        if peer.uid not in self.allowed:
+        if not self.open_to_all and peer.uid not in self.allowed:
             return "permission_denied", f"uid {peer.uid} may not use this socket"
         lim = self.limits
         if peer.uid == 0:
@@ -272,6 +286,8 @@ class ControlServer:
             conn.close()
             return
         self._per_uid[peer.uid] += 1
+        if self._on_open is not None:
+            self._on_open(peer)
         task = asyncio.create_task(self._connection(conn, peer), name=f"control:{peer.pid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -281,11 +297,13 @@ class ControlServer:
     async def _connection(self, conn: socket.socket, peer: Peer) -> None:
         writer: asyncio.StreamWriter | None = None
         try:
-            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=protocol.MAX_LINE)
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=self.max_line)
             await self._serve(reader, writer, peer)
         except (ConnectionError, OSError, TimeoutError):
             pass
         finally:
+            if self._on_close is not None:
+                self._on_close(peer)
             self._per_uid[peer.uid] -= 1
             if self._per_uid[peer.uid] <= 0:
                 del self._per_uid[peer.uid]
@@ -306,7 +324,7 @@ class ControlServer:
                 line = bytes(buf[: nl + 1])
                 del buf[: nl + 1]
                 return line
-            if len(buf) > protocol.MAX_LINE:
+            if len(buf) > self.max_line:
                 raise protocol.ProtocolError("too_large", "request line too long")
             now = time.monotonic()
             if buf and deadline is None:

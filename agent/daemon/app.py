@@ -21,6 +21,7 @@ from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
 from agent.sinks.hosts_file import HostsFileSink
+from agent.sinks.peer_push import PeerPushSink
 from agent.sources.base import Source
 from agent.sources.lifecycle import Backoff
 from agent.sources.registry import build_sources
@@ -56,6 +57,9 @@ def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list
         sinks.append(AddnHostsSink(config.dnsmasq.addn_hosts, locator))
     if config.hosts_file.enabled:
         sinks.append(HostsFileSink(config.hosts_file.path))
+    if config.mode == "user" and config.peers.enabled:
+        # A user agent publishes through the system agent (agent/peer).
+        sinks.append(PeerPushSink(config.peers.socket))
     return sinks
 
 
@@ -80,7 +84,8 @@ def control_limits(config: Config) -> Limits:
 
 
 def _sinks_key(config: Config) -> tuple[object, ...]:
-    return (config.dnsmasq, config.hosts_file, config.networkmanager.enabled)
+    return (config.dnsmasq, config.hosts_file, config.networkmanager.enabled, config.mode,
+            config.peers.socket, config.peers.enabled)
 
 
 class Daemon:
@@ -192,6 +197,7 @@ class Daemon:
                     self.config_path,
                     socket_default=self.config.control.socket,
                     previous=self.config,
+                    mode=self.config.mode,
                 )
             except OSError as e:
                 if delay is None:
@@ -266,6 +272,7 @@ class Daemon:
                 "uptime_s": round(time.time() - self.started, 3),
                 "ready": self.ready_event.is_set(),
                 "config": self.config.origin,
+                "mode": self.config.mode,
                 "config_loaded": st.ts(self.config_loaded_at),
                 "config_error": self.config_error,
                 "coalesce_ms": self.config.daemon.coalesce_ms,

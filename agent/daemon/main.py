@@ -71,6 +71,14 @@ def parser() -> argparse.ArgumentParser:
         help="print the default config (every section and key, with its default) and exit",
     )
     p.add_argument(
+        "--mode",
+        choices=["auto", "system", "user"],
+        default="auto",
+        help="system: root's agent (writes the files, serves user agents on [peers] "
+        "socket); user: a user session's agent (rootless Podman, qemu:///session; "
+        "publishes through the system agent). auto (default): system as root, else user",
+    )
+    p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="override [daemon] log_level",
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(default_toml())
         return 0
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, mode=None if args.mode == "auto" else args.mode)
     except ConfigError as e:
         print(f"namesync-agent: {e}", file=sys.stderr)
         return 2

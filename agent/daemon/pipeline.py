@@ -44,6 +44,9 @@ class Pipeline:
     def set_sinks(self, sinks: list[Sink]) -> None:
         for sink in sinks:
             sink.prepare()
+        for old in self.sinks:
+            if old not in sinks:
+                old.close()
         self.sinks = sinks
         self.coalescer.poke()
 
@@ -113,3 +116,5 @@ class Pipeline:
     def close(self) -> None:
         if self._retry is not None:
             self._retry.cancel()
+        for sink in self.sinks:
+            sink.close()

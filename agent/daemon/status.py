@@ -42,6 +42,8 @@ def source_status(src: Source, store: StateStore, table: Table | None = None) ->
     h = src.health
     counts = _source_counts(src.name, table) if table is not None else {}
     fix = getattr(src, "fix_hint", None)
+    # A source with more to show than its health (the peer source's peers).
+    extra = getattr(src, "status_extra", None)
     return {
         "name": src.name,
         "kind": src.kind,
@@ -57,6 +59,7 @@ def source_status(src: Source, store: StateStore, table: Table | None = None) ->
         # up to in the table, and the plain fix for its last error, if it knows one.
         **counts,
         "fix": fix() if callable(fix) else None,
+        **(extra() if callable(extra) else {}),
     }
 
 
@@ -73,6 +76,9 @@ def _source_counts(source: str, table: Table) -> dict[str, int]:
 
 
 def sink_status(sink: Sink) -> dict[str, Any]:
+    refresh = getattr(sink, "refresh_status", None)  # a sink whose state lives elsewhere
+    if callable(refresh):
+        refresh()
     s = sink.status
     reload = None
     if s.last_reload is not None:

@@ -53,6 +53,9 @@ class Sink(ABC):
     def prepare(self) -> None:  # noqa: B027 - optional hook, most sinks need nothing
         """Startup work before the first apply (e.g. removing a killed writer's temp files)."""
 
+    def close(self) -> None:  # noqa: B027 - optional hook, most sinks need nothing
+        """The sink is replaced or the daemon stops (e.g. a connection to close)."""
+
     @abstractmethod
     def apply(self, table: Table, changed_at: float) -> bool:
         """Bring the target in line with ``table``; False if it could not (status says why).

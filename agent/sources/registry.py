@@ -8,6 +8,7 @@ from agent.config.schema import Config
 from agent.sources.base import Source
 from agent.sources.host_addresses import HostAddressSource
 from agent.sources.libvirt.source import LibvirtSource
+from agent.sources.peers import PeerSource
 from agent.sources.podman import PodmanSource
 from agent.sources.static import StaticSource
 
@@ -19,6 +20,7 @@ SOURCE_FACTORIES: tuple[SourceFactory, ...] = (
     HostAddressSource.from_config,
     PodmanSource.from_config,
     LibvirtSource.from_config,
+    PeerSource.from_config,
 )
 
 

@@ -21,10 +21,10 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
                 coalesce_ms: int = 20, extra: str = "", host: str | None = None,
                 dnsmasq_extra: str = "", control_extra: str = "",
                 networkmanager: str | None = None, libvirt: str | None = None,
-                podman: str | None = None) -> str:
-    """A config for the test agent. ``host``/``networkmanager``/``libvirt``/``podman``:
+                podman: str | None = None, peers: str | None = None) -> str:
+    """A config for the test agent. ``host``/``networkmanager``/``libvirt``/``podman``/``peers``:
     the body of those sections; None disables them (no netlink, D-Bus, libvirtd or
-    Podman unless a test asks)."""
+    Podman, and no peer socket, unless a test asks)."""
     lines = ["[daemon]", f"coalesce_ms = {coalesce_ms}", 'log_level = "debug"',
              "[control]", f'socket = "{socket}"']
     if control_extra:
@@ -46,6 +46,7 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
     lines += ["[networkmanager]", networkmanager if networkmanager is not None else off]
     lines += ["[libvirt]", libvirt if libvirt is not None else off]
     lines += ["[podman]", podman if podman is not None else off]
+    lines += ["[peers]", peers if peers is not None else off]
     return "\n".join(lines) + "\n" + extra
 
 

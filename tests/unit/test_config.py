@@ -389,3 +389,42 @@ def test_control_limits_parse_and_are_bounded() -> None:
     text = "\n".join(err.value.problems)
     for key in ("max_connections", "max_per_uid", "idle_timeout_s", "request_timeout_s"):
         assert f"control.{key}:" in text
+
+
+def test_user_mode_defaults_publish_through_the_system_agent() -> None:
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000"}
+    defaults = load.user_defaults(euid=0, env=env)  # uid 0: the label is "root"
+    for text in ("", embedded_default_text()):  # a missing file means the embedded default
+        cfg = parse_config(text, "x", mode="user", defaults=defaults)
+        assert cfg.mode == "user"
+        assert (cfg.dnsmasq.enabled, cfg.hosts_file.enabled, cfg.networkmanager.enabled,
+                cfg.host.enabled) == (False, False, False, False)
+        assert cfg.podman.socket == Path("/run/user/1000/podman/podman.sock")
+        assert cfg.podman.zone == "root.dns.podman"
+        assert cfg.libvirt.uris == ("qemu:///session",)
+        assert cfg.libvirt.zone == "root.dns.libvirt"
+        assert cfg.control.socket == Path("/run/user/1000/namesync/control.sock")
+        assert cfg.peers.socket == Path("/run/namesync/peer.sock")
+    # What the file says wins over the mode's default.
+    cfg = parse_config('[podman]\nzone = "dns.podman"\n[dnsmasq]\nenabled = true\n', "x",
+                       mode="user", defaults=defaults)
+    assert (cfg.podman.zone, cfg.dnsmasq.enabled) == ("dns.podman", True)
+
+
+def test_system_mode_is_unchanged_by_the_user_defaults() -> None:
+    cfg = parse_config(embedded_default_text(), "x")
+    assert cfg == dataclasses.replace(Config(), origin="x")
+
+
+def test_peers_section_is_validated() -> None:
+    for text, key in (("max_names = 0", "peers.max_names"),
+                      ('push_rate = "fast"', "peers.push_rate"),
+                      ("grace_s = -1", "peers.grace_s"),
+                      ('trusted_users = ["a:b"]', "peers.trusted_users[0]"),
+                      ("surprise = 1", "peers.surprise")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(f"[peers]\n{text}\n", "x")
+        assert key in str(err.value), (text, str(err.value))
+    cfg = parse_config('[peers]\npush_rate = 2\ngrace_s = 1\ntrusted_users = ["alice"]\n', "x")
+    assert (cfg.peers.push_rate, cfg.peers.grace_s, cfg.peers.trusted_users) == (
+        2, 1, ("alice",))

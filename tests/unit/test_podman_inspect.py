@@ -95,10 +95,45 @@ def test_user_mode_network_refused() -> None:
         "user-mode network (slirp4netns): its address is not reachable from the host")
 
 
-def test_rootless_service_addresses_refused() -> None:
-    state = published(load("inspect_running_alias_ipv6"), rootless=True)
+def test_rootless_without_a_published_port_is_refused_with_the_reason() -> None:
+    attrs = load("inspect_running_alias_ipv6")
+    attrs["NetworkSettings"]["Ports"] = {"80/tcp": None}  # exposed, not published
+    state = published(attrs, rootless=True)
     assert state.records == ()
-    assert "rootless Podman" in state.rejections[0].reason
+    assert state.rejections[0].reason == (
+        "no published port: unreachable outside the rootless network")
+
+
+def test_rootless_with_only_loopback_ports_is_refused_and_shows_them() -> None:
+    attrs = load("inspect_running_alias_ipv6")
+    attrs["NetworkSettings"]["Ports"] = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8081"}]}
+    (rej,) = published(attrs, rootless=True).rejections
+    assert rej.reason == ("no published port: unreachable outside the rootless network "
+                          "(only loopback-bound ports: 127.0.0.1:8081->80/tcp)")
+
+
+def test_rootless_with_a_published_port_answers_the_hosts_addresses() -> None:
+    """Its own (rootless netns) addresses are never published; the name is a "via host"
+    record the system agent fills with the host's addresses."""
+    attrs = load("inspect_running_alias_ipv6")
+    attrs["NetworkSettings"]["Ports"] = {
+        "80/tcp": [{"HostIp": "", "HostPort": "8080"}],
+        "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}]}
+    state = published(attrs, rootless=True)
+    assert state.rejections == ()
+    (rec,) = state.records
+    assert rec.addresses == ()
+    assert rec.provenance.kind == "via-host"
+    assert rec.name == f"web-1.{ZONE}"
+    assert "0.0.0.0:8080->80/tcp" in rec.provenance.display
+    assert "127.0.0.1:5353->53/udp" in rec.provenance.display
+
+
+def test_rootful_containers_keep_their_addresses_whatever_they_publish() -> None:
+    attrs = load("inspect_running_alias_ipv6")
+    plain = published(attrs)
+    attrs["NetworkSettings"]["Ports"] = {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
+    assert published(attrs) == plain
 
 
 def test_stopped_and_starting_states() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.model.record import Address, AddressError, parse_address
 
-from .view import ContainerView, NetworkView
+from .view import ContainerView, NetworkView, PublishedPort
 
 # Podman's container states. Running and paused containers keep their network
 # namespace and addresses (a paused one resumes where it was), so both keep
@@ -108,6 +108,24 @@ def networks(attrs: Mapping[str, Any]) -> tuple[NetworkView, ...]:
     return tuple(views)
 
 
+def ports(attrs: Mapping[str, Any]) -> tuple[PublishedPort, ...]:
+    """Ports published on the host (``-p``), from NetworkSettings.Ports."""
+    settings = _get(attrs, "NetworkSettings", Mapping, "", {})
+    table = _get(settings, "Ports", Mapping, "NetworkSettings.", {})
+    out: list[PublishedPort] = []
+    for target in sorted(table):
+        bindings = table[target]
+        if not isinstance(bindings, list):
+            continue  # exposed, not published (null)
+        for b in bindings:
+            if not isinstance(b, Mapping):
+                raise InspectError(f"NetworkSettings.Ports[{target!r}]: expected objects")
+            host_ip, host_port = b.get("HostIp", ""), b.get("HostPort", "")
+            if isinstance(host_ip, str) and isinstance(host_port, str) and host_port.isdigit():
+                out.append(PublishedPort(host_ip, int(host_port), str(target)))
+    return tuple(out)
+
+
 def verdict(attrs: Mapping[str, Any], *, rootless: bool = False,
             pod_name: str | None = None) -> Verdict:
     """What one container's inspect data means for its names.
@@ -143,6 +161,7 @@ def verdict(attrs: Mapping[str, Any], *, rootless: bool = False,
         network_mode=mode,
         shares_netns=mode.startswith("container:"),
         rootless=rootless,
+        ports=ports(attrs) if rootless else (),
     ))
 
 

@@ -129,8 +129,8 @@ class PodmanSource(Source):
         state, detail = self._link
         notes = [detail] if detail else []
         if self._rootless:
-            notes.append("rootless Podman: containers are listed but not published "
-                         "(their addresses are not reachable from the host)")
+            notes.append("rootless Podman: a container answers the host's addresses if it "
+                         "publishes a port on the host, else it is not published")
         elif self._fast_off:
             notes.append(f"fast path off: {self._fast_off}")
         else:

@@ -19,8 +19,15 @@ Rules (README "Podman"):
   ``<id>-infra`` name is not published); pod members publish their own name
   with the addresses they share with the infra, and no aliases: those belong
   to the namespace's owner, the infra container.
-* No routable address (``--network host``/``none``, user-mode networking,
-  rootless Podman): a Rejection that says why, nothing published.
+* No routable address (``--network host``/``none``, user-mode networking):
+  a Rejection that says why, nothing published.
+* Rootless Podman (the user agent): the container's own addresses live in
+  the rootless network namespace, unreachable from the host, VMs and other
+  containers. What is reachable is a port it publishes on the host, so a
+  container with at least one port published on a non-loopback host address
+  answers the host's own addresses (a "via host" record, agent/peer/wire.py;
+  the system agent fills in what host.dns.host answers). No such port: a
+  Rejection saying so.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 
 from agent.model.names import InvalidName, join, normalise_label
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
+from agent.peer.wire import VIA_HOST
 
 SHORT_ID = 12  # Podman's short container id, added as an alias on every network
 
@@ -38,6 +46,23 @@ class NetworkView:
     network: str
     addresses: tuple[Address, ...]
     aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedPort:
+    host_ip: str  # "" = every host address
+    host_port: int
+    target: str  # "80/tcp"
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.host_ip in ("127.0.0.1", "::1", "localhost") or self.host_ip.startswith(
+            "127.")
+
+    def __str__(self) -> str:
+        ip = self.host_ip or "0.0.0.0"
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"{host}:{self.host_port}->{self.target}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +76,7 @@ class ContainerView:
     network_mode: str = "bridge"
     shares_netns: bool = False  # pod member / --network container:X
     rootless: bool = False
+    ports: tuple[PublishedPort, ...] = ()  # published on the host (-p)
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -79,19 +105,34 @@ def _unreachable(view: ContainerView) -> str:
     return f"no address on any network (network mode {mode or 'unknown'})"
 
 
-ROOTLESS = ("rootless Podman: its addresses live in the rootless network namespace, "
-            "not reachable from the host")
+NO_PORT = "no published port: unreachable outside the rootless network"
+
+
+def _rootless_state(view: ContainerView, source: str, zone: str, what: str) -> ObjectState:
+    """A rootless container: the host's addresses if it publishes a port there, else why not."""
+    reachable = [p for p in view.ports if not p.loopback_only]
+    ports = ", ".join(str(p) for p in view.ports)
+    if not reachable:
+        why = NO_PORT if not view.ports else f"{NO_PORT} (only loopback-bound ports: {ports})"
+        prov = Provenance(source, view.id, view.kind, f"{what} {view.name}")
+        return ObjectState(rejections=(Rejection(prov, view.name, why),))
+    prov = Provenance(source, view.id, VIA_HOST,
+                      f"{what} {view.name} (rootless; the host's addresses, ports {ports})")
+    try:
+        return ObjectState((Record(join(normalise_label(view.name), zone), (), prov),))
+    except InvalidName as e:
+        return ObjectState(rejections=(Rejection(prov, view.name, e.reason),))
 
 
 def object_state(view: ContainerView, *, source: str, zone: str) -> ObjectState:
     """The records (and refusals) of one running container."""
     what = "pod" if view.kind == "pod" else "container"
+    if view.rootless:
+        return _rootless_state(view, source, zone, what)
     prov = Provenance(source, view.id, view.kind, f"{what} {view.name}")
     addresses = tuple(a for a in view.addresses if usable(a))
-    if not addresses or view.rootless:
-        return ObjectState(rejections=(
-            Rejection(prov, view.name, ROOTLESS if view.rootless and addresses
-                      else _unreachable(view)),))
+    if not addresses:
+        return ObjectState(rejections=(Rejection(prov, view.name, _unreachable(view)),))
 
     records: list[Record] = []
     rejections: list[Rejection] = []

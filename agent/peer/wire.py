@@ -1,0 +1,51 @@
+"""The ``push`` message: a user agent's whole table, as the system agent receives it.
+
+    {"records":  [{"name": "web.alice.dns.podman", "addresses": ["10.0.0.5"],
+                   "what": "container web"},
+                  {"name": "api.alice.dns.podman", "via": "host",
+                   "what": "container api (rootless; ports 0.0.0.0:8080->80/tcp)"}],
+     "rejected": [{"value": "db", "reason": "no published port: ...", "what": "container db"}]}
+
+``via: "host"`` means "the host's own addresses": a rootless container (or a
+session VM on user-mode networking) is reachable only through ports it
+publishes on the host, so its name answers what the system agent's host
+record answers. The user agent cannot know those addresses as the system
+agent does (it is the system agent's [host] interfaces that count), so it
+says "the host" and the system agent fills them in.
+
+Everything here is untrusted on the receiving side: policy.py validates it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.plan.table import Table
+
+# A record whose addresses are the host's (see above): in the user agent's
+# own table it has no addresses and this provenance kind.
+VIA_HOST = "via-host"
+MAX_TEXT = 300  # "what" and "reason" strings: for status only, cut to this
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def push_params(table: Table) -> dict[str, Any]:
+    """The push for ``table``: every name it publishes, and what its sources refused."""
+    records: list[dict[str, Any]] = []
+    for name, entry in table.entries.items():
+        prov = entry.provenance
+        item: dict[str, Any] = {"name": name, "what": _cut(prov.display or prov.kind)}
+        if prov.kind == VIA_HOST and not entry.addresses:
+            item["via"] = "host"
+        else:
+            item["addresses"] = [str(a) for a in entry.addresses]
+        records.append(item)
+    rejected = [
+        {"value": _cut(r.value), "reason": _cut(r.reason),
+         "what": _cut(r.provenance.display or r.provenance.kind)}
+        for r in table.rejections
+    ]
+    return {"records": records, "rejected": rejected}

@@ -1,0 +1,344 @@
+"""User agents as a source of the system agent: one snapshot per peer, replaced whole.
+
+A user agent (agent/sinks/peer_push.py) connects to ``[peers] socket`` and
+pushes its whole table on every change and on every (re)connect. The peer is
+whoever SO_PEERCRED says; policy.py decides what of the push it may publish.
+Each peer's accepted names are one snapshot in the state store, under
+``peer:<uid>``, replaced by every push (level-triggered, like every source).
+
+A peer whose last connection closes keeps its names for ``grace_s`` (a
+user-agent restart must not blink); then its snapshot is dropped. A push
+refused whole (over quota, too fast) changes nothing that is published; the
+refusal shows in ``agentctl status`` under this source, with the uid.
+
+Names that answer "the host's addresses" (rootless containers publishing
+ports, wire.py) take them from a host-address watcher of this source's own,
+on the same ``[host] interfaces`` as the host record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.config.modes import user_label
+from agent.config.schema import Config, HostConfig, PeersConfig
+from agent.control import protocol
+from agent.control.server import ControlServer, Limits, Peer
+from agent.daemon.status import ts
+from agent.model.names import InvalidName
+from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
+from agent.peer.policy import Push, PushRefused, Scope, TokenBucket, decode_push
+from agent.sources.base import Objects, ServiceSource, SnapshotSink, Source
+from agent.sources.host_addresses import HostAddressSource
+
+log = structlog.get_logger(component="sources.peers")
+
+PROTOCOL = 1
+# The user agent sends a `hello` this often while idle, so a dead system
+# agent is noticed and an idle-timeout on the socket never hits a live peer.
+HEARTBEAT_S = 20.0
+MAX_REFUSALS_SHOWN = 20
+PER_UID = 4
+
+
+@dataclass
+class PeerState:
+    uid: int
+    user: str | None  # the sub-zone label; None: this uid may not publish at all
+    why_not: str | None = None
+    pid: int | None = None
+    connections: int = 0
+    connected_since: float | None = None
+    disconnected_at: float | None = None
+    pushes: int = 0
+    last_push: float | None = None
+    refused_pushes: int = 0
+    last_refusal: str | None = None
+    last_refusal_at: float | None = None
+    push: Push | None = None  # the last accepted push
+    bucket: TokenBucket | None = None
+    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class _HostCapture:
+    """The SnapshotSink the private host watcher writes to: keeps the host's addresses."""
+
+    def __init__(self, on_change: Any) -> None:
+        self.addresses: tuple[Address, ...] = ()
+        self.why: str | None = "host addresses not read yet"
+        self._on_change = on_change
+
+    def _take(self, state: ObjectState | None) -> None:
+        addrs = tuple(a for r in (state.records if state else ()) for a in r.addresses)
+        why = None if addrs else (state.rejections[0].reason if state and state.rejections
+                                  else "no host address")
+        if (addrs, why) != (self.addresses, self.why):
+            self.addresses, self.why = addrs, why
+            self._on_change()
+
+    def replace(self, source: str, objects: Mapping[str, ObjectState]) -> None:
+        self._take(objects.get("host"))
+
+    def update(self, source: str, object_id: str, state: ObjectState | None) -> None:
+        self._take(state)
+
+
+class PeerSource(ServiceSource[ControlServer]):
+    kind = "peers"
+
+    def __init__(self, config: PeersConfig, zones: tuple[str, ...], host: HostConfig) -> None:
+        super().__init__("peers")
+        self.config = config
+        self.zones = zones
+        self.host = host
+        self._peers: dict[int, PeerState] = {}
+        self._store: SnapshotSink | None = None
+        self._host = _HostCapture(self._republish_all)
+
+    @classmethod
+    def from_config(cls, config: Config) -> list[Source]:
+        if config.mode != "system" or not config.peers.enabled:
+            return []
+        return [cls(config.peers, (config.podman.zone, config.libvirt.zone), config.host)]
+
+    def config_key(self) -> Hashable:
+        return (self.config, self.zones, self.host)
+
+    # --- identity ----------------------------------------------------------
+
+    def _peer(self, peer: Peer) -> PeerState:
+        state = self._peers.get(peer.uid)
+        if state is None:
+            state = PeerState(peer.uid, None)
+            try:
+                state.user = user_label(peer.uid)
+            except KeyError:
+                state.why_not = f"uid {peer.uid} has no user name (passwd)"
+            except InvalidName as e:
+                state.why_not = f"user name {e.value!r} has no DNS spelling: {e.reason}"
+            state.bucket = TokenBucket(self.config.push_rate, self.config.push_burst)
+            self._peers[peer.uid] = state
+        state.pid = peer.pid
+        return state
+
+    def _scope(self, state: PeerState) -> Scope:
+        assert state.user is not None
+        return Scope(state.user, self.zones, state.user in self.config.trusted_users)
+
+    # --- connections -------------------------------------------------------
+
+    def _opened(self, peer: Peer) -> None:
+        state = self._peer(peer)
+        state.connections += 1
+        if state.connections == 1:
+            state.connected_since = time.time()
+        if state.expiry is not None:
+            state.expiry.cancel()
+            state.expiry = None
+        self._show()
+
+    def _closed(self, peer: Peer) -> None:
+        state = self._peers.get(peer.uid)
+        if state is None:
+            return
+        state.connections = max(0, state.connections - 1)
+        if state.connections == 0:
+            state.disconnected_at = time.time()
+            if state.push is not None:
+                loop = asyncio.get_running_loop()
+                state.expiry = loop.call_later(self.config.grace_s, self._expire, peer.uid)
+                log.info("user agent disconnected; keeping its names for the grace period",
+                         uid=peer.uid, user=state.user, grace_s=self.config.grace_s)
+        self._show()
+
+    def _expire(self, uid: int) -> None:
+        state = self._peers.get(uid)
+        if state is None or state.connections:
+            return
+        log.info("user agent gone for the grace period; its names go", uid=uid, user=state.user)
+        self._peers.pop(uid, None)
+        if self._store is not None:
+            self._store.replace(self._key(uid), {})
+        self._show()
+
+    @staticmethod
+    def _key(uid: int) -> str:
+        return f"peer:{uid}"
+
+    # --- the methods peers call --------------------------------------------
+
+    def _limits(self) -> dict[str, Any]:
+        c = self.config
+        return {"max_names": c.max_names, "max_message_bytes": c.max_message_bytes,
+                "push_rate": c.push_rate, "push_burst": c.push_burst, "grace_s": c.grace_s}
+
+    async def _h_hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        state = self._peer(peer)
+        scope = None if state.user is None else self._scope(state)
+        return {
+            "protocol": PROTOCOL,
+            "methods": ["hello", "push"],
+            "uid": peer.uid,
+            "user": state.user,
+            "refused": state.why_not,
+            "subzones": list(scope.subzones) if scope else [],
+            "trusted": bool(scope and scope.trusted),
+            "limits": self._limits(),
+            "heartbeat_s": HEARTBEAT_S,
+        }
+
+    def _refuse(self, state: PeerState, code: str, reason: str) -> protocol.ProtocolError:
+        state.refused_pushes += 1
+        state.last_refusal = reason
+        state.last_refusal_at = time.time()
+        if state.refused_pushes == 1 or code != "rate_limited":
+            log.warning("push refused", uid=state.uid, user=state.user, reason=reason)
+        self._show()
+        return protocol.ProtocolError(code, reason)
+
+    async def _h_push(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        state = self._peer(peer)
+        if state.user is None:
+            raise self._refuse(state, "permission_denied", state.why_not or "refused")
+        assert state.bucket is not None
+        wait = state.bucket.take()
+        if wait:
+            raise self._refuse(state, "rate_limited",
+                               f"more than {self.config.push_rate:g} pushes per second "
+                               f"([peers] push_rate); retry in {wait * 1000:.0f} ms")
+        try:
+            push = decode_push(params, self._scope(state), self.config.max_names)
+        except PushRefused as e:
+            raise self._refuse(state, e.code, e.reason) from None
+        state.push = push
+        state.pushes += 1
+        state.last_push = time.time()
+        self.saw_event()
+        self._publish(state)
+        return {"accepted": len(push.claims),
+                "refused": [{"name": r.value, "reason": r.reason} for r in push.refused]}
+
+    # --- publishing --------------------------------------------------------
+
+    def _objects(self, state: PeerState) -> dict[str, ObjectState]:
+        assert state.push is not None
+        source, who = self._key(state.uid), f"uid {state.uid} ({state.user})"
+        objects: dict[str, ObjectState] = {}
+        for claim in state.push.claims:
+            prov = Provenance(source, claim.name, "peer", f"{who}: {claim.what}")
+            addrs = claim.addresses
+            if claim.via_host:
+                addrs = self._host.addresses
+                if not addrs:
+                    why = (f"answers the host's addresses, and the host has none: "
+                           f"{self._host.why}" if self.host.enabled else
+                           "answers the host's addresses, and [host] is disabled")
+                    objects[claim.name] = ObjectState(rejections=(Rejection(prov, claim.name,
+                                                                            why),))
+                    continue
+            objects[claim.name] = ObjectState((Record(claim.name, addrs, prov),))
+        for i, r in enumerate(state.push.refused):
+            prov = Provenance(source, f"refused:{i}", "peer", f"{who}: {r.what}")
+            objects[f"refused:{i}"] = ObjectState(rejections=(Rejection(prov, r.value,
+                                                                        r.reason),))
+        for i, r in enumerate(state.push.reported):
+            prov = Provenance(source, f"reported:{i}", "peer", f"{who}: {r.what}")
+            objects[f"reported:{i}"] = ObjectState(rejections=(Rejection(
+                prov, r.value, f"refused by the user agent: {r.reason}"),))
+        return objects
+
+    def _publish(self, state: PeerState) -> None:
+        if self._store is not None and state.push is not None:
+            self._store.replace(self._key(state.uid), self._objects(state))
+        self._show()
+
+    def _republish_all(self) -> None:
+        for state in self._peers.values():
+            if state.push is not None and any(c.via_host for c in state.push.claims):
+                self._publish(state)
+
+    # --- status ------------------------------------------------------------
+
+    def _detail(self) -> str:
+        live = sum(1 for s in self._peers.values() if s.connections)
+        held = sum(1 for s in self._peers.values() if not s.connections and s.push)
+        detail = f"listening on {self.config.socket}; {live} user agent(s) connected"
+        if held:
+            detail += f", {held} in their grace period"
+        return detail
+
+    def _show(self) -> None:
+        if self.health.state == "connected":
+            self.set_state("connected", self._detail())
+
+    def status_extra(self) -> dict[str, Any]:
+        peers = []
+        for s in sorted(self._peers.values(), key=lambda p: p.uid):
+            expires = None
+            if s.expiry is not None and s.disconnected_at is not None:
+                expires = ts(s.disconnected_at + self.config.grace_s)
+            peers.append({
+                "uid": s.uid, "user": s.user, "pid": s.pid,
+                "connected": s.connections > 0, "connections": s.connections,
+                "since": ts(s.connected_since), "disconnected_at": ts(s.disconnected_at),
+                "names_expire": expires,
+                "names": len(s.push.claims) if s.push else 0,
+                "refused_names": [{"name": r.value, "reason": r.reason}
+                                  for r in (s.push.refused if s.push else ())
+                                  ][:MAX_REFUSALS_SHOWN],
+                "pushes": s.pushes, "last_push": ts(s.last_push),
+                "refused_pushes": s.refused_pushes, "last_refusal": s.last_refusal,
+                "last_refusal_at": ts(s.last_refusal_at),
+                "not_allowed": s.why_not,
+            })
+        return {"socket": str(self.config.socket), "limits": self._limits(), "peers": peers}
+
+    # --- the lifecycle: "connected" is "listening" ---------------------------
+
+    async def connect(self) -> ControlServer:
+        # Every local user may connect: one user agent needs one connection (two
+        # while it restarts); idle ones heartbeat well within the idle timeout.
+        limits = Limits(max_per_uid=PER_UID, idle_timeout_s=HEARTBEAT_S * 3)
+        server = ControlServer(
+            self.config.socket, {"hello": self._h_hello, "push": self._h_push}, (), limits,
+            open_to_all=True, max_line=self.config.max_message_bytes,
+            on_open=self._opened, on_close=self._closed)
+        await server.start()
+        return server
+
+    async def list_all(self, conn: ControlServer) -> Objects:
+        return {}  # this source's own snapshot is empty: each peer has one of its own
+
+    async def follow(self, conn: ControlServer) -> str:
+        await asyncio.Event().wait()
+        return "stopped"
+
+    async def disconnect(self, conn: ControlServer) -> None:
+        # Peers see EOF and reconnect; their names ride out the grace period.
+        await conn.close()
+
+    def connected_detail(self) -> str | None:
+        return self._detail()
+
+    def companions(self) -> Sequence[Coroutine[Any, Any, None]]:
+        if not self.host.enabled:
+            self._host.why = "[host] is disabled"
+            return ()
+        return (HostAddressSource(self.host).run(self._host),)
+
+    async def run(self, sink: SnapshotSink) -> None:
+        self._store = sink
+        try:
+            await super().run(sink)
+        finally:
+            for uid, state in list(self._peers.items()):
+                if state.expiry is not None:
+                    state.expiry.cancel()
+                sink.replace(self._key(uid), {})
+            self._peers.clear()

@@ -1,0 +1,356 @@
+"""The user-session service on real parts: real users, rootless Podman, both agents, dnsmasq.
+
+The system agent (root) serves the peer socket and writes the addn-hosts file
+a real dnsmasq answers from. Real unprivileged users (tests/harness/users.py)
+talk to it: a hand-written client (what a hostile local user would write)
+and the real user agent (``namesync-agent --mode user``) following the
+user's real rootless Podman service. Its ``[host] interfaces`` is a bridge in
+the session's private network namespace: what host.dns.host answers, and
+what a rootless container that publishes a port answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.agent import Agent, toml_config
+from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.proc import terminate
+from tests.harness.rootless import Session, user_python_problem
+from tests.harness.users import User, ensure_user, remove
+from tests.harness.wait import until
+
+pytestmark = [pytest.mark.integration, pytest.mark.podman, pytest.mark.timeout(300)]
+
+BRIDGE = "nsuhost0"
+HOST_IP = "10.77.0.1"
+GRACE_S = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _user_python() -> None:
+    why = user_python_problem()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[tuple[User, User]]:
+    alice, bob = ensure_user("alice"), ensure_user("bob")
+    yield alice, bob
+    remove(alice)
+    remove(bob)
+
+
+@pytest.fixture
+def host_bridge() -> Iterator[str]:
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{HOST_IP}/24", "dev", BRIDGE], check=True)
+    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+    yield BRIDGE
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+
+
+def system_config(agent: Agent, dnsmasq: Dnsmasq, peers: str = "") -> str:
+    return toml_config(
+        socket=agent.socket, addn_hosts=dnsmasq.addn_hosts, pid_file=dnsmasq.pid_file,
+        hosts_file=None, host=f'name = "host.dns.host"\ninterfaces = ["{BRIDGE}"]',
+        peers=f'socket = "{agent.dir / "peer.sock"}"\ngrace_s = {GRACE_S}\n'
+              f"max_names = 50\n{peers}")
+
+
+@pytest.fixture
+def system(public_tmp: Path, dnsmasq: Dnsmasq, host_bridge: str) -> Iterator[Agent]:
+    agent = Agent(public_tmp / "system")
+    agent.set_config(system_config(agent, dnsmasq))
+    agent.start()
+    until(lambda: dnsmasq.query("host.dns.host").records == (HOST_IP,),
+          what="host.dns.host")
+    yield agent
+    agent.stop()
+
+
+def peer_socket(system: Agent) -> Path:
+    return system.dir / "peer.sock"
+
+
+def peers_source(system: Agent) -> dict[str, Any]:
+    [src] = [s for s in system.status()["sources"] if s["kind"] == "peers"]
+    return src
+
+
+def peer_entry(system: Agent, uid: int) -> dict[str, Any] | None:
+    found = [p for p in peers_source(system)["peers"] if p["uid"] == uid]
+    return found[0] if found else None
+
+
+class PeerClient:
+    """tests/harness/peer_client.py run as ``user``: one connection, one reply per call."""
+
+    def __init__(self, session: Session, sock: Path) -> None:
+        self.proc = subprocess.Popen(
+            session.python("-m", "tests.harness.peer_client", str(sock)),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/")
+
+    def send(self, line: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        reply: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return reply
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.send(f"{method} {json.dumps(params or {})}")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        terminate(self.proc)
+
+
+def push(*records: dict[str, Any]) -> dict[str, Any]:
+    return {"records": list(records), "rejected": []}
+
+
+def rec(name: str, *addrs: str) -> dict[str, Any]:
+    return {"name": name, "addresses": list(addrs), "what": "test"}
+
+
+@pytest.fixture
+def bob_session(users: tuple[User, User], public_tmp: Path) -> Iterator[Session]:
+    s = Session(users[1], public_tmp / "bob").setup()
+    yield s
+    s.teardown()
+
+
+@pytest.fixture
+def alice_session(users: tuple[User, User], public_tmp: Path) -> Iterator[Session]:
+    s = Session(users[0], public_tmp / "alice").setup()
+    yield s
+    s.teardown()
+
+
+def test_a_hostile_user_gets_only_its_own_subzone_within_quota(
+        system: Agent, dnsmasq: Dnsmasq, bob_session: Session,
+        users: tuple[User, User]) -> None:
+    alice, bob = users
+    client = PeerClient(bob_session, peer_socket(system))
+    try:
+        hello = client.call("hello")["result"]
+        assert (hello["uid"], hello["user"]) == (bob.uid, bob.name)  # SO_PEERCRED, not the message
+        assert hello["subzones"] == [f"{bob.name}.dns.podman", f"{bob.name}.dns.libvirt"]
+
+        mine = f"web.{bob.name}.dns.podman"
+        reply = client.call("push", push(
+            rec(mine, "10.77.0.50"),
+            rec("web.dns.podman", "10.77.0.66"),  # directly in the zone: not trusted
+            rec(f"web.{alice.name}.dns.podman", "10.77.0.66"),  # another user's sub-zone
+            rec("host.dns.host", "10.77.0.66"),  # the host's own name
+            rec(f"lo.{bob.name}.dns.podman", "127.0.0.1"),  # points others at themselves
+        ))["result"]
+        assert reply["accepted"] == 1
+        refused = {r["name"]: r["reason"] for r in reply["refused"]}
+        assert set(refused) == {"web.dns.podman", f"web.{alice.name}.dns.podman",
+                                "host.dns.host", f"lo.{bob.name}.dns.podman"}
+        assert refused[f"web.{alice.name}.dns.podman"] == (
+            f"{alice.name}.dns.podman is user {alice.name}'s sub-zone")
+
+        until(lambda: dnsmasq.query(mine).records == ("10.77.0.50",), what=mine)
+        for name in refused:
+            if name != "host.dns.host":
+                assert dnsmasq.query(name).status == "NXDOMAIN", name
+        assert dnsmasq.query("host.dns.host").records == (HOST_IP,)
+        written = dnsmasq.addn_hosts.read_bytes()
+        assert b"10.77.0.66" not in written and b"127.0.0.1" not in written
+
+        # Shown in the system agent's status with the uid and the reason.
+        rejected = [r for r in system.status()["table"]["rejected"]
+                    if r["source"] == f"peer:{bob.uid}"]
+        assert {r["value"] for r in rejected} == set(refused)
+        assert all(f"uid {bob.uid} ({bob.name})" in r["display"] for r in rejected)
+        entry = peer_entry(system, bob.uid)
+        assert entry is not None and entry["connected"] and entry["names"] == 1
+
+        # 10,000 names: refused whole; what was published stays, nothing new written.
+        flood = push(*(rec(f"n{i}.{bob.name}.dns.podman", "10.77.1.1") for i in range(10_000)))
+        err = client.call("push", flood)["error"]
+        assert err["code"] == "quota" and "10000 records" in err["message"]
+        assert dnsmasq.addn_hosts.read_bytes() == written
+        entry = peer_entry(system, bob.uid)
+        assert entry is not None and "10000 records" in entry["last_refusal"]
+        assert dnsmasq.query(f"n1.{bob.name}.dns.podman").status == "NXDOMAIN"
+
+        # A line longer than max_message_bytes (1 MiB): refused, connection closed.
+        reply = client.send(f"RAW {2 << 20}")
+        assert reply.get("error", {}).get("code") == "too_large" or reply.get("eof"), reply
+    finally:
+        client.close()
+
+    # Push rate: a burst, then refusals; each refused push says when to retry.
+    client = PeerClient(bob_session, peer_socket(system))
+    try:
+        codes = [client.call("push", push(rec(mine, "10.77.0.50"))).get("error", {}).get("code")
+                 for _ in range(40)]
+        assert "rate_limited" in codes and codes[0] is None
+        entry = peer_entry(system, bob.uid)
+        assert entry is not None and "push_rate" in entry["last_refusal"]
+    finally:
+        client.close()
+
+    # Disconnected: the names stay through the grace period, then go.
+    entry = until(lambda: (e := peer_entry(system, bob.uid)) and not e["connected"] and e,
+                  what="bob disconnected")
+    assert entry["names_expire"] is not None
+    assert dnsmasq.query(mine).records == ("10.77.0.50",)
+    until(lambda: dnsmasq.query(mine).status == "NXDOMAIN", timeout=GRACE_S + 5,
+          what=f"{mine} gone after the grace period")
+    assert peer_entry(system, bob.uid) is None
+
+
+def test_trusted_user_publishes_directly_in_the_zone(
+        system: Agent, dnsmasq: Dnsmasq, bob_session: Session,
+        users: tuple[User, User]) -> None:
+    alice, bob = users
+    system.set_config(system_config(system, dnsmasq, f'trusted_users = ["{bob.name}"]\n'))
+    system.reload()
+    until(lambda: peers_source(system)["state"] == "connected", what="peer socket back")
+    client = PeerClient(bob_session, peer_socket(system))
+    try:
+        assert client.call("hello")["result"]["trusted"] is True
+        reply = client.call("push", push(rec("web.dns.podman", "10.77.0.51"),
+                                         rec(f"x.{alice.name}.dns.podman", "10.77.0.51"),
+                                         rec("host.dns.host", "10.77.0.51")))["result"]
+        assert reply["accepted"] == 1
+        assert {r["name"] for r in reply["refused"]} == {f"x.{alice.name}.dns.podman",
+                                                        "host.dns.host"}
+        until(lambda: dnsmasq.query("web.dns.podman").records == ("10.77.0.51",),
+              what="web.dns.podman")
+        assert dnsmasq.query("host.dns.host").records == (HOST_IP,)
+    finally:
+        client.close()
+
+
+# --- the real user agent over real rootless Podman ----------------------------------
+
+
+class UserAgent(Agent):
+    """namesync-agent --mode user, run as the session's user with its own environment."""
+
+    def __init__(self, session: Session, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.session = session
+        self.socket = session.runtime / "namesync" / "control.sock"  # the user default
+
+    def command(self, *extra: str) -> list[str]:
+        return self.session.python("-m", "agent.daemon.main", "--mode", "user",
+                                   "--config", str(self.config), *extra)
+
+
+def user_config(system: Agent) -> str:
+    # Everything else is the user-mode default: Podman at $XDG_RUNTIME_DIR, zones
+    # <user>.dns.podman, no system file written.
+    return (f'[daemon]\ncoalesce_ms = 20\nlog_level = "debug"\n'
+            f'[peers]\nsocket = "{peer_socket(system)}"\n[libvirt]\nenabled = false\n')
+
+
+@pytest.fixture
+def alice_podman(alice_session: Session) -> Session:
+    return alice_session.start_podman()
+
+
+@pytest.fixture
+def alice_agent(alice_podman: Session, system: Agent, public_tmp: Path) -> Iterator[UserAgent]:
+    agent = UserAgent(alice_podman, public_tmp / "alice-agent")
+    agent.set_config(user_config(system))
+    yield agent
+    agent.stop()
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def user_rejected(agent: Agent) -> dict[str, str]:
+    return {r["value"]: r["reason"] for r in agent.status()["table"]["rejected"]}
+
+
+def test_rootless_containers_through_the_user_agent(
+        system: Agent, dnsmasq: Dnsmasq, alice_podman: Session, alice_agent: UserAgent,
+        users: tuple[User, User]) -> None:
+    alice = users[0]
+    web, zone = f"web.{alice.name}.dns.podman", f"{alice.name}.dns.podman"
+    alice_agent.start()
+    status = alice_agent.status()
+    assert status["daemon"]["mode"] == "user"
+    [sink] = status["sinks"]
+    assert sink["kind"] == "peer-push"
+    until(lambda: alice_agent.status()["sinks"][0]["connected"], what="user agent connected")
+
+    alice_podman.container("web", "-p", "8080:80", command=("httpd", "-f", "-p", "80"))
+    alice_podman.container("noport")
+    alice_podman.container("lo", "-p", "127.0.0.1:8081:80")
+    until(lambda: dnsmasq.query(web).records == (HOST_IP,), timeout=15, what=web)
+    assert reachable(HOST_IP, 8080)  # the answer is where the published port is
+    assert dnsmasq.query(f"noport.{zone}").status == "NXDOMAIN"
+    assert dnsmasq.query(f"lo.{zone}").status == "NXDOMAIN"
+
+    reasons = until(lambda: (r := user_rejected(alice_agent)) and "lo" in r and r,
+                    what="refusals in the user agent's status")
+    assert reasons["noport"] == "no published port: unreachable outside the rootless network"
+    assert "only loopback-bound ports: 127.0.0.1:8081->80/tcp" in reasons["lo"]
+    entries = {r["value"]: r for r in system.status()["table"]["rejected"]
+               if r["source"] == f"peer:{alice.uid}"}
+    assert "no published port" in entries["noport"]["reason"]
+    src = peers_source(system)
+    [entry] = [p for p in src["peers"] if p["uid"] == alice.uid]
+    assert entry["names"] == 1
+
+    alice_podman.podman("stop", "-t", "0", "web")
+    until(lambda: dnsmasq.query(web).status == "NXDOMAIN", timeout=15, what=f"{web} stopped")
+    alice_podman.podman("start", "web")
+    until(lambda: dnsmasq.query(web).records == (HOST_IP,), timeout=15, what=f"{web} back")
+    alice_podman.podman("rm", "-f", "-t", "0", "web")
+    until(lambda: dnsmasq.query(web).status == "NXDOMAIN", timeout=15, what=f"{web} removed")
+
+
+def test_user_agent_killed_grace_then_gone_and_system_restart_repushes(
+        system: Agent, dnsmasq: Dnsmasq, alice_podman: Session, alice_agent: UserAgent,
+        users: tuple[User, User]) -> None:
+    alice = users[0]
+    web = f"web.{alice.name}.dns.podman"
+    alice_podman.container("web", "-p", "8080:80")
+    alice_agent.start()
+    until(lambda: dnsmasq.query(web).records == (HOST_IP,), timeout=15, what=web)
+
+    # The system agent restarts: the user agent reconnects and pushes again.
+    system.stop()
+    system.start()
+    until(lambda: dnsmasq.query(web).records == (HOST_IP,), timeout=10,
+          what=f"{web} back after the system agent restarted")
+
+    # The user agent is SIGKILLed: its names stay through the grace period, then go.
+    assert alice_agent.proc is not None
+    alice_agent.proc.kill()
+    alice_agent.proc.wait()
+    entry = until(lambda: (e := peer_entry(system, alice.uid)) and not e["connected"] and e,
+                  what="alice disconnected")
+    assert entry["names"] == 1 and entry["names_expire"] is not None
+    assert dnsmasq.query(web).records == (HOST_IP,)
+    until(lambda: dnsmasq.query(web).status == "NXDOMAIN", timeout=GRACE_S + 5,
+          what=f"{web} gone after the grace period")
+    alice_agent.proc = None
+    alice_agent.start()
+    until(lambda: dnsmasq.query(web).records == (HOST_IP,), timeout=15,
+          what=f"{web} back with the user agent")

@@ -1,0 +1,122 @@
+"""What a peer may publish (agent/peer/policy.py): sub-zones, trust, bad input, quotas."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from agent.model.record import Provenance, Record, Rejection
+from agent.peer.policy import PushRefused, Scope, TokenBucket, decode_push
+from agent.peer.wire import VIA_HOST, push_params
+from agent.plan.table import plan
+
+ZONES = ("dns.podman", "dns.libvirt")
+USERS = {"alice", "bob", "postgres"}
+
+
+def scope(trusted: bool = False) -> Scope:
+    return Scope("alice", ZONES, trusted, lambda label: label in USERS)
+
+
+def rec(name: str, *addrs: str) -> dict[str, object]:
+    return {"name": name, "addresses": list(addrs), "what": "t"}
+
+
+@pytest.mark.parametrize(("name", "trusted", "why"), [
+    ("web.alice.dns.podman", False, None),
+    ("nic0.vm1.alice.dns.libvirt", False, None),
+    ("alice.dns.podman", False, "outside"),  # the sub-zone's apex is not inside it
+    ("web.dns.podman", False, "outside"),
+    ("web.dns.podman", True, None),
+    ("postgres.dns.podman", True, None),  # a container named like a system account
+    ("web.bob.dns.podman", True, "user bob's sub-zone"),
+    ("web.bob.dns.podman", False, "user bob's sub-zone"),
+    ("host.dns.host", True, "outside"),
+    ("dns.podman", True, "outside"),
+    ("web.alice.dns.podman.evil", False, "outside"),
+    ("xalice.dns.podman", False, "outside"),
+])
+def test_confinement(name: str, trusted: bool, why: str | None) -> None:
+    got = scope(trusted).confine(name)
+    if why is None:
+        assert got is None
+    else:
+        assert got is not None and why in got
+
+
+def test_bad_records_are_refused_one_by_one_and_never_raise() -> None:
+    push = decode_push({"records": [
+        rec("ok.alice.dns.podman", "10.0.0.1", "fd00::1"),
+        rec("Ok.Alice.dns.podman.", "10.0.0.2"),  # the same name again, spelled otherwise
+        rec("bad_name.alice.dns.podman", "10.0.0.1"),
+        rec("lo.alice.dns.podman", "127.0.0.1"),
+        rec("ll.alice.dns.podman", "fe80::1"),
+        rec("none.alice.dns.podman"),
+        rec("junk.alice.dns.podman", "10.0.0.1/24"),
+        {"name": 5}, "text", {"name": "x" * 5000, "addresses": ["10.0.0.1"]},
+        {"name": "h.alice.dns.podman", "via": "host", "what": "ctr"},
+    ]}, scope(), max_names=100)
+    assert [(c.name, c.via_host) for c in push.claims] == [
+        ("ok.alice.dns.podman", False), ("h.alice.dns.podman", True)]
+    assert push.claims[0].addresses == (ipaddress.ip_address("10.0.0.1"),
+                                        ipaddress.ip_address("fd00::1"))
+    reasons = [r.reason for r in push.refused]
+    assert len(reasons) == 9
+    assert "listed twice in one push" in reasons
+    assert all(len(r.value) <= 300 for r in push.refused)
+
+
+@pytest.mark.parametrize("params", [
+    {"records": [rec(f"n{i}.alice.dns.podman", "10.0.0.1") for i in range(11)]},
+    {"rejected": [{"value": "x", "reason": "y"}] * 11},
+])
+def test_over_quota_is_refused_whole(params: dict[str, object]) -> None:
+    with pytest.raises(PushRefused) as e:
+        decode_push(params, scope(), max_names=10)
+    assert e.value.code == "quota" and "the limit per user is 10" in e.value.reason
+
+
+def test_not_a_list_is_a_bad_request() -> None:
+    with pytest.raises(PushRefused) as e:
+        decode_push({"records": {"a": 1}}, scope(), max_names=10)
+    assert e.value.code == "bad_request"
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [0, 0, 0]
+    assert bucket.take() == pytest.approx(0.5)
+    now[0] += 0.5
+    assert bucket.take() == 0
+
+
+def test_push_params_say_via_host_for_rootless_records() -> None:
+    prov = Provenance("podman:x", "id1", VIA_HOST, "container web (rootless; ports ...)")
+    other = Provenance("podman:x", "id2", "container", "container db")
+    table = plan([Record("web.alice.dns.podman", (), prov),
+                  Record("db.alice.dns.podman", (ipaddress.ip_address("10.0.0.9"),), other)],
+                 [Rejection(other, "noport", "no published port")])
+    params = push_params(table)
+    assert params["records"] == [
+        {"name": "db.alice.dns.podman", "addresses": ["10.0.0.9"], "what": "container db"},
+        {"name": "web.alice.dns.podman", "via": "host",
+         "what": "container web (rootless; ports ...)"}]
+    assert params["rejected"] == [{"value": "noport", "reason": "no published port",
+                                   "what": "container db"}]
+    # What the user agent pushes is what the system agent accepts back.
+    push = decode_push(params, scope(), max_names=10)
+    assert [c.name for c in push.claims] == ["db.alice.dns.podman", "web.alice.dns.podman"]
+
+
+def test_the_peer_source_runs_in_the_system_agent_only() -> None:
+    from dataclasses import replace
+
+    from agent.config.schema import Config, PeersConfig
+    from agent.sources.peers import PeerSource
+
+    [src] = PeerSource.from_config(Config())
+    assert src.zones == ("dns.podman", "dns.libvirt")
+    assert PeerSource.from_config(replace(Config(), mode="user")) == []
+    assert PeerSource.from_config(replace(Config(), peers=PeersConfig(enabled=False))) == []
