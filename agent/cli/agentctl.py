@@ -25,7 +25,7 @@ from agent import version
 from agent.config.load import default_config_path, default_socket_path, load_config
 from agent.config.schema import ConfigError, ControlConfig
 from agent.control.client import Client, ControlError
-from agent.resolver.setup import run_setup
+from agent.resolvers.setup import run_setup
 
 from . import names as names_out
 from .format import format_status

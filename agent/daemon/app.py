@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,14 @@ from agent import version
 from agent.config.load import load_config
 from agent.config.schema import Config, ConfigError, DnsmasqConfig
 from agent.control.server import ControlServer, Limits, Peer
-from agent.resolver.networkmanager import NetworkManagerWatcher
+from agent.resolvers.networkmanager import NetworkManagerWatcher
 from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
 from agent.sinks.hosts_file import HostsFileSink
 from agent.sinks.peer_push import PeerPushSink
 from agent.sources.base import Source
-from agent.sources.lifecycle import Backoff
+from agent.sources.lifecycle import Backoff, Observed
 from agent.sources.registry import build_sources
 
 from . import status as st
@@ -52,8 +53,7 @@ def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list
         # The bus name finds NetworkManager's dnsmasq; a pid file the user set
         # to something else names another dnsmasq, which must get the signal.
         if nm is not None and config.dnsmasq.pid_file == DnsmasqConfig.pid_file:
-            state = nm.state  # read from the sink's worker thread: one attribute, no lock
-            locator = NetworkManagerLocator(lambda: state.dnsmasq_pid, locator)
+            locator = NetworkManagerLocator(nm, locator)
         sinks.append(AddnHostsSink(config.dnsmasq.addn_hosts, locator))
     if config.hosts_file.enabled:
         sinks.append(HostsFileSink(config.hosts_file.path))
@@ -110,26 +110,29 @@ class Daemon:
 
     # --- sources -----------------------------------------------------------
 
-    async def _supervise(self, src: Source) -> None:
-        """Keep a source running; its lifecycle handles reconnects, this catches bugs."""
+    async def _supervise(self, unit: Observed, body: Callable[[], Awaitable[None]]) -> None:
+        """Keep a source or watcher running; its lifecycle handles reconnects, this
+        catches bugs (a crash restarts it with the same backoff)."""
         backoff = Backoff(1.0, SOURCE_RESTART_MAX_S)
         while True:
             try:
-                await src.run(self.pipeline.store)
+                await body()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 delay = backoff.next()
-                src.record_error(f"crashed: {type(e).__name__}: {e}")
-                src.set_state("disconnected", f"restarting in {delay:.0f}s")
-                src.mark_synced()  # do not block readiness on a broken source
-                log.exception("source crashed", source=src.name)
+                unit.record_error(f"crashed: {type(e).__name__}: {e}")
+                unit.set_state("disconnected", f"restarting in {delay:.0f}s")
+                unit.mark_synced()  # do not block readiness on a broken source
+                log.exception("crashed", unit=unit.name)
                 await asyncio.sleep(delay)
 
     def _start_source(self, src: Source) -> None:
         self.sources[src.name] = src
-        self._tasks[src.name] = asyncio.create_task(self._supervise(src), name=f"source:{src.name}")
+        self._tasks[src.name] = asyncio.create_task(
+            self._supervise(src, lambda: src.run(self.pipeline.store)), name=f"source:{src.name}"
+        )
 
     async def _stop_source(self, name: str) -> None:
         task = self._tasks.pop(name, None)
@@ -160,7 +163,10 @@ class Daemon:
         enabled = config.networkmanager.enabled and config.dnsmasq.enabled
         if enabled and self.nm is None:
             self.nm = NetworkManagerWatcher()
-            self._nm_task = asyncio.create_task(self.nm.run(), name="networkmanager")
+            nm = self.nm
+            self._nm_task = asyncio.create_task(
+                self._supervise(nm, nm.supervise), name="networkmanager"
+            )
             # The first reload must already go to the right pid.
             try:
                 await asyncio.wait_for(self.nm.synced.wait(), STARTUP_SYNC_TIMEOUT_S)

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.model.record import Provenance
 from agent.plan.table import Table
-from agent.resolver.networkmanager import NetworkManagerWatcher
+from agent.resolvers.networkmanager import NetworkManagerWatcher
 from agent.sinks.base import Sink
 from agent.sources.base import Source
 from agent.state.store import StateStore
@@ -140,14 +140,15 @@ def networkmanager_status(nm: NetworkManagerWatcher | None) -> dict[str, Any]:
             "dnsmasq_since": None,
             "advice": None,
         }
-    s = nm.state
+    v, h = nm.view, nm.health
+    bus = {"starting": "connecting", "connected": "connected"}.get(h.state, "unavailable")
     return {
         "watching": True,
-        "bus": s.bus,
-        "bus_error": s.bus_error,
-        "running": s.nm_running,
-        "dns_mode": s.mode,
-        "dnsmasq_pid": s.dnsmasq_pid,
-        "dnsmasq_since": ts(s.dnsmasq_since),
-        "advice": s.advice(),
+        "bus": bus,
+        "bus_error": None if bus == "connected" else h.last_error,
+        "running": v.running,
+        "dns_mode": v.mode,
+        "dnsmasq_pid": v.dnsmasq.pid if v.dnsmasq else None,
+        "dnsmasq_since": ts(v.dnsmasq.since) if v.dnsmasq else None,
+        "advice": v.advice,
     }

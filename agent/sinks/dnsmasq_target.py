@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from agent.resolvers.view import Resolver
 
 LIBVIRT_DNSMASQ_DIR = b"/var/lib/libvirt/dnsmasq/"
 
@@ -133,17 +134,19 @@ def reload_dnsmasq(locator: Locator, proc: Path = Path("/proc")) -> SignalResult
 
 
 class NetworkManagerLocator:
-    """NetworkManager's dnsmasq by its bus name, then the pid file.
+    """NetworkManager's dnsmasq as its watcher last saw it, then the pid file.
 
-    The bus name is authoritative while the bus is up: it follows NM's
-    restarts of dnsmasq. The pid file is the fallback for no bus or no NM.
+    The watcher's view (agent/resolvers/view.py) is authoritative while the
+    bus is up: it follows NM's restarts of dnsmasq. The pid file is the
+    fallback for no bus or no NM. The view is an immutable value replaced
+    whole, so reading it from the sink's worker thread needs no lock.
     """
 
-    def __init__(self, pid_of_bus_name: Callable[[], int | None], fallback: Locator) -> None:
-        self._pid = pid_of_bus_name
+    def __init__(self, resolver: Resolver, fallback: Locator) -> None:
+        self._resolver = resolver
         self._fallback = fallback
 
     def candidates(self) -> list[Candidate]:
-        pid = self._pid()
-        found = [Candidate(pid, "D-Bus name org.freedesktop.NetworkManager.dnsmasq")] if pid else []
+        target = self._resolver.view.dnsmasq
+        found = [Candidate(target.pid, target.via)] if target is not None else []
         return found + self._fallback.candidates()

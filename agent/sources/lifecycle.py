@@ -172,6 +172,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
 
     retry_first_s: float = 1.0
     retry_max_s: float = 30.0
+    while_down: str = "keeping the last snapshot"  # what a lost connection leaves
     _outage = _Outage()  # replaced, never mutated: a shared default is safe
 
     # --- hooks ---------------------------------------------------------------
@@ -293,7 +294,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
         self.mark_synced()  # the daemon must not wait for a service that is down
         fields = {"source": self.name, "error": problem.reason, "fix": problem.fix, "then": then}
         if outage.was_connected:
-            log.warning(f"{self.kind} connection lost; keeping the last snapshot", **fields)
+            log.warning(f"{self.kind} connection lost; {self.while_down}", **fields)
         elif not outage.warned:
             log.warning(f"cannot connect to {self.kind}", **fields)
         else:

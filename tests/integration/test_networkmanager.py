@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config.load import parse_config
-from agent.resolver.setup import render_dropin
+from agent.resolvers.setup import render_dropin
 from tests.harness.agent import Agent, agentctl, toml_config
 from tests.harness.nm import NetworkManager
 from tests.harness.wait import until

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.resolvers.view import DnsmasqTarget, ResolverView
 from agent.sinks.dnsmasq_target import (
     Candidate,
     NetworkManagerLocator,
@@ -196,6 +197,13 @@ def test_process_named_like_dnsmasq_with_parenthesis_in_stat(tmp_path: Path) -> 
     assert "zombie" in (why_not_dnsmasq(77, tmp_path / "proc") or "")
 
 
+@dataclass(frozen=True)
+class Watched:
+    """What the NetworkManager watcher would hold; the locator only reads ``view``."""
+
+    view: ResolverView
+
+
 def test_bus_candidate_first_then_pid_file_when_bus_pid_is_gone(
         tmp_path: Path, recorder: SignalRecorder) -> None:
     """NM replaced its dnsmasq: a stale bus pid is skipped, never signalled, and the
@@ -203,7 +211,9 @@ def test_bus_candidate_first_then_pid_file_when_bus_pid_is_gone(
     gone = subprocess.Popen(["true"])
     gone.wait()
     fallback = pid_file(tmp_path, f"{recorder.pid}\n".encode())
-    locator = NetworkManagerLocator(lambda: gone.pid, fallback)
+    via = "D-Bus name org.freedesktop.NetworkManager.dnsmasq"
+    seen = ResolverView("networkmanager", True, True, "dnsmasq", DnsmasqTarget(gone.pid, via))
+    locator = NetworkManagerLocator(Watched(seen), fallback)
     result = reload_dnsmasq(locator)
     assert not result.sent
     assert result.via == "D-Bus name org.freedesktop.NetworkManager.dnsmasq"

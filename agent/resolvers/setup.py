@@ -19,7 +19,7 @@ from dbus_fast import BusType, MessageType
 from dbus_fast.aio import MessageBus
 
 from agent.config.schema import Config
-from agent.resolver.networkmanager import (
+from agent.resolvers.networkmanager import (
     NM,
     NM_DNSMASQ,
     call,

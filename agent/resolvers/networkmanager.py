@@ -1,0 +1,234 @@
+"""Follow NetworkManager over the system D-Bus: its DNS mode and its dnsmasq's pid.
+
+NetworkManager starts, restarts and replaces its dnsmasq on its own; the bus
+name ``org.freedesktop.NetworkManager.dnsmasq`` always belongs to the live
+one. The watcher keeps the owner's pid current from NameOwnerChanged, so the
+next reload goes to the new process, and never to a pid that has gone. NM
+absent, the bus absent, NM restarting: the watcher says so and keeps
+retrying; nothing here ever signals anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from agent.resolvers.view import DnsmasqTarget, ResolverView
+from agent.sources.lifecycle import Awaited, Lifecycle, Problem
+
+log = structlog.get_logger(component="resolvers.networkmanager")
+
+RESOLVER = "networkmanager"
+DEFAULT_SYSTEM_BUS = "/run/dbus/system_bus_socket"
+
+NM = "org.freedesktop.NetworkManager"
+NM_DNSMASQ = "org.freedesktop.NetworkManager.dnsmasq"
+DNS_MANAGER_PATH = "/org/freedesktop/NetworkManager/DnsManager"
+DNS_MANAGER_IFACE = "org.freedesktop.NetworkManager.DnsManager"
+DBUS = "org.freedesktop.DBus"
+
+
+async def call(
+    bus: MessageBus,
+    destination: str,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: list[object] | None = None,
+) -> Message:
+    reply = await bus.call(
+        Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    assert reply is not None  # only None for calls flagged NO_REPLY_EXPECTED
+    return reply
+
+
+async def name_has_owner(bus: MessageBus, name: str) -> bool:
+    reply = await call(bus, DBUS, "/org/freedesktop/DBus", DBUS, "NameHasOwner", "s", [name])
+    return reply.message_type != MessageType.ERROR and bool(reply.body[0])
+
+
+async def owner_pid(bus: MessageBus, name: str) -> int | None:
+    reply = await call(
+        bus, DBUS, "/org/freedesktop/DBus", DBUS, "GetConnectionUnixProcessID", "s", [name]
+    )
+    if reply.message_type == MessageType.ERROR:
+        return None  # NameHasNoOwner
+    pid = reply.body[0]
+    return int(pid) if isinstance(pid, int) else None
+
+
+async def dns_mode(bus: MessageBus) -> str | None:
+    reply = await call(
+        bus,
+        NM,
+        DNS_MANAGER_PATH,
+        "org.freedesktop.DBus.Properties",
+        "Get",
+        "ss",
+        [DNS_MANAGER_IFACE, "Mode"],
+    )
+    if reply.message_type == MessageType.ERROR:
+        return None
+    value = reply.body[0].value
+    return str(value) if value is not None else None
+
+
+def _match(**rule: str) -> str:
+    return ",".join(f"{k}='{v}'" for k, v in rule.items())
+
+
+def advise(view: ResolverView) -> str | None:
+    """What the user should know about which path serves the names."""
+    if not view.reachable:
+        return "no system D-Bus: cannot see NetworkManager; using the configured pid file"
+    if not view.running:
+        return "NetworkManager is not running; using the configured pid file"
+    if view.mode != "dnsmasq":
+        return (
+            f"NetworkManager DNS mode is {view.mode!r}: names reach local lookups "
+            "through the hosts-file sink (systemd-resolved and glibc read /etc/hosts). "
+            "For the dnsmasq path, set dns=dnsmasq in NetworkManager.conf and run "
+            "'agentctl setup'"
+        )
+    if view.dnsmasq is None:
+        return "NetworkManager is in dnsmasq mode but its dnsmasq is not running yet"
+    return None
+
+
+def system_bus_socket(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The system bus's socket path, if it is a path (not abstract, not TCP)."""
+    address = environ.get("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={DEFAULT_SYSTEM_BUS}")
+    for part in address.split(";"):
+        transport, _, params = part.partition(":")
+        if transport != "unix":
+            continue
+        for kv in params.split(","):
+            key, _, value = kv.partition("=")
+            if key == "path":
+                return Path(value)
+    return None
+
+
+class NetworkManagerWatcher(Lifecycle[MessageBus, ResolverView]):
+    """Keeps ``view`` current: NM's DNS mode, and its dnsmasq by bus name."""
+
+    kind = "system D-Bus"
+    while_down = "using the configured pid file meanwhile"
+    retry_first_s = 1.0
+    retry_max_s = 30.0
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        super().__init__("networkmanager")
+        self._on_change = on_change or (lambda: None)
+        self._view = ResolverView(RESOLVER, advice=advise(ResolverView(RESOLVER)))
+        self._bus: MessageBus | None = None
+        self._refreshing: set[asyncio.Task[None]] = set()
+
+    @property
+    def view(self) -> ResolverView:
+        return self._view
+
+    async def run(self) -> None:
+        await self.supervise()
+
+    # --- lifecycle hooks -----------------------------------------------------
+
+    def wait_available(self) -> Awaited | None:
+        path = system_bus_socket()
+        if path is None:
+            return None
+        return Awaited((path,), "the system D-Bus socket", "start dbus (systemctl start dbus)")
+
+    async def connect(self) -> MessageBus:
+        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+
+    async def subscribe(self, conn: MessageBus) -> None:
+        self._bus = conn
+        conn.add_message_handler(self._on_message)
+        for rule in (
+            _match(type="signal", sender=DBUS, member="NameOwnerChanged", arg0=NM),
+            _match(type="signal", sender=DBUS, member="NameOwnerChanged", arg0=NM_DNSMASQ),
+            _match(
+                type="signal",
+                interface="org.freedesktop.DBus.Properties",
+                member="PropertiesChanged",
+                path=DNS_MANAGER_PATH,
+            ),
+        ):
+            await call(conn, DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
+
+    async def list_all(self, conn: MessageBus) -> ResolverView:
+        """Re-read everything: an event only says which part to look at again."""
+        running = await name_has_owner(conn, NM)
+        mode = await dns_mode(conn) if running else None
+        pid = await owner_pid(conn, NM_DNSMASQ)
+        old = self._view.dnsmasq
+        target = None
+        if pid is not None:
+            since = old.since if old is not None and old.pid == pid else time.time()
+            target = DnsmasqTarget(pid, f"D-Bus name {NM_DNSMASQ}", since)
+        return ResolverView(RESOLVER, True, running, mode, target)
+
+    def take(self, snapshot: ResolverView) -> None:
+        view = replace(snapshot, advice=advise(snapshot), changed=self._view.changed)
+        if view == self._view:
+            return
+        self._view = replace(view, changed=time.time())
+        pid = view.dnsmasq.pid if view.dnsmasq else None
+        log.info("NetworkManager state", reachable=view.reachable, nm_running=view.running,
+                 mode=view.mode, dnsmasq_pid=pid)
+        self._on_change()
+
+    async def follow(self, conn: MessageBus) -> str:
+        await conn.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        return "system bus connection closed"
+
+    async def disconnect(self, conn: MessageBus) -> None:
+        self._bus = None
+        for task in list(self._refreshing):
+            task.cancel()
+        conn.disconnect()
+
+    def on_disconnected(self) -> None:
+        # Without the bus, nothing says the cached pid is still NM's dnsmasq.
+        self.take(ResolverView(RESOLVER))
+
+    def describe(self, error: BaseException) -> Problem:
+        return Problem(f"system D-Bus: {type(error).__name__}: {error}")
+
+    # --- signals ---------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return
+        relevant = (
+            msg.member == "NameOwnerChanged" and msg.body and msg.body[0] in (NM, NM_DNSMASQ)
+        ) or (msg.member == "PropertiesChanged" and msg.path == DNS_MANAGER_PATH)
+        if relevant and self._bus is not None:
+            task = asyncio.get_running_loop().create_task(self._refresh(self._bus))
+            self._refreshing.add(task)
+            task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, bus: MessageBus) -> None:
+        self.saw_event()
+        try:
+            self.take(await self.list_all(bus))
+        except Exception as e:  # the bus went away mid-call: the lifecycle reconnects
+            log.debug("refresh failed", error=str(e))
