@@ -166,6 +166,10 @@ class Observed:
     def mark_synced(self) -> None:
         self.synced.set()
 
+    def fix_hint(self) -> str | None:
+        """The plain fix for what fails now (status shows it), if one is known."""
+        return None
+
 
 class Lifecycle(Observed, ABC, Generic[C, S]):
     """Connection supervision; subclasses supply the hooks below."""
@@ -174,6 +178,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
     retry_max_s: float = 30.0
     while_down: str = "keeping the last snapshot"  # what a lost connection leaves
     _outage = _Outage()  # replaced, never mutated: a shared default is safe
+    _problem: Problem | None = None  # what fails now; None while connected
 
     # --- hooks ---------------------------------------------------------------
 
@@ -278,7 +283,11 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.disconnect(conn))
 
+    def fix_hint(self) -> str | None:
+        return None if self._problem is None else self._problem.fix
+
     def _connected(self) -> None:
+        self._problem = None
         outage, self._outage = self._outage, _Outage(was_connected=True)
         self.set_state("connected", self.connected_detail())
         self.mark_synced()
@@ -289,6 +298,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
 
     def _failed(self, problem: Problem, then: str) -> None:
         outage = self._outage
+        self._problem = problem
         self.record_error(str(problem))
         self.set_state("disconnected", self.failed_detail(problem, then))
         self.mark_synced()  # the daemon must not wait for a service that is down

@@ -176,11 +176,13 @@ def test_backoff_doubles_while_present_and_failing(tmp_path: Path) -> None:
         assert src.health.state == "disconnected"
         assert src.health.detail == "refused: ECONNREFUSED; reconnecting in 0.01s"
         assert src.health.last_error == "refused: ECONNREFUSED (start the service)"
+        assert src.fix_hint() == "start the service"
         details = set()
         while src.health.state != "connected":
             details.add(src.health.detail)
             await asyncio.sleep(0.001)
         assert {d for d in details if d and "0.04s" in d}  # capped at retry_max_s
+        assert src.fix_hint() is None
         assert src.connects == 5
         await cancel(task)
 
