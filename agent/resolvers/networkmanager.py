@@ -16,13 +16,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from dbus_fast import BusType, Message, MessageType
-from dbus_fast.aio import MessageBus
 
 from agent.resolvers.view import DnsmasqTarget, ResolverView
 from agent.sources.lifecycle import Awaited, Lifecycle, Problem
+
+if TYPE_CHECKING:
+    # Imported where used: a machine without a system bus never loads dbus-fast.
+    from dbus_fast import Message
+    from dbus_fast.aio import MessageBus
 
 log = structlog.get_logger(component="resolvers.networkmanager")
 
@@ -45,6 +49,8 @@ async def call(
     signature: str = "",
     body: list[object] | None = None,
 ) -> Message:
+    from dbus_fast import Message
+
     reply = await bus.call(
         Message(
             destination=destination,
@@ -60,11 +66,15 @@ async def call(
 
 
 async def name_has_owner(bus: MessageBus, name: str) -> bool:
+    from dbus_fast import MessageType
+
     reply = await call(bus, DBUS, "/org/freedesktop/DBus", DBUS, "NameHasOwner", "s", [name])
     return reply.message_type != MessageType.ERROR and bool(reply.body[0])
 
 
 async def owner_pid(bus: MessageBus, name: str) -> int | None:
+    from dbus_fast import MessageType
+
     reply = await call(
         bus, DBUS, "/org/freedesktop/DBus", DBUS, "GetConnectionUnixProcessID", "s", [name]
     )
@@ -75,6 +85,8 @@ async def owner_pid(bus: MessageBus, name: str) -> int | None:
 
 
 async def dns_mode(bus: MessageBus) -> str | None:
+    from dbus_fast import MessageType
+
     reply = await call(
         bus,
         NM,
@@ -126,7 +138,7 @@ def system_bus_socket(environ: Mapping[str, str] = os.environ) -> Path | None:
     return None
 
 
-class NetworkManagerWatcher(Lifecycle[MessageBus, ResolverView]):
+class NetworkManagerWatcher(Lifecycle["MessageBus", ResolverView]):
     """Keeps ``view`` current: NM's DNS mode, and its dnsmasq by bus name."""
 
     kind = "system D-Bus"
@@ -157,6 +169,9 @@ class NetworkManagerWatcher(Lifecycle[MessageBus, ResolverView]):
         return Awaited((path,), "the system D-Bus socket", "start dbus (systemctl start dbus)")
 
     async def connect(self) -> MessageBus:
+        from dbus_fast import BusType
+        from dbus_fast.aio import MessageBus
+
         return await MessageBus(bus_type=BusType.SYSTEM).connect()
 
     async def subscribe(self, conn: MessageBus) -> None:
@@ -216,6 +231,8 @@ class NetworkManagerWatcher(Lifecycle[MessageBus, ResolverView]):
     # --- signals ---------------------------------------------------------------
 
     def _on_message(self, msg: Message) -> None:
+        from dbus_fast import MessageType
+
         if msg.message_type != MessageType.SIGNAL:
             return
         relevant = (
