@@ -155,6 +155,7 @@ class ControlServer:
         max_line: int = protocol.MAX_LINE,
         on_open: Callable[[Peer], None] | None = None,
         on_close: Callable[[Peer], None] | None = None,
+        on_refused: Callable[[Peer, str, str], None] | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
@@ -164,6 +165,7 @@ class ControlServer:
         self.max_line = max_line
         self._on_open = on_open
         self._on_close = on_close
+        self._on_refused = on_refused  # (peer, code, message) of a line refused unread
         self.limits = effective_limits(limits or Limits())
         self._listener: socket.socket | None = None
         self._per_uid: Counter[int] = Counter()
@@ -347,6 +349,8 @@ class ControlServer:
             try:
                 line = await self._read_line(reader, buf)
             except protocol.ProtocolError as e:
+                if self._on_refused is not None:
+                    self._on_refused(peer, e.code, e.message)
                 await self._send(writer, protocol.error(None, e.code, e.message))
                 return
             if line is None:

@@ -52,6 +52,9 @@ class PeerState:
     uid: int
     user: str | None  # the sub-zone label; None: this uid may not publish at all
     why_not: str | None = None
+    identified: bool = False
+    started: int = 0  # pushes begun: the newest applied wins, whatever finishes first
+    applied: int = 0
     pid: int | None = None
     connections: int = 0
     connected_since: float | None = None
@@ -64,6 +67,16 @@ class PeerState:
     push: Push | None = None  # the last accepted push
     bucket: TokenBucket | None = None
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+def _identity(uid: int) -> tuple[str | None, str | None]:
+    """(sub-zone label, None) or (None, why this uid may not publish)."""
+    try:
+        return user_label(uid), None
+    except KeyError:
+        return None, f"uid {uid} has no user name (passwd)"
+    except InvalidName as e:
+        return None, f"user name {e.value!r} has no DNS spelling: {e.reason}"
 
 
 class _HostCapture:
@@ -116,16 +129,17 @@ class PeerSource(ServiceSource[ControlServer]):
         state = self._peers.get(peer.uid)
         if state is None:
             state = PeerState(peer.uid, None)
-            try:
-                state.user = user_label(peer.uid)
-            except KeyError:
-                state.why_not = f"uid {peer.uid} has no user name (passwd)"
-            except InvalidName as e:
-                state.why_not = f"user name {e.value!r} has no DNS spelling: {e.reason}"
             state.bucket = TokenBucket(self.config.push_rate, self.config.push_burst)
             self._peers[peer.uid] = state
         state.pid = peer.pid
         return state
+
+    async def _identify(self, state: PeerState) -> None:
+        """Who the uid is, once: passwd may be LDAP/sssd, so never on the loop."""
+        if state.identified:
+            return
+        state.user, state.why_not = await asyncio.to_thread(_identity, state.uid)
+        state.identified = True
 
     def _scope(self, state: PeerState) -> Scope:
         assert state.user is not None
@@ -180,6 +194,7 @@ class PeerSource(ServiceSource[ControlServer]):
 
     async def _h_hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
         state = self._peer(peer)
+        await self._identify(state)
         scope = None if state.user is None else self._scope(state)
         return {
             "protocol": PROTOCOL,
@@ -202,8 +217,15 @@ class PeerSource(ServiceSource[ControlServer]):
         self._show()
         return protocol.ProtocolError(code, reason)
 
+    def _line_refused(self, peer: Peer, code: str, message: str) -> None:
+        if code == "too_large":
+            message = (f"a message larger than {self.config.max_message_bytes} bytes "
+                       "([peers] max_message_bytes); connection closed")
+        self._refuse(self._peer(peer), code, message)
+
     async def _h_push(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
         state = self._peer(peer)
+        await self._identify(state)
         if state.user is None:
             raise self._refuse(state, "permission_denied", state.why_not or "refused")
         assert state.bucket is not None
@@ -212,10 +234,18 @@ class PeerSource(ServiceSource[ControlServer]):
             raise self._refuse(state, "rate_limited",
                                f"more than {self.config.push_rate:g} pushes per second "
                                f"([peers] push_rate); retry in {wait * 1000:.0f} ms")
+        state.started += 1
+        ticket = state.started
         try:
-            push = decode_push(params, self._scope(state), self.config.max_names)
+            # Bounded work, but it asks passwd about sub-zone owners: in a thread.
+            push = await asyncio.to_thread(decode_push, params, self._scope(state),
+                                           self.config.max_names)
         except PushRefused as e:
             raise self._refuse(state, e.code, e.reason) from None
+        if ticket < state.applied:
+            # A later push (another connection of this uid) was applied meanwhile.
+            return {"accepted": 0, "refused": [], "superseded": True}
+        state.applied = ticket
         state.push = push
         state.pushes += 1
         state.last_push = time.time()
@@ -308,7 +338,7 @@ class PeerSource(ServiceSource[ControlServer]):
         server = ControlServer(
             self.config.socket, {"hello": self._h_hello, "push": self._h_push}, (), limits,
             open_to_all=True, max_line=self.config.max_message_bytes,
-            on_open=self._opened, on_close=self._closed)
+            on_open=self._opened, on_close=self._closed, on_refused=self._line_refused)
         await server.start()
         return server
 

@@ -191,6 +191,9 @@ def test_a_hostile_user_gets_only_its_own_subzone_within_quota(
         # A line longer than max_message_bytes (1 MiB): refused, connection closed.
         reply = client.send(f"RAW {2 << 20}")
         assert reply.get("error", {}).get("code") == "too_large" or reply.get("eof"), reply
+        entry = until(lambda: (e := peer_entry(system, bob.uid)) and "max_message_bytes"
+                      in (e["last_refusal"] or "") and e, what="too large shown")
+        assert entry["refused_pushes"] >= 2
     finally:
         client.close()
 

@@ -36,6 +36,14 @@ class Nic:
     network: str | None  # libvirt network name (type='network')
     bridge: str | None  # host bridge, where the XML says (live XML of a running domain)
     alias: str | None  # the user alias without its "ua-" prefix
+    # User-mode networking (type='user', passt): <portForward> rules that the host
+    # publishes, e.g. "tcp 0.0.0.0:2222->22"; what makes such a VM reachable.
+    forwards: tuple[str, ...] = ()
+
+    @property
+    def reachable_forwards(self) -> tuple[str, ...]:
+        return tuple(f for f in self.forwards if not f.split(" ", 1)[1].startswith(
+            ("127.", "[::1]", "localhost")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,24 @@ class Domain:
     name: str
     active: bool
     nics: tuple[Nic, ...]
+
+
+def _forwards(iface: ET.Element) -> tuple[str, ...]:
+    """A user-mode NIC's port forwards (libvirt's passt backend), as shown in status."""
+    if iface.get("type") != "user":
+        return ()
+    out = []
+    for fwd in iface.findall("portForward"):
+        proto = fwd.get("proto", "tcp")
+        address = fwd.get("address") or "0.0.0.0"
+        host = f"[{address}]" if ":" in address else address
+        for rng in fwd.findall("range"):
+            start, end, to = rng.get("start"), rng.get("end"), rng.get("to")
+            if not start or rng.get("exclude") == "yes":
+                continue
+            ports = f"{start}-{end}" if end else start
+            out.append(f"{proto} {host}:{ports}->{to or start}")
+    return tuple(out)
 
 
 def parse_domain(xml: str, *, active: bool) -> Domain:
@@ -78,6 +104,7 @@ def parse_domain(xml: str, *, active: bool) -> Domain:
                 network=src.get("network") if src is not None and kind == "network" else None,
                 bridge=bridge,
                 alias=user_alias,
+                forwards=_forwards(iface),
             )
         )
     return Domain(uuid=uuid, name=name, active=active, nics=tuple(nics))

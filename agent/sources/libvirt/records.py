@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from agent.model.names import InvalidName, join, normalise_label
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
+from agent.peer.wire import VIA_HOST
 from agent.sources.libvirt.domain_xml import Domain, Nic
 from agent.sources.libvirt.leases import Lease, current
 
@@ -46,6 +47,32 @@ def nic_bridge(nic: Nic, bridges: Mapping[str, str]) -> str | None:
     if nic.bridge:
         return nic.bridge
     return bridges.get(nic.network) if nic.network else None
+
+
+USER_MODE_NO_FORWARD = ("user-mode network (slirp/passt) and no port forward on a "
+                        "non-loopback address: unreachable outside the VM")
+
+
+def user_mode_state(dom: Domain, naming: Naming) -> ObjectState | None:
+    """A domain whose NICs are all user-mode (qemu:///session's default): reachable only
+    through the ports the host forwards to it, so its name answers the host's own
+    addresses if it has any such forward (a "via host" record, agent/peer/wire.py);
+    else it is refused with the reason. None: not such a domain."""
+    if not dom.nics or any(nic.kind != "user" for nic in dom.nics):
+        return None
+    forwards = [f for nic in dom.nics for f in nic.reachable_forwards]
+    display = f"domain {dom.name!r} on {naming.uri}"
+    if not forwards:
+        prov = Provenance(naming.source, dom.uuid, "domain", display)
+        return ObjectState(rejections=(Rejection(prov, dom.name, USER_MODE_NO_FORWARD),))
+    prov = Provenance(naming.source, dom.uuid, VIA_HOST,
+                      f"{display} (user-mode network; the host's addresses, forwards "
+                      f"{', '.join(forwards)})")
+    try:
+        name = join(normalise_label(dom.name), naming.zone)
+    except InvalidName as e:
+        return ObjectState(rejections=(Rejection(prov, dom.name, e.reason),))
+    return ObjectState(records=(Record(name, (), prov),))
 
 
 def domain_state(
@@ -148,7 +175,8 @@ def snapshot(
         if not dom.active:
             continue
         summary.running += 1
-        state = domain_state(dom, naming, bridges, live, probed.get(dom.uuid, {}))
+        state = user_mode_state(dom, naming) or domain_state(
+            dom, naming, bridges, live, probed.get(dom.uuid, {}))
         if state.records:
             summary.published += 1
         elif not state.rejections:

@@ -312,6 +312,9 @@ class LibvirtSource(ServiceSource[_Conn]):
         api.probed = unsuperseded(api.probed, api.domains, api.bridges, leased)
         objects, summary = snapshot(
             api.domains.values(), self._naming, api.bridges, leases, api.probed, now,
+            # A session agent reads the system's lease files for its bridged NICs;
+            # the leases of the system's own VMs are none of its business.
+            report_unmatched=not self.uri.rstrip("/").endswith("/session"),
         )
         parts = [f"{summary.running} running, {summary.published} named"]
         if summary.waiting:
