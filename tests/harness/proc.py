@@ -83,8 +83,13 @@ def cgroups(pid: Pid) -> str:
 
 def status(pid: Pid) -> dict[str, str]:
     """/proc/PID/status as a dict ({} if gone): "CapBnd", "NoNewPrivs", "Seccomp", ..."""
+    return parse_status(_read(f"/proc/{pid}/status"))
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """The text of a /proc/PID/status file (read here or inside a container) as a dict."""
     fields = {}
-    for line in _read(f"/proc/{pid}/status").splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return fields
@@ -145,8 +150,13 @@ class Mount:
 
 def mounts(pid: Pid = "self") -> list[Mount]:
     """The mount table of ``pid``'s mount namespace, in mountinfo order."""
+    return parse_mountinfo(_read(f"/proc/{pid}/mountinfo"))
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The text of a /proc/PID/mountinfo file (read here or inside a container)."""
     found = []
-    for line in _read(f"/proc/{pid}/mountinfo").splitlines():
+    for line in text.splitlines():
         fields = line.split()
         sep = fields.index("-")
         found.append(Mount(point=fields[4], fstype=fields[sep + 1],

@@ -95,6 +95,7 @@ def query(rpm: Path, *args: str) -> list[str]:
 def extract(rpm: Path, root: Path) -> None:
     """The RPM's payload laid out under ``root``, as rpm would install it (no scriptlets)."""
     root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # it stands for "/" (copied onto a container's root with cp -a)
     cpio = subprocess.run(["rpm2cpio", str(rpm)], check=True, capture_output=True, timeout=60)
     subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], cwd=root,
                    input=cpio.stdout, check=True, capture_output=True, timeout=60)

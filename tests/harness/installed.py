@@ -1,0 +1,85 @@
+"""namesync installed inside a booted container the way its RPM lays it out.
+
+The files are the RPM's own payload (rpm2cpio of the package built from the
+spec: units, tmpfiles, preset, config, man pages, the Python package in
+Fedora's sitelib), and the package's own %post scriptlet runs. What a Debian
+container cannot do like Fedora is bridged, each bridge said here:
+
+- Fedora's python3 reads /usr/lib/python3.X/site-packages; Debian's does
+  not: one .pth file in Debian's dist-packages adds it to sys.path.
+- The Python dependencies (Fedora's python3-* packages) are wheels built on
+  this host (`pip wheel`, cached per requirement list and Python version)
+  and installed with pip inside: a venv made on the host does not work in
+  the container (another python).
+- Debian's systemd 252 has no systemd-update-helper, so %post's "install
+  system units" step (which runs `systemctl preset`) is a no-op there; it is
+  done by hand, exactly as the helper does it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from . import rpm
+from .isolation import isolated
+from .nspawn import Container
+from .rootfs import CACHE
+
+PAYLOAD = "/namesync-test/payload"
+WHEELS = "/namesync-test/wheels"
+SITELIB_PTH = "/usr/lib/python3/dist-packages/zz-fedora-sitelib.pth"
+
+
+def requirements() -> list[str]:
+    """namesync's runtime dependencies, with the libvirt binding (python3-libvirt)."""
+    project = tomllib.loads((rpm.REPO / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["libvirt"]]
+
+
+def dependency_wheels(python: str = sys.executable) -> Path:
+    """A directory of wheels for requirements(), built once per machine and list."""
+    reqs = requirements()
+    version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    key = hashlib.sha256("\n".join([version, *sorted(reqs)]).encode()).hexdigest()[:16]
+    target = CACHE / f"wheels-{key}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        tmp = target.with_name(target.name + ".building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        # The test session has a private network namespace (isolation.py) with only
+        # lo: pip fetches in the one pytest was started in (its parent's), where it
+        # would have run without the isolation. It only writes into the cache.
+        net = ["nsenter", f"--net=/proc/{os.getppid()}/ns/net", "--"] if isolated() else []
+        r = subprocess.run([*net, python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(tmp),
+                            *reqs], capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"pip wheel failed:\n{r.stderr[-4000:]}")
+        (tmp / ".complete").write_text("\n".join(reqs) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+
+
+def install(c: Container, main_rpm: Path) -> None:
+    """Lay out ``main_rpm`` (bound at PAYLOAD, unpacked) in ``c`` and run its %post."""
+    sitelib = rpm.rpm_eval("%{python3_sitelib}")
+    c.sh(f"cp -a {PAYLOAD}/. / && echo {sitelib} > {SITELIB_PTH}")
+    c.run("python3", "-m", "pip", "install", "-q", "--no-index", "--find-links", WHEELS,
+          "--break-system-packages", "--root-user-action=ignore", *requirements(), timeout=300)
+    postin = rpm.query(main_rpm, "--qf", "%{POSTIN}")
+    c.run("systemctl", "daemon-reload")
+    c.run("sh", "-s", "--", "1", input="\n".join(postin) + "\n")  # $1 = 1: first install
+    # What systemd-update-helper install-system-units does (absent on Debian 252).
+    c.run("systemctl", "--no-reload", "preset", "namesync.service")

@@ -1,0 +1,255 @@
+"""Both units under a real systemd 252 (systemd-nspawn), installed from the RPM built here.
+
+One container for the module: a Debian rootfs (tests/harness/rootfs.py,
+cached), booted with --volatile=overlay, namesync installed from the RPM's
+payload with its %post (tests/harness/installed.py), a real dnsmasq as a
+unit of that systemd serving /run/namesync/addn-hosts, and dig asking it.
+What a user relies on: `systemctl start` returns once names answer;
+`systemctl reload` returns once the new names answer (no waiting) and fails,
+keeping the old names, on a refused config; names survive stop/start and a
+crash (Restart=on-failure); the sandbox is really applied (read from /proc
+inside, not from `systemd-analyze security`, which scores the unit file);
+the user unit reaches READY under user@UID.service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.harness import installed, nspawn, rootfs
+from tests.harness import rpm as rpmh
+from tests.harness.dns import Answer, dig
+from tests.harness.proc import parse_mountinfo, parse_status
+from tests.harness.wait import until
+
+pytestmark = [pytest.mark.integration, pytest.mark.systemd]
+
+DNSMASQ_UNIT = """\
+[Unit]
+Description=the test's dnsmasq, serving namesync's addn-hosts
+[Service]
+ExecStart=/usr/sbin/dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
+ --listen-address=127.0.0.1 --port=53 --addn-hosts=/run/namesync/addn-hosts \
+ --pid-file=/run/test-dnsmasq.pid --local=/dns.test/ --log-facility=/run/test-dnsmasq.log
+"""
+# Every source that would need a daemon this container lacks is off: the test
+# is about the units, not the sources.
+CONFIG = """\
+[daemon]
+log_level = "debug"
+[dnsmasq]
+addn_hosts = "/run/namesync/addn-hosts"
+pid_file = "/run/test-dnsmasq.pid"
+local_zones = ["dns.test"]
+[hosts_file]
+path = "/etc/hosts"
+[networkmanager]
+enabled = false
+[host]
+enabled = false
+[libvirt]
+enabled = false
+[podman]
+enabled = false
+"""
+USER_CONFIG = """\
+[dnsmasq]
+enabled = false
+[hosts_file]
+path = "/home/tester/hosts"
+[networkmanager]
+enabled = false
+[host]
+enabled = false
+[libvirt]
+enabled = false
+[podman]
+enabled = false
+[[static]]
+name = "mine.dns.test"
+addresses = ["10.7.0.1"]
+"""
+# CapabilityBoundingSet=CAP_KILL CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER
+CAP_BND = (1 << 5) | (1 << 1) | (1 << 2) | (1 << 0) | (1 << 3)
+
+
+def static(names: dict[str, str]) -> str:
+    return "".join(f'[[static]]\nname = "{n}"\naddresses = ["{a}"]\n' for n, a in names.items())
+
+
+@dataclass
+class System:
+    c: nspawn.Container
+
+    def ask(self, name: str) -> Answer:
+        assert self.c.pid1 is not None
+        return dig(name, prefix=("nsenter", "-t", str(self.c.pid1), "-a", "--"))
+
+    def systemctl(self, *args: str, check: bool = True) -> str:
+        return self.c.run("systemctl", *args, check=check).stdout.strip()
+
+    def prop(self, unit: str, name: str) -> str:
+        return self.systemctl("show", "-p", name, "--value", unit)
+
+    def configure(self, names: dict[str, str], extra: str = "") -> None:
+        self.c.write("/etc/namesync/config.toml", CONFIG + static(names) + extra)
+
+
+@pytest.fixture(scope="module")
+def system(rpm_build: rpmh.Build, rpm_root: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    for why in (rootfs.unavailable(), nspawn.unavailable()):
+        if why:
+            pytest.skip(why)
+    wheels = installed.dependency_wheels()
+    c = nspawn.Container(rootfs.build(), tmp_path_factory.mktemp("nspawn"),
+                         ro_binds=[(rpm_root, installed.PAYLOAD), (wheels, installed.WHEELS)])
+    c.boot()
+    try:
+        installed.install(c, rpm_build.rpms["namesync"])
+        c.write("/etc/systemd/system/test-dnsmasq.service", DNSMASQ_UNIT)
+        c.run("systemctl", "daemon-reload")
+        c.run("systemctl", "start", "test-dnsmasq.service")
+        yield System(c)
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def running(system: System) -> System:
+    """namesync (re)started on the base config: web.dns.test only."""
+    system.configure({"web.dns.test": "10.1.0.1"})
+    # One restart per test: clear StartLimitBurst's count (5 starts in 60 s).
+    system.systemctl("reset-failed", "namesync.service", check=False)
+    system.systemctl("restart", "namesync.service")
+    return system
+
+
+def test_installed_from_the_rpm_enabled_by_preset_and_verified(system: System) -> None:
+    assert system.systemctl("is-enabled", "namesync.service") == "enabled"  # the preset
+    assert system.c.run("test", "-f", "/run/namesync/addn-hosts").returncode == 0  # tmpfiles
+    verify = system.c.run("systemd-analyze", "verify", "namesync.service", check=False)
+    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+
+
+def test_start_returns_when_ready_and_names_answer(running: System) -> None:
+    s = running
+    assert s.prop("namesync.service", "ActiveState") == "active"
+    assert s.prop("namesync.service", "StatusErrno") == "0"
+    # Type=notify: start returned after READY=1, which comes after the first sync.
+    assert s.ask("web.dns.test").records == ("10.1.0.1",)
+    assert "web.dns.test" in s.c.host_path("/etc/hosts").read_text()
+
+
+def test_reload_is_synchronous(running: System) -> None:
+    s = running
+    s.configure({"web.dns.test": "10.1.0.1", "new.dns.test": "10.1.0.2"})
+    s.systemctl("reload", "namesync.service")
+    assert s.ask("new.dns.test").records == ("10.1.0.2",)  # at once, no polling
+    assert s.prop("namesync.service", "ActiveState") == "active"
+
+
+def test_refused_reload_fails_and_keeps_serving_the_old_names(running: System) -> None:
+    s = running
+    pid = s.prop("namesync.service", "MainPID")
+    s.configure({"web.dns.test": "10.1.0.9", "x..dns.test": "10.1.0.3"})
+    r = s.c.run("systemctl", "reload", "namesync.service", check=False)
+    assert r.returncode != 0
+    journal = s.c.run("journalctl", "-u", "namesync.service", "-o", "cat", "--no-pager").stdout
+    assert "empty label" in journal  # agentctl's stderr: the reason, in the unit's journal
+    assert s.ask("web.dns.test").records == ("10.1.0.1",)
+    assert s.prop("namesync.service", "ActiveState") == "active"
+    assert s.prop("namesync.service", "MainPID") == pid
+
+
+def test_stop_keeps_the_names_and_start_serves_them_again(running: System) -> None:
+    s = running
+    s.systemctl("stop", "namesync.service")
+    assert s.prop("namesync.service", "ActiveState") == "inactive"
+    # RuntimeDirectoryPreserve=yes: dnsmasq still serves the last published names.
+    assert "web.dns.test" in s.c.host_path("/run/namesync/addn-hosts").read_text()
+    assert s.ask("web.dns.test").records == ("10.1.0.1",)
+    s.configure({"web.dns.test": "10.1.0.1", "after.dns.test": "10.1.0.4"})
+    s.systemctl("start", "namesync.service")
+    assert s.ask("after.dns.test").records == ("10.1.0.4",)
+
+
+def test_restart_on_failure_after_sigkill(running: System) -> None:
+    s = running
+    pid = s.prop("namesync.service", "MainPID")
+    s.c.run("kill", "-KILL", pid)
+    until(lambda: s.prop("namesync.service", "MainPID") not in ("0", pid)
+          and s.prop("namesync.service", "ActiveState") == "active",
+          timeout=20, interval=0.05, what="namesync restarted by systemd")
+    assert s.prop("namesync.service", "NRestarts") == "1"
+    assert s.ask("web.dns.test").records == ("10.1.0.1",)
+
+
+def test_sandbox_is_applied_to_the_running_process(running: System) -> None:
+    s = running
+    pid = s.prop("namesync.service", "MainPID")
+    st = parse_status(s.c.run("cat", f"/proc/{pid}/status").stdout)
+    assert int(st["CapBnd"], 16) == CAP_BND
+    assert st["NoNewPrivs"] == "1"
+    assert st["Seccomp"] == "2"  # filter mode: SystemCallFilter=@system-service
+    mounts = {m.point: m for m in parse_mountinfo(s.c.run("cat", f"/proc/{pid}/mountinfo").stdout)}
+    for path in ("/usr", "/boot", "/home", "/proc/sys"):
+        assert path in mounts and mounts[path].read_only, path
+    # /etc stays writable (the hosts file is replaced by rename in /etc), and so
+    # does / itself: ProtectSystem=yes, not full or strict.
+    assert "/etc" not in mounts and not mounts["/"].read_only
+    assert mounts["/tmp"].fstype == "tmpfs"  # PrivateTmp=yes
+
+
+@dataclass
+class UserSession:
+    """A real user with a running user@UID.service in the container: the hook for the
+    user-session tests (issue 12) to add publishing through the system agent."""
+
+    system: System
+    name: str
+    uid: int
+
+    @property
+    def runtime_dir(self) -> str:
+        return f"/run/user/{self.uid}"
+
+    def run(self, *argv: str, check: bool = True) -> str:
+        return self.system.c.run("runuser", "-u", self.name, "--", "env",
+                                 f"XDG_RUNTIME_DIR={self.runtime_dir}", *argv,
+                                 check=check).stdout.strip()
+
+    def systemctl(self, *args: str, check: bool = True) -> str:
+        return self.run("systemctl", "--user", *args, check=check)
+
+    def write(self, path: str, text: str) -> None:
+        self.system.c.write(path, text)
+        self.system.c.run("chown", f"{self.name}:", path)
+
+
+@pytest.fixture(scope="module")
+def user_session(system: System) -> Iterator[UserSession]:
+    c = system.c
+    c.run("useradd", "--create-home", "--uid", "1000", "tester")
+    c.run("systemctl", "start", "user@1000.service")
+    u = UserSession(system, "tester", 1000)
+    u.run("mkdir", "-p", "/home/tester/.config/namesync")
+    yield u
+    c.run("systemctl", "stop", "user@1000.service", check=False)
+
+
+def test_user_unit_reaches_ready_under_user_manager(user_session: UserSession) -> None:
+    u = user_session
+    u.write("/home/tester/.config/namesync/config.toml", USER_CONFIG)
+    u.write("/home/tester/hosts", "127.0.0.1 localhost\n")
+    verify = u.run("systemd-analyze", "--user", "verify", "namesync.service", check=False)
+    assert verify == "", verify
+    u.systemctl("start", "namesync.service")  # returns after the user agent's READY=1
+    assert u.systemctl("show", "-p", "ActiveState", "--value", "namesync.service") == "active"
+    assert u.systemctl("show", "-p", "Type", "--value", "namesync.service") == "notify"
+    assert "mine.dns.test" in u.system.c.host_path("/home/tester/hosts").read_text()
+    u.systemctl("stop", "namesync.service")
