@@ -22,6 +22,7 @@ import pytest
 
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.libvirt import Libvirtd, Network
 from tests.harness.proc import terminate
 from tests.harness.rootless import Session, user_python_problem
 from tests.harness.users import User, ensure_user, remove
@@ -357,3 +358,62 @@ def test_user_agent_killed_grace_then_gone_and_system_restart_repushes(
     alice_agent.start()
     until(lambda: dnsmasq.query(web).records == (HOST_IP,), timeout=15,
           what=f"{web} back with the user agent")
+
+
+# --- session VMs -------------------------------------------------------------------
+
+SESSION_DOMAINS = """<node>
+  <domain type='test'><name>vm1</name><uuid>aaaaaaaa-0000-0000-0000-000000000001</uuid>
+    <memory>65536</memory><os><type>hvm</type></os><devices>
+      <interface type='bridge'><mac address='{mac}'/><source bridge='{bridge}'/></interface>
+    </devices></domain>
+  <domain type='test'><name>boxes</name><uuid>aaaaaaaa-0000-0000-0000-000000000002</uuid>
+    <memory>65536</memory><os><type>hvm</type></os><devices>
+      <interface type='user'><mac address='52:54:00:aa:00:02'/>
+        <portForward proto='tcp'><range start='2222' to='22'/></portForward></interface>
+    </devices></domain>
+  <domain type='test'><name>closed</name><uuid>aaaaaaaa-0000-0000-0000-000000000003</uuid>
+    <memory>65536</memory><os><type>hvm</type></os><devices>
+      <interface type='user'><mac address='52:54:00:aa:00:03'/></interface>
+    </devices></domain>
+</node>
+"""
+
+
+@pytest.mark.libvirt
+def test_session_vms_bridged_take_the_system_lease_user_mode_needs_a_forward(
+        libvirtd: Libvirtd, libvirt_network: Network, system: Agent, dnsmasq: Dnsmasq,
+        alice_session: Session, users: tuple[User, User], public_tmp: Path) -> None:
+    """QEMU is not installed here (no real qemu:///session guest): the session domains come
+    from libvirt's test driver, run in the user agent as the real user; the lease is real,
+    taken by an LXC guest on a real libvirt network and read from libvirt's real lease
+    file. A session VM bridged onto that network (qemu-bridge-helper) has exactly that."""
+    alice = users[0]
+    guest = libvirtd.guest("donor", [libvirt_network])
+    ip = guest.wait_for_lease()
+    mac = guest.macs()[0]
+    guest.destroy()  # its lease stays in the file; the session VM below has its MAC
+    nodes = public_tmp / "session-domains.xml"
+    nodes.write_text(SESSION_DOMAINS.format(mac=mac, bridge=libvirt_network.bridge))
+    nodes.chmod(0o644)
+    agent = UserAgent(alice_session, public_tmp / "alice-vms")
+    agent.set_config(f'[daemon]\ncoalesce_ms = 20\nlog_level = "debug"\n'
+                     f'[peers]\nsocket = "{peer_socket(system)}"\n[podman]\nenabled = false\n'
+                     f'[libvirt]\nuris = ["test://{nodes}"]\n')
+    agent.start()
+    try:
+        zone = f"{alice.name}.dns.libvirt"
+        until(lambda: dnsmasq.query(f"vm1.{zone}").records == (ip,), timeout=15,
+              what=f"vm1.{zone} -> the lease {ip}")
+        until(lambda: dnsmasq.query(f"boxes.{zone}").records == (HOST_IP,), timeout=15,
+              what=f"boxes.{zone} -> the host")
+        assert dnsmasq.query(f"closed.{zone}").status == "NXDOMAIN"
+        reasons = user_rejected(agent)
+        assert reasons["closed"].startswith("user-mode network (slirp/passt) and no port forward")
+        shown = {r["value"]: r["reason"] for r in system.status()["table"]["rejected"]
+                 if r["source"] == f"peer:{alice.uid}"}
+        assert "no port forward" in shown["closed"]
+        [src] = [s for s in agent.status()["sources"] if s["kind"] == "libvirt"]
+        assert src["state"] == "connected"
+    finally:
+        agent.stop()
