@@ -136,6 +136,11 @@ class DnsmasqConfig:
     pid_file: Path = setting(
         Path("/run/NetworkManager/dnsmasq.pid"), PATH, "The dnsmasq to SIGHUP after a change."
     )
+    executable: Path = setting(
+        Path("/usr/sbin/dnsmasq"),
+        PATH,
+        "Only a process running this binary (or the dnsmasq on PATH) is ever signalled.",
+    )
     local_zones: tuple[str, ...] = setting(
         ("dns.libvirt", "dns.podman", "dns.host"),
         FQDNS,

@@ -54,7 +54,9 @@ def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list
         # to something else names another dnsmasq, which must get the signal.
         if nm is not None and config.dnsmasq.pid_file == DnsmasqConfig.pid_file:
             locator = NetworkManagerLocator(nm, locator)
-        sinks.append(AddnHostsSink(config.dnsmasq.addn_hosts, locator))
+        sinks.append(
+            AddnHostsSink(config.dnsmasq.addn_hosts, locator, config.dnsmasq.executable)
+        )
     if config.hosts_file.enabled:
         sinks.append(HostsFileSink(config.hosts_file.path))
     if config.mode == "user" and config.peers.enabled:

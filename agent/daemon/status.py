@@ -54,6 +54,8 @@ def source_status(src: Source, store: StateStore, table: Table | None = None) ->
         "last_event": ts(h.last_event),
         "last_error": h.last_error,
         "last_error_at": ts(h.last_error_at),
+        "error_active": h.error_active,
+        "recovered_at": ts(h.recovered_at),
         "detail": h.detail,
         # Fields added in status_version 1 (issue 15): what the source's objects add
         # up to in the table, and the plain fix for its last error, if it knows one.
@@ -104,6 +106,8 @@ def sink_status(sink: Sink) -> dict[str, Any]:
         "last_reload": reload,
         "last_error": s.last_error,
         "last_error_at": ts(s.last_error_at),
+        "error_active": s.error_active,
+        "recovered_at": ts(s.recovered_at),
         "refused": s.refused,
         "warning": s.warning,
         **s.extra,

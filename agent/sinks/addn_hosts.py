@@ -17,7 +17,7 @@ from agent.plan.render import host_lines, render_addn_hosts
 from agent.plan.table import Table
 from agent.sinks.atomic import cleanup_stale_temps, read_bytes, replace_file
 from agent.sinks.base import ReloadInfo, Sink
-from agent.sinks.dnsmasq_target import Locator, reload_dnsmasq
+from agent.sinks.dnsmasq_target import Locator, dnsmasq_executables, reload_dnsmasq
 
 log = structlog.get_logger(component="sinks.addn_hosts")
 
@@ -28,9 +28,11 @@ FILE_MODE = 0o644
 class AddnHostsSink(Sink):
     kind = "dnsmasq"
 
-    def __init__(self, path: Path, locator: Locator) -> None:
+    def __init__(self, path: Path, locator: Locator, executable: Path | None = None) -> None:
         super().__init__(path)
         self.locator = locator
+        self.executable = executable  # a dnsmasq binary to accept besides the one on PATH
+        self._signal_owed = False
 
     def prepare(self) -> None:
         for tmp in cleanup_stale_temps(self.path):
@@ -68,22 +70,38 @@ class AddnHostsSink(Sink):
         self.status.lines = len(host_lines(table))
         try:
             if read_bytes(self.path) == data:
-                self.status.unchanged += 1
-                return True
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            t0 = time.monotonic()
-            method = replace_file(self.path, data, mode=FILE_MODE)
+                if not self._signal_owed:
+                    self.status.unchanged += 1
+                    self._succeeded()
+                    return True
+            else:
+                self._write(data)
         except OSError as e:
             self.status.error(f"cannot write {self.path}: {e.strerror or e}")
             log.error("write failed", path=str(self.path), error=str(e))
             return False
+        return self._reload(changed_at)
+
+    def _succeeded(self) -> None:
+        if self.status.succeeded():
+            log.info("dnsmasq sink recovered", path=str(self.path), error=self.status.last_error)
+
+    def _write(self, data: bytes) -> None:
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        method = replace_file(self.path, data, mode=FILE_MODE)
+        # dnsmasq serves the old file until it is told: owed until a signal lands.
+        self._signal_owed = True
         written = time.monotonic()
         self._check_readable_by_others()
         self.status.writes += 1
         self.status.last_write = time.time()
         self.status.last_write_method = method
         self.status.last_write_ms = (written - t0) * 1000
-        result = reload_dnsmasq(self.locator)
+
+    def _reload(self, changed_at: float) -> bool:
+        """SIGHUP dnsmasq; False (retried by the pipeline) if it failed for a passing reason."""
+        result = reload_dnsmasq(self.locator, executables=dnsmasq_executables(self.executable))
         latency = (time.monotonic() - changed_at) * 1000
         self.status.last_reload = ReloadInfo(
             at=time.time(),
@@ -105,4 +123,9 @@ class AddnHostsSink(Sink):
             log.warning(
                 "dnsmasq not signalled", path=str(self.path), reason=result.reason, via=result.via
             )
+        if result.transient:
+            self.status.error(f"could not signal dnsmasq: {result.reason}; will retry")
+            return False
+        self._signal_owed = False
+        self._succeeded()
         return True

@@ -32,8 +32,9 @@ class SinkStatus:
     last_write_method: str | None = None
     last_write_ms: float | None = None
     last_reload: ReloadInfo | None = None
-    last_error: str | None = None
+    last_error: str | None = None  # the last error ever, kept as history once recovered
     last_error_at: float | None = None
+    recovered_at: float | None = None  # first success after last_error; None while failing
     refused: str | None = None  # set while the sink refuses to touch its file
     warning: str | None = None  # works, but something will likely bite the user
     extra: dict[str, Any] = field(default_factory=dict)
@@ -41,6 +42,18 @@ class SinkStatus:
     def error(self, message: str) -> None:
         self.last_error = message
         self.last_error_at = time.time()
+        self.recovered_at = None
+
+    @property
+    def error_active(self) -> bool:
+        return self.last_error is not None and self.recovered_at is None
+
+    def succeeded(self) -> bool:
+        """Record a success; True if it ends an error (the caller logs the recovery once)."""
+        if not self.error_active:
+            return False
+        self.recovered_at = time.time()
+        return True
 
 
 class Sink(ABC):

@@ -1,6 +1,8 @@
 """Find the dnsmasq to reload, and prove it is one before signalling it.
 
-Only a process whose /proc entry says it is dnsmasq is ever signalled, and
+Only a process whose /proc entry says it is dnsmasq is ever signalled: its
+name, and its executable (device+inode of /proc/PID/exe against the dnsmasq
+binary installed), so a process that merely renamed itself is refused; and
 never one of libvirt's per-network instances (SIGHUP makes those re-run
 their lease script for every lease). The pid is pinned with a pidfd before
 it is checked, so a pid reused between check and signal cannot be hit.
@@ -10,7 +12,11 @@ The D-Bus locator (NetworkManager's dnsmasq by bus name) plugs in beside
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import pwd
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +64,83 @@ class PidFileLocator:
         return [self.locate()]
 
 
-def why_not_dnsmasq(pid: int, proc: Path = Path("/proc")) -> str | None:
+# Where dnsmasq is looked up besides PATH (a daemon's PATH may lack sbin).
+SBIN_PATH = "/usr/sbin:/sbin:/usr/local/sbin"
+# Accounts dnsmasq drops to (-u; Debian "nobody", Fedora "dnsmasq"): no
+# ordinary local user can run a process under them.
+DNSMASQ_USERS = ("dnsmasq", "nobody")
+_DELETED = " (deleted)"
+
+
+def dnsmasq_executables(configured: Path | None = None) -> frozenset[str]:
+    """Real paths of the dnsmasq binaries a signalled process may be running."""
+    found = {shutil.which("dnsmasq", path=f"{os.environ.get('PATH', '')}:{SBIN_PATH}")}
+    if configured is not None:
+        found.add(str(configured))
+    return frozenset(os.path.realpath(p) for p in found if p)
+
+
+def _ids(paths: frozenset[str]) -> set[tuple[int, int]]:
+    ids = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _exe_problem(pid: int, base: Path, executables: frozenset[str]) -> str | None:
+    """Why the process's executable is not dnsmasq, None if it is.
+
+    PermissionError when it cannot be read (another uid's process, and the
+    daemon has no CAP_SYS_PTRACE): the caller falls back to _owner_problem.
+
+    Comparing device+inode of /proc/PID/exe with the installed binary defeats
+    a process that merely renamed itself (prctl PR_SET_NAME) or faked argv.
+    A binary replaced by a package upgrade shows as "PATH (deleted)": that
+    still counts when PATH is a known dnsmasq (only root can write there).
+    """
+    exe = base / "exe"
+    try:
+        target = os.readlink(exe)
+        if target.endswith(_DELETED):
+            if os.path.realpath(target[: -len(_DELETED)]) in executables:
+                return None
+            return f"pid {pid} calls itself dnsmasq but runs {target[:200]!r}, not a dnsmasq binary"
+        st = os.stat(exe)
+    except FileNotFoundError:
+        return f"pid {pid} has no executable (a kernel thread, or exiting)"
+    except PermissionError:
+        raise
+    except OSError as e:
+        return f"cannot inspect pid {pid}: {e.strerror}"
+    if (st.st_dev, st.st_ino) in _ids(executables):
+        return None
+    return f"pid {pid} calls itself dnsmasq but runs {target[:200]!r}, not a dnsmasq binary"
+
+
+def _owner_problem(pid: int, base: Path) -> str | None:
+    """Without /proc/PID/exe: the process must run as root or as one of dnsmasq's users."""
+    try:
+        status = (base / "status").read_text()
+    except OSError as e:
+        return f"cannot inspect pid {pid}: {e.strerror}"
+    uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
+    allowed = {0}
+    for name in DNSMASQ_USERS:
+        with contextlib.suppress(KeyError):
+            allowed.add(pwd.getpwnam(name).pw_uid)
+    if uids and all(int(u) in allowed for u in uids):
+        return None
+    return (
+        f"pid {pid} calls itself dnsmasq but runs as uid {uids[0] if uids else '?'}, "
+        "not as root or dnsmasq's user (its executable cannot be read to tell more)"
+    )
+
+
+def why_not_dnsmasq(
+    pid: int, proc: Path = Path("/proc"), executables: frozenset[str] | None = None
+) -> str | None:
     """Return why ``pid`` must not be signalled, or None if it is a live dnsmasq."""
     base = proc / str(pid)
     try:
@@ -77,7 +159,11 @@ def why_not_dnsmasq(pid: int, proc: Path = Path("/proc")) -> str | None:
         return f"pid {pid} is a dnsmasq zombie (exited, not yet reaped)"
     if LIBVIRT_DNSMASQ_DIR in cmdline:
         return f"pid {pid} is a libvirt per-network dnsmasq; namesync never signals those"
-    return None
+    known = dnsmasq_executables() if executables is None else executables
+    try:
+        return _exe_problem(pid, base, known)
+    except PermissionError:
+        return _owner_problem(pid, base)
 
 
 @dataclass(frozen=True)
@@ -86,9 +172,14 @@ class SignalResult:
     via: str
     sent: bool
     reason: str | None  # why nothing was sent
+    # Nothing was sent for a passing reason (no descriptors, no memory): try again.
+    transient: bool = False
 
 
-def _signal(cand: Candidate, proc: Path) -> SignalResult:
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+
+
+def _signal(cand: Candidate, proc: Path, executables: frozenset[str] | None) -> SignalResult:
     if cand.pid is None:
         return SignalResult(None, cand.via, False, cand.problem)
     pid = cand.pid
@@ -97,9 +188,11 @@ def _signal(cand: Candidate, proc: Path) -> SignalResult:
     except ProcessLookupError:
         return SignalResult(pid, cand.via, False, f"pid {pid} is not running")
     except OSError as e:
-        return SignalResult(pid, cand.via, False, f"cannot open pid {pid}: {e.strerror}")
+        return SignalResult(
+            pid, cand.via, False, f"cannot open pid {pid}: {e.strerror}", e.errno in _TRANSIENT
+        )
     try:
-        why = why_not_dnsmasq(pid, proc)
+        why = why_not_dnsmasq(pid, proc, executables)
         if why:
             return SignalResult(pid, cand.via, False, why)
         try:
@@ -113,14 +206,16 @@ def _signal(cand: Candidate, proc: Path) -> SignalResult:
         os.close(pidfd)
 
 
-def reload_dnsmasq(locator: Locator, proc: Path = Path("/proc")) -> SignalResult:
+def reload_dnsmasq(
+    locator: Locator, proc: Path = Path("/proc"), executables: frozenset[str] | None = None
+) -> SignalResult:
     """SIGHUP the first candidate that proves to be dnsmasq; otherwise say why not."""
     failures: list[SignalResult] = []
     tried: set[int] = set()
     for cand in locator.candidates():
         if cand.pid is not None and cand.pid in tried:
             continue
-        result = _signal(cand, proc)
+        result = _signal(cand, proc, executables)
         if result.sent:
             return result
         if cand.pid is not None:
@@ -130,7 +225,9 @@ def reload_dnsmasq(locator: Locator, proc: Path = Path("/proc")) -> SignalResult
         return SignalResult(None, "no locator", False, "nowhere to look for dnsmasq")
     first = failures[0]
     reason = "; ".join(f.reason or "" for f in failures)
-    return SignalResult(first.pid, first.via, False, reason)
+    return SignalResult(
+        first.pid, first.via, False, reason, any(f.transient for f in failures)
+    )
 
 
 class NetworkManagerLocator:

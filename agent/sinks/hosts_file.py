@@ -31,6 +31,10 @@ class HostsFileSink(Sink):
         for tmp in cleanup_stale_temps(self.path):
             log.info("removed stale temp file", path=str(tmp))
 
+    def _succeeded(self) -> None:
+        if self.status.succeeded():
+            log.info("hosts file sink recovered", path=str(self.path), error=self.status.last_error)
+
     def apply(self, table: Table, changed_at: float) -> bool:
         lines = host_lines(table)
         self.status.names = len(table.entries)
@@ -48,6 +52,7 @@ class HostsFileSink(Sink):
                 self.status.refused = None
                 if new == (current or b""):
                     self.status.unchanged += 1
+                    self._succeeded()
                     return True
                 t0 = time.monotonic()
                 method = replace_file(self.path, new, expect=current, check_expect=True)
@@ -64,6 +69,7 @@ class HostsFileSink(Sink):
             log.info(
                 "hosts file updated", path=str(self.path), names=self.status.names, method=method
             )
+            self._succeeded()
             return True
         self.status.error(f"{self.path} kept changing while namesync wrote it; will retry")
         return False

@@ -129,7 +129,12 @@ class Health:
     last_event: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    recovered_at: float | None = None  # first success after last_error; None while failing
     detail: str | None = None  # e.g. "reconnecting in 4s"
+
+    @property
+    def error_active(self) -> bool:
+        return self.last_error is not None and self.recovered_at is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,12 @@ class Observed:
     def record_error(self, message: str) -> None:
         self.health.last_error = message
         self.health.last_error_at = time.time()
+        self.health.recovered_at = None
+
+    def record_recovery(self) -> None:
+        """The last error is now history (status shows it as past, with its time)."""
+        if self.health.error_active:
+            self.health.recovered_at = time.time()
 
     def mark_synced(self) -> None:
         self.synced.set()
@@ -291,6 +302,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
         outage, self._outage = self._outage, _Outage(was_connected=True)
         self.set_state("connected", self.connected_detail())
         self.mark_synced()
+        self.record_recovery()
         if outage.warned:
             log.info(f"{self.kind} recovered", source=self.name)
         else:

@@ -52,8 +52,9 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
 
 class Agent:
     def __init__(self, workdir: Path, env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None, wrap: tuple[str, ...] = ()) -> None:
         self.env = env or {}
+        self.wrap = wrap  # a command the agent runs under, e.g. setpriv dropping a capability
         self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the agent, e.g. systemd's 1024
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,8 @@ class Agent:
         tmp.rename(self.config)
 
     def command(self, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "agent.daemon.main", "--config", str(self.config), *extra]
+        return [*self.wrap, sys.executable, "-m", "agent.daemon.main", "--config",
+                str(self.config), *extra]
 
     def start(self) -> Agent:
         self._log = self.log.open("ab")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ def fake_proc(root: Path, pid: int, comm: str, state: str, cmdline: bytes) -> Pa
     (d / "comm").write_text(comm + "\n")
     (d / "stat").write_text(f"{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 100 0 0 0\n")
     (d / "cmdline").write_bytes(cmdline)
+    # /proc/PID/exe names the binary: the installed dnsmasq.
+    (d / "exe").symlink_to(shutil.which("dnsmasq", path="/usr/sbin:/sbin") or "/usr/sbin/dnsmasq")
     return root / "proc"
 
 
@@ -192,6 +196,7 @@ def test_process_named_like_dnsmasq_with_parenthesis_in_stat(tmp_path: Path) -> 
     (d / "comm").write_text("dnsmasq\n")
     (d / "stat").write_text("77 (dnsmasq) S 1 77 77 0 -1\n")
     (d / "cmdline").write_bytes(NM_CMDLINE)
+    (d / "exe").symlink_to(shutil.which("dnsmasq", path="/usr/sbin:/sbin") or "/usr/sbin/dnsmasq")
     assert why_not_dnsmasq(77, tmp_path / "proc") is None
     (d / "stat").write_text("77 (dnsmasq) Z 1 77 77 0 -1\n")
     assert "zombie" in (why_not_dnsmasq(77, tmp_path / "proc") or "")
@@ -220,3 +225,31 @@ def test_bus_candidate_first_then_pid_file_when_bus_pid_is_gone(
     assert result.reason is not None
     assert result.reason.startswith(f"pid {gone.pid} is not running; pid {recorder.pid} is ")
     assert recorder.sync() == ["USR1"]  # no HUP before the sync signal
+
+
+def test_renamed_process_is_refused_by_its_executable(
+        tmp_path: Path, recorder: SignalRecorder) -> None:
+    """comm, argv and everything else say dnsmasq; /proc/PID/exe says otherwise."""
+    proc = fake_proc(tmp_path, recorder.pid, "dnsmasq", "S", NM_CMDLINE)
+    exe = proc / str(recorder.pid) / "exe"
+    exe.unlink()
+    exe.symlink_to(sys.executable)
+    why = why_not_dnsmasq(recorder.pid, proc)
+    assert why is not None and "not a dnsmasq binary" in why
+    assert reload_dnsmasq(FixedLocator(recorder.pid), proc).sent is False
+    assert recorder.sync() == ["USR1"]
+
+
+def test_upgraded_binary_still_counts(tmp_path: Path, recorder: SignalRecorder) -> None:
+    """After a package upgrade the running dnsmasq's exe reads 'PATH (deleted)'."""
+    proc = fake_proc(tmp_path, recorder.pid, "dnsmasq", "S", NM_CMDLINE)
+    real = shutil.which("dnsmasq", path="/usr/sbin:/sbin") or "/usr/sbin/dnsmasq"
+    gone = tmp_path / "gone"
+    gone.write_bytes(b"old binary")
+    exe = proc / str(recorder.pid) / "exe"
+    exe.unlink()
+    exe.symlink_to(gone)  # stat: another inode, like the deleted old binary
+    assert "not a dnsmasq binary" in (why_not_dnsmasq(recorder.pid, proc) or "")
+    exe.unlink()
+    exe.symlink_to(f"{real} (deleted)")  # readlink of an upgraded binary; stat fails
+    assert why_not_dnsmasq(recorder.pid, proc) is None
