@@ -5,19 +5,40 @@ globs the directory picks it up), fsync, rename, fsync the directory; the
 replacement gets the original's mode, owner and SELinux label. A target
 that is a bind mount (containers' /etc/hosts) cannot be renamed over
 (EBUSY/EXDEV): there the bytes are rewritten in place under an exclusive
-flock, which is not atomic for readers but is the only thing possible.
+flock, which is not atomic for readers but is the only thing possible. The
+in-place path never leaves less than the old file: the space for a longer
+file is reserved (fallocate) before a byte is changed, and if a write fails
+anyway the old bytes are put back.
+
+With ``check_expect`` (the hosts file, which people and tools edit too) the
+file must still be the one that was read: its identity (inode, size, mtime,
+ctime) is checked right before the replace, and the replace itself is an
+atomic exchange (renameat2 RENAME_EXCHANGE) after which the file that was
+swapped out is checked once more; if another program renamed its version in
+between, that version is swapped back and ConcurrentEdit raised, so the
+caller re-reads and retries. See README "hosts file" for what remains.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SELINUX_XATTR = "security.selinux"
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+FALLOC_FL_KEEP_SIZE = 1
+# The filesystem or kernel cannot do it: fall back to the plain call.
+_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 class ConcurrentEdit(RuntimeError):
@@ -33,6 +54,67 @@ def read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A file's bytes and the identity of the inode they were read from."""
+
+    data: bytes | None  # None: there was no file
+    ident: tuple[int, ...] | None = None
+
+
+def _ident(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Snapshot(None)
+    try:
+        before = os.fstat(fd)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    # Written to while we read: report an identity no later check can match.
+    ident = _ident(after) if _ident(before) == _ident(after) else (-1,)
+    return Snapshot(b"".join(chunks), ident)
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """renameat2(2); False where it is not supported (the caller falls back)."""
+    fn = getattr(_libc(), "renameat2", None)
+    if fn is None:
+        return False
+    if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate blocks for ``size`` bytes without changing the file: ENOSPC now, not mid-write."""
+    fn = getattr(_libc(), "fallocate64", None) or getattr(_libc(), "fallocate", None)
+    if fn is None:
+        return
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    if fn(fd, FALLOC_FL_KEEP_SIZE, 0, size) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in _UNSUPPORTED:
+        raise OSError(err, os.strerror(err))
 
 
 def cleanup_stale_temps(path: Path) -> list[Path]:
@@ -68,15 +150,103 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _rewrite_in_place(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
+def _pread_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _pwrite_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    offset = 0
+    while offset < len(data):
+        offset += os.pwrite(fd, view[offset:], offset)
+
+
+def _rewrite_in_place(path: Path, data: bytes, expect: Snapshot | None) -> None:
+    """Overwrite ``path``'s bytes; on any failure the old bytes are back in place."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        old = _pread_all(fd)
+        if expect is not None and old != expect.data:
+            raise ConcurrentEdit(f"{path} changed while namesync was writing it")
+        if len(data) > len(old):
+            _reserve(fd, len(data))
+        try:
+            _pwrite_all(fd, data)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        except OSError:
+            # Overwriting blocks the old bytes already had needs no new space.
+            _pwrite_all(fd, old)
+            os.ftruncate(fd, len(old))
+            os.fsync(fd)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _same_file(path: Path, expect: Snapshot, *, renamed: bool = False) -> bool:
+    """Is ``path`` still the inode ``expect`` was read from, unmodified?
+
+    ``renamed``: we just moved it ourselves, which changes its ctime.
+    """
+    try:
+        now = _ident(os.stat(path))
+    except FileNotFoundError:
+        return expect.data is None
+    if expect.ident is None:
+        return False
+    return now[:4] == expect.ident[:4] if renamed else now == expect.ident
+
+
+def _install_checked(tmp: Path, target: Path, expect: Snapshot) -> None:
+    """Put ``tmp`` at ``target`` only if ``target`` is still what ``expect`` saw."""
+    if not _same_file(target, expect):
+        raise ConcurrentEdit(f"{target} changed while namesync was writing it")
+    if expect.data is None:
+        # Nothing was there: do not clobber a file created meanwhile.
+        try:
+            if not _renameat2(tmp, target, RENAME_NOREPLACE):
+                os.rename(tmp, target)
+        except FileExistsError:
+            raise ConcurrentEdit(f"{target} appeared while namesync was writing it") from None
+        return
+    if not _renameat2(tmp, target, RENAME_EXCHANGE):
+        os.rename(tmp, target)
+        return
+    # ``tmp`` now holds what was at ``target`` an instant ago.
+    if _same_file(tmp, expect, renamed=True):
+        tmp.unlink()
+        return
+    # Another program replaced the file between our check and our exchange:
+    # give its version back (unless it has replaced ours too), then retry.
+    ours = os.stat(target)
+    theirs = os.stat(tmp)
+    if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino):
+        _renameat2(tmp, target, RENAME_EXCHANGE)
+    tmp.unlink(missing_ok=True)
+    raise ConcurrentEdit(f"{target} was replaced while namesync was writing it")
+
+
+def _write_temp(
+    fd: int, data: bytes, target: Path, st: os.stat_result | None, mode: int | None
+) -> None:
+    try:
         view = memoryview(data)
-        offset = 0
-        while offset < len(data):
-            offset += os.pwrite(fd, view[offset:], offset)
-        os.ftruncate(fd, len(data))
+        written = 0
+        while written < len(data):
+            written += os.write(fd, view[written:])
+        final_mode = mode if mode is not None else (st.st_mode & 0o7777 if st else 0o644)
+        os.fchmod(fd, final_mode)
+        if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, st.st_uid, st.st_gid)
+        if st is not None:
+            _copy_selinux_label(target, fd)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -87,16 +257,14 @@ def replace_file(
     data: bytes,
     *,
     mode: int | None = None,
-    expect: bytes | None = None,
-    check_expect: bool = False,
+    expect: Snapshot | None = None,
 ) -> str:
     """Write ``data`` to ``path`` atomically; returns "rename" or "in-place".
 
     ``mode`` forces the file mode (the addn-hosts file must stay 0644 for
     dnsmasq's unprivileged user); otherwise the existing mode is kept, 0644
-    for a new file. With ``check_expect``, the current content is compared
-    with ``expect`` right before the rename, and ConcurrentEdit raised if
-    someone else changed the file meanwhile (None = must not exist).
+    for a new file. With ``expect`` (from read_snapshot), the file must still
+    be the one read, or ConcurrentEdit is raised and nothing is changed.
     """
     target = Path(os.path.realpath(path))  # a symlinked /etc/hosts stays a symlink
     directory = target.parent
@@ -107,29 +275,17 @@ def replace_file(
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), dir=directory)
     tmp = Path(tmp_name)
     try:
+        _write_temp(fd, data, target, st, mode)
         try:
-            view = memoryview(data)
-            written = 0
-            while written < len(data):
-                written += os.write(fd, view[written:])
-            final_mode = mode if mode is not None else (st.st_mode & 0o7777 if st else 0o644)
-            os.fchmod(fd, final_mode)
-            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                os.fchown(fd, st.st_uid, st.st_gid)
-            if st is not None:
-                _copy_selinux_label(target, fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if check_expect and read_bytes(target) != expect:
-            raise ConcurrentEdit(f"{target} changed while namesync was writing it")
-        try:
-            os.rename(tmp, target)
+            if expect is None:
+                os.rename(tmp, target)
+            else:
+                _install_checked(tmp, target, expect)
         except OSError as e:
             if e.errno not in (errno.EBUSY, errno.EXDEV):
                 raise
             tmp.unlink()
-            _rewrite_in_place(target, data)
+            _rewrite_in_place(target, data, expect)
             return "in-place"
         _fsync_dir(directory)
         return "rename"

@@ -13,7 +13,7 @@ import structlog
 
 from agent.plan.render import host_lines
 from agent.plan.table import Table
-from agent.sinks.atomic import ConcurrentEdit, cleanup_stale_temps, read_bytes, replace_file
+from agent.sinks.atomic import ConcurrentEdit, cleanup_stale_temps, read_snapshot, replace_file
 from agent.sinks.base import Sink
 from agent.sinks.hosts_block import MarkerError, compose
 
@@ -41,7 +41,8 @@ class HostsFileSink(Sink):
         self.status.lines = len(lines)
         for _ in range(ATTEMPTS):
             try:
-                current = read_bytes(self.path)
+                snap = read_snapshot(self.path)
+                current = snap.data
                 try:
                     new = compose(current or b"", lines)
                 except MarkerError as e:
@@ -55,7 +56,7 @@ class HostsFileSink(Sink):
                     self._succeeded()
                     return True
                 t0 = time.monotonic()
-                method = replace_file(self.path, new, expect=current, check_expect=True)
+                method = replace_file(self.path, new, expect=snap)
             except ConcurrentEdit:
                 continue
             except OSError as e:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.sinks import atomic
-from agent.sinks.atomic import ConcurrentEdit, cleanup_stale_temps, replace_file
+from agent.sinks.atomic import ConcurrentEdit, cleanup_stale_temps, read_snapshot, replace_file
 
 from .helpers import NOBODY, needs_root
 
@@ -103,18 +105,63 @@ def test_symlinked_target_is_replaced_at_its_real_path(tmp_path: Path) -> None:
 
 def test_concurrent_edit_is_detected_and_the_file_left_alone(tmp_path: Path) -> None:
     f = tmp_path / "hosts"
-    f.write_bytes(b"edited by the user meanwhile\n")
+    f.write_bytes(b"what we read\n")
+    snap = read_snapshot(f)
+    f.write_bytes(b"edited by the user meanwhile\n")  # in place, same inode
     with pytest.raises(ConcurrentEdit):
-        replace_file(f, b"ours\n", expect=b"what we read\n", check_expect=True)
+        replace_file(f, b"ours\n", expect=snap)
     assert f.read_bytes() == b"edited by the user meanwhile\n"
     assert temps(tmp_path) == []
 
 
+def test_concurrent_rename_over_the_file_is_detected(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_bytes(b"what we read\n")
+    snap = read_snapshot(f)
+    edited = tmp_path / "edited"
+    edited.write_bytes(b"what we read\n")  # same bytes, another inode: an editor's save
+    edited.rename(f)
+    with pytest.raises(ConcurrentEdit):
+        replace_file(f, b"ours\n", expect=snap)
+    assert f.read_bytes() == b"what we read\n"
+    assert temps(tmp_path) == []
+
+
+def test_rename_between_check_and_exchange_is_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last instant: an editor renames its file right after the identity check."""
+    f = tmp_path / "hosts"
+    f.write_bytes(b"what we read\n")
+    snap = read_snapshot(f)
+    real_check = atomic._same_file
+    calls = []
+
+    def check_then_editor_saves(
+        path: Path, expect: atomic.Snapshot, *, renamed: bool = False
+    ) -> bool:
+        ok = real_check(path, expect, renamed=renamed)
+        if not calls:
+            editor = tmp_path / "editor-save"
+            editor.write_bytes(b"what we read\nthe editor's line\n")
+            editor.rename(f)
+        calls.append(renamed)
+        return ok
+
+    monkeypatch.setattr(atomic, "_same_file", check_then_editor_saves)
+    with pytest.raises(ConcurrentEdit):
+        replace_file(f, b"ours\n", expect=snap)
+    assert f.read_bytes() == b"what we read\nthe editor's line\n"
+    assert temps(tmp_path) == []
+    assert calls == [False, True]
+
+
 def test_concurrent_creation_is_detected(tmp_path: Path) -> None:
     f = tmp_path / "hosts"
+    snap = read_snapshot(f)
     f.write_bytes(b"appeared after our read\n")
     with pytest.raises(ConcurrentEdit):
-        replace_file(f, b"ours\n", expect=None, check_expect=True)
+        replace_file(f, b"ours\n", expect=snap)
     assert f.read_bytes() == b"appeared after our read\n"
     assert temps(tmp_path) == []
 
@@ -122,11 +169,12 @@ def test_concurrent_creation_is_detected(tmp_path: Path) -> None:
 def test_matching_expectation_replaces(tmp_path: Path) -> None:
     f = tmp_path / "hosts"
     f.write_bytes(b"as read\n")
-    replace_file(f, b"ours\n", expect=b"as read\n", check_expect=True)
+    replace_file(f, b"ours\n", expect=read_snapshot(f))
     assert f.read_bytes() == b"ours\n"
     g = tmp_path / "new"
-    replace_file(g, b"ours\n", expect=None, check_expect=True)
+    replace_file(g, b"ours\n", expect=read_snapshot(g))
     assert g.read_bytes() == b"ours\n"
+    assert temps(tmp_path) == []
 
 
 def test_failed_write_keeps_the_original_and_removes_the_temp(
@@ -188,3 +236,48 @@ def test_cleanup_finds_leftovers_of_a_symlinked_target(tmp_path: Path) -> None:
     assert temps(real_dir), "the killed writer should have left a temp file"
     cleanup_stale_temps(link)
     assert temps(real_dir) == []
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs (needs root; the session runs in a private mount namespace)."""
+    needs_root()
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "namesync-unit", str(mnt)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    with (directory / "filler").open("wb", buffering=0) as f:
+        for size in (4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("reserve", ["fallocate", "no-fallocate"])
+def test_in_place_rewrite_on_a_full_disk_leaves_the_old_bytes(
+    full_tmpfs: Path, monkeypatch: pytest.MonkeyPatch, reserve: str
+) -> None:
+    """With fallocate the write is refused before a byte changes; without it (a
+    filesystem that cannot reserve) the old bytes are written back."""
+    f = full_tmpfs / "hosts"
+    old = b"".join(b"10.0.%d.%d host-%d\n" % (i // 250, i % 250, i) for i in range(180))
+    assert 3000 < len(old) < 4096
+    f.write_bytes(old)
+    _fill(full_tmpfs)
+    if reserve == "no-fallocate":
+        monkeypatch.setattr(atomic, "_reserve", lambda fd, size: None)
+    with pytest.raises(OSError) as err:
+        atomic._rewrite_in_place(f, b"#" * 100 + old + b"x" * 9000, read_snapshot(f))
+    assert err.value.errno == errno.ENOSPC
+    assert f.read_bytes() == old
