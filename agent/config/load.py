@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.errors import ConfigError, Problems
-from agent.config.kinds import expect
 from agent.config.modes import resolve_mode, user_label
 from agent.config.schema import (
     DEFAULT_PODMAN_SOCKET,
@@ -145,24 +144,39 @@ def _section(
     return sec.cls(**_keys(sec.keys, raw, f"{sec.name}.", problems, defaults))
 
 
-def _item(
-    sec: SectionInfo, keys: tuple[KeyInfo, ...], item: object, i: int, problems: Problems
-) -> object | None:
-    """One [[array]] table, or None (reported). The usual valid item is parsed once,
-    with no per-key bookkeeping: a reload parses every [[static]] entry again."""
-    if type(item) is dict:
-        quiet = Problems()
-        values = _keys(keys, item, "", quiet, {})
-        if not quiet and len(values) == len(keys):
-            parsed: object = sec.cls(**values)
-            return parsed
-    where = f"{sec.name}[{i}]"
-    if not expect(item, dict, where, Problems()):
-        problems.add(where, "expected a table")
-        return None
-    assert isinstance(item, dict)
-    values = _keys(keys, item, f"{where}.", problems, {})
-    return sec.cls(**values) if len(values) == len(keys) else None
+class _Items:
+    """Parses the tables of one [[array]]; the usual valid item takes one quick pass.
+
+    A reload parses every [[static]] entry again (100,000 of them, some configs):
+    an item with exactly the schema's keys is converted with no per-key
+    bookkeeping, and only an item with a problem is parsed again, reporting.
+    """
+
+    def __init__(self, sec: SectionInfo, problems: Problems) -> None:
+        self.sec = sec
+        self.problems = problems
+        self.quiet = Problems()
+        self.names = frozenset(k.name for k in sec.keys)
+        self.convert = [(k.name, k.key.kind.parse) for k in sec.keys]
+
+    def parse(self, item: object, i: int) -> object | None:
+        if type(item) is dict and item.keys() == self.names:
+            quiet = self.quiet
+            values = [parse(item[name], "", quiet) for name, parse in self.convert]
+            if not quiet:
+                parsed: object = self.sec.cls(*values)
+                return parsed
+            self.quiet = Problems()
+        return self._reporting(item, i)
+
+    def _reporting(self, item: object, i: int) -> object | None:
+        where = f"{self.sec.name}[{i}]"
+        if not isinstance(item, dict):
+            self.problems.add(where, "expected a table")
+            return None
+        keys = self.sec.keys
+        values = _keys(keys, item, f"{where}.", self.problems, {})
+        return self.sec.cls(**values) if len(values) == len(keys) else None
 
 
 def _array(
@@ -178,8 +192,8 @@ def _array(
     if not isinstance(raw, list):
         problems.add(sec.name, f"expected an array of tables ([[{sec.name}]])")
         return ()
-    keys = sec.keys
-    unique = keys[0].name  # the first key names an item: two items may not share it
+    items = _Items(sec, problems)
+    unique = sec.keys[0].name  # the first key names an item: two items may not share it
     running = {getattr(item, unique): item for item in previous}
     out: list[object] = []
     first_seen: dict[object, int] = {}
@@ -188,7 +202,7 @@ def _array(
         # with 100,000 entries the document is larger than what it becomes, and
         # holding both at once is a reload's peak.
         raw[i] = None
-        parsed = _item(sec, keys, item, i, problems)
+        parsed = items.parse(item, i)
         if parsed is None:
             continue
         ident = getattr(parsed, unique)

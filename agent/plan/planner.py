@@ -9,6 +9,8 @@ and one changing, formatting the other 9,999 again would be the whole sync).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain, compress, count, islice
+from operator import attrgetter, is_not
 
 from agent.model.record import Record, Rejection
 from agent.plan.render import entry_lines
@@ -30,10 +32,19 @@ class Planner:
         return None if entry is None else _holder(entry.provenance)
 
     def _lines(self, entries: dict[str, Entry]) -> tuple[bytes, ...]:
-        """Each entry's lines, from the previous table where it is the same object there.
+        """Each entry's lines, from the previous table where it is the same object there."""
+        old = self.table
+        if list(entries) != list(old.entries):
+            return self._walk(entries)
+        # The same names (the usual sync: some addresses changed, or nothing did):
+        # find the entries that are new objects, in C, and format only those.
+        changed = list(compress(count(), map(is_not, old.entries.values(), entries.values())))
+        if not changed:
+            return old.lines
+        return _patch(old, entries, changed)
 
-        Both tables are in name order: one walk down each, no index to build.
-        """
+    def _walk(self, entries: dict[str, Entry]) -> tuple[bytes, ...]:
+        """Names came or went: walk both tables (both in name order) side by side."""
         old = iter(self.table.entries.items())
         old_lines = self.table.lines
         pos = 0
@@ -52,3 +63,24 @@ class Planner:
             else:
                 out.extend(entry_lines(name, entry))
         return tuple(out)
+
+
+_addresses = attrgetter("addresses")
+
+
+def _patch(old: Table, entries: dict[str, Entry], changed: list[int]) -> tuple[bytes, ...]:
+    """``old.lines`` with the lines of the ``changed`` entries (same names) made anew."""
+    old_entries = iter(old.entries.values())
+    names = list(entries)
+    new_entries = list(entries.values())
+    parts: list[Iterable[bytes]] = []
+    done = pos = 0  # entries and lines of ``old`` already accounted for
+    for i in changed:
+        # Lines of the unchanged entries before this one, counted and sliced in C.
+        n = sum(map(len, map(_addresses, islice(old_entries, i - done))))
+        parts.append(old.lines[pos : pos + n])
+        pos += n + len(next(old_entries).addresses)
+        parts.append(entry_lines(names[i], new_entries[i]))
+        done = i + 1
+    parts.append(old.lines[pos:])
+    return tuple(chain.from_iterable(parts))

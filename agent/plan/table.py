@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from agent.model.record import Address, Provenance, Record, Rejection, sort_addresses
 from agent.plan.render import entry_lines
@@ -67,20 +68,35 @@ def _rank(p: Provenance) -> tuple[int, Provenance]:
     return (0 if p.kind == "static" else 1, p)
 
 
+_name = attrgetter("name")
+
+
 def _claims(records: Iterable[Record]) -> tuple[dict[str, Record], dict[str, list[Record]]]:
     """The first record per name, and the further records of names claimed again.
 
     Nearly every name is claimed by exactly one record and this runs for every
-    name on every sync, so the usual case is one dict operation. (The same record
-    object seen twice is one claim: merging it with itself is a no-op.)
+    name on every sync, so the usual case is built in C (map, zip, dict) and only
+    a table with a name claimed twice takes the loop. (The same record object
+    seen twice is one claim: merging it with itself is a no-op.)
     """
-    first: dict[str, Record] = {}
+    recs = list(records)
+    first = dict(zip(map(_name, recs), recs, strict=True))
+    if len(first) == len(recs):
+        return first, {}
+    first = {}
     again: dict[str, list[Record]] = {}
     claim = first.setdefault
-    for rec in records:
+    for rec in recs:
         if claim(rec.name, rec) is not rec:
             again.setdefault(rec.name, []).append(rec)
     return first, again
+
+
+def _in_name_order(first: dict[str, Record]) -> dict[str, Record]:
+    names = sorted(first)
+    if names == list(first):  # records usually arrive in name order: keep the dict
+        return first
+    return dict(zip(names, map(first.__getitem__, names), strict=True))
 
 
 def _decide(
@@ -115,7 +131,7 @@ def make_table(
 ) -> Table:
     """The table for these claims; ``kept(name)`` is who held a contested name before."""
     first, again = _claims(records)
-    entries = {name: first[name] for name in sorted(first)}  # name order, as always
+    entries = _in_name_order(first)  # name order, as always
     conflicts: list[Conflict] = []
     for name in sorted(again):
         entry, conflict = _decide(name, [first[name], *again[name]], kept(name))

@@ -8,8 +8,8 @@ snapshots each time (plan.table), which is what keeps files from rotting.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from itertools import chain
-from operator import attrgetter
+from itertools import chain, compress
+from operator import attrgetter, ne
 
 from agent.model.record import ObjectState, Record, Rejection
 
@@ -27,17 +27,22 @@ def _keep_equal(
     once (no second table in memory during a reload), and lets the planner see
     the same records as last time, so their entries and lines are reused.
     """
-    new: dict[str, ObjectState] = {}
-    changed = len(old) != len(objects)
+    if len(old) == len(objects) and old.keys() == objects.keys():
+        # The same objects (the usual resync): compare in C, rebuild only if needed.
+        olds = list(map(old.__getitem__, objects))
+        differ = list(compress(objects, map(ne, olds, objects.values())))
+        if not differ:
+            return old, False
+        new = dict(zip(objects, olds, strict=True))
+        for oid in differ:
+            new[oid] = objects[oid]
+        return new, True
     get = old.get
+    new = {}
     for oid, state in objects.items():
         prev = get(oid)
-        if prev is not None and (prev is state or prev == state):
-            new[oid] = prev
-        else:
-            new[oid] = state
-            changed = True
-    return new, changed
+        new[oid] = prev if prev is not None and prev == state else state
+    return new, True
 
 
 class StateStore:

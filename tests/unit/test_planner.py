@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import random
+
+import pytest
 
 from agent.config.load import parse_config
 from agent.model.record import ObjectState, Provenance, Record
@@ -87,3 +90,24 @@ def test_reload_lends_the_running_configs_unchanged_entries() -> None:
     assert new.static[0] is running.static[0]
     assert new.static[1] is not running.static[1]
     assert str(new.static[1].addresses[0]) == "10.0.0.3"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_reused_lines_always_equal_lines_made_from_scratch(seed: int) -> None:
+    rng = random.Random(seed)
+    objs = [Provenance("s", f"o{i}", "container", "") for i in range(30)]
+
+    def some(i: int) -> Record:
+        addrs = [f"10.0.{rng.randrange(3)}.{i + 1}"] + (["fd00::%x" % (i + 1)] * rng.randrange(2))
+        return rec(f"n{i:02d}.dns.test", objs[i], *addrs)
+
+    current = {i: some(i) for i in rng.sample(range(30), 20)}
+    planner = Planner()
+    for _ in range(8):
+        for i in rng.sample(range(30), rng.randrange(1, 6)):  # change, add or remove some
+            if i in current and rng.random() < 0.3:
+                del current[i]
+            else:
+                current[i] = some(i)
+        table = planner.plan(list(current.values()), [])
+        assert table.lines == Table(entries=dict(table.entries)).lines
