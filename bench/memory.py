@@ -13,6 +13,9 @@ SIGHUP reload of a config in which one name changed its address.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ from tests.harness.wait import until
 
 COUNTS = (0, 10_000, 100_000)
 SETTLE_S = 2.5  # the heap freeze runs 1 s after a sync; let RSS settle after it
+TIMEOUT_S = 300
 
 
 def _kib(pid: int, field: str) -> int:
@@ -48,22 +52,33 @@ def _config(root: Path, agent: Agent, n: int, addr: str) -> str:
     ).replace('log_level = "debug"', 'log_level = "info"')
 
 
+def _start(agent: Agent) -> None:
+    """Agent.start, with a timeout for 100,000 names on a busy machine."""
+    log = agent.log.open("ab")
+    agent.proc = subprocess.Popen(agent.command(), stdout=log, stderr=log,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    agent._log = log
+    until(agent._ready, timeout=TIMEOUT_S, what="namesync-agent ready")
+
+
 def measure(root: Path, n: int) -> tuple[float, float, float]:
     """(steady MiB, peak during reload MiB, steady after reload MiB) for n names."""
     agent = Agent(root / f"agent-{n}")
     agent.set_config(_config(root, agent, n, ADDR_A))
-    agent.start()
+    _start(agent)
     try:
         assert agent.proc is not None
         pid = agent.proc.pid
         time.sleep(SETTLE_S)
         steady = _kib(pid, "VmRSS")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        syncs = agent.status()["daemon"]["syncs"]
+        daemon = agent.status()["daemon"]
         agent.set_config(_config(root, agent, n, ADDR_B))
-        agent.reload()
-        until(lambda: agent.status()["daemon"]["syncs"] > syncs or n == 0,
-              timeout=120, what="sync after reload")
+        agent.proc.send_signal(signal.SIGHUP)
+        until(lambda: agent.status()["daemon"]["config_loaded"] != daemon["config_loaded"],
+              timeout=TIMEOUT_S, what="config reload")
+        until(lambda: agent.status()["daemon"]["syncs"] > daemon["syncs"] or n == 0,
+              timeout=TIMEOUT_S, what="sync after reload")
         peak = _kib(pid, "VmHWM")
         time.sleep(SETTLE_S)
         after = _kib(pid, "VmRSS")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,34 +74,47 @@ class NameHistory:
 
     def observe(self, old: Table, new: Table) -> None:
         now = self._clock()
-        events: list[dict[str, Any]] = []
-        before = old.entries
-        for name, e in new.entries.items():
-            o = before.get(name)
-            if o is e:  # entries are memoised per record: the usual case costs this test
-                continue
-            if o is None or (o.provenance.source, o.provenance.object_id) != (
-                e.provenance.source, e.provenance.object_id
-            ):
-                self.since[name] = now
-                self.gone.pop(name, None)
-                events.append(entry_event("appeared" if o is None else "moved", e, now, now))
-            elif o.addresses != e.addresses:
-                events.append(entry_event("changed", e, now, self.since.get(name)))
-        for name, o in before.items():
-            if name not in new.entries:
-                since = self.since.pop(name, now)
-                self.gone[name] = Gone(name, o.addresses, o.provenance, since, now)
-                self.gone.move_to_end(name)
-                events.append(entry_event("vanished", o, now, since))
+        # Events are made only for watchers: at startup every name "appears", and a
+        # dict per name nobody reads would set the daemon's RSS for good.
+        events: list[dict[str, Any]] | None = [] if self._watchers else None
+        self._arrivals(old.entries, new.entries, now, events)
+        self._departures(old.entries, new.entries, now, events)
         while len(self.gone) > GONE_KEPT:
             self.gone.popitem(last=False)
+        if events is None:
+            return
         for r in set(new.rejections) - set(old.rejections):
             events.append({"event": "refused", "at": ts(now), "name": None, "value": r.value,
                            "reason": r.reason, **provenance(r.provenance)})
         for w in self._watchers:
             for ev in events:
                 w.put(ev)
+
+    def _arrivals(self, before: Mapping[str, Entry], after: Mapping[str, Entry], now: float,
+                  events: list[dict[str, Any]] | None) -> None:
+        for name, e in after.items():
+            o = before.get(name)
+            if o is e:  # an unchanged record is the same entry object: the usual case
+                continue
+            if o is None or (o.provenance.source, o.provenance.object_id) != (
+                e.provenance.source, e.provenance.object_id
+            ):
+                self.since[name] = now
+                self.gone.pop(name, None)
+                if events is not None:
+                    events.append(entry_event("appeared" if o is None else "moved", e, now, now))
+            elif o.addresses != e.addresses and events is not None:
+                events.append(entry_event("changed", e, now, self.since.get(name)))
+
+    def _departures(self, before: Mapping[str, Entry], after: Mapping[str, Entry], now: float,
+                    events: list[dict[str, Any]] | None) -> None:
+        for name, o in before.items():
+            if name not in after:
+                since = self.since.pop(name, now)
+                self.gone[name] = Gone(name, o.addresses, o.provenance, since, now)
+                self.gone.move_to_end(name)
+                if events is not None:
+                    events.append(entry_event("vanished", o, now, since))
 
     def subscribe(self, table: Table) -> AsyncIterator[dict[str, Any]]:
         """The current names (``present`` events), then every change, until cancelled."""
