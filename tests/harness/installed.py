@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import tomllib
 from pathlib import Path
 
 from . import rpm
-from .isolation import isolated
+from .isolation import original_network
 from .nspawn import Container
 from .rootfs import CACHE
 
@@ -57,12 +56,9 @@ def dependency_wheels(python: str = sys.executable) -> Path:
             return target
         tmp = target.with_name(target.name + ".building")
         shutil.rmtree(tmp, ignore_errors=True)
-        # The test session has a private network namespace (isolation.py) with only
-        # lo: pip fetches in the one pytest was started in (its parent's), where it
-        # would have run without the isolation. It only writes into the cache.
-        net = ["nsenter", f"--net=/proc/{os.getppid()}/ns/net", "--"] if isolated() else []
-        r = subprocess.run([*net, python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(tmp),
-                            *reqs], capture_output=True, text=True, timeout=600)
+        r = subprocess.run([*original_network(), python, "-m", "pip", "wheel", "-q",
+                            "--wheel-dir", str(tmp), *reqs],
+                           capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeError(f"pip wheel failed:\n{r.stderr[-4000:]}")

@@ -52,3 +52,16 @@ def enter_private_namespaces() -> str | None:
     subprocess.run(["mount", "--bind", str(private_hosts), "/etc/hosts"], check=True)
     os.environ[ENV_MARK] = "1"
     return None
+
+
+def original_network() -> list[str]:
+    """argv prefix running a command in the network namespace pytest was started in.
+
+    The session's own has only ``lo``. Downloads that feed the shared caches
+    (mmdebstrap's packages, pip's wheels) need the machine's network, nothing
+    else of it: they run there, still in the session's private mount namespace.
+    The parent (the shell or CI job that started pytest) is in that namespace.
+    """
+    if not isolated():
+        return []
+    return ["nsenter", f"--net=/proc/{os.getppid()}/ns/net", "--"]

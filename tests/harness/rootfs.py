@@ -26,6 +26,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .isolation import original_network
+
 CACHE = Path("/var/cache/namesync-tests")
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
 SOURCES_LIST = Path("/etc/apt/sources.list")
@@ -141,7 +143,7 @@ def build(image: Image = SYSTEMD_IMAGE) -> Path:
         made = " ".join(f'"$1"{shlex.quote(d)}' for d in image.dirs)
         hooks = [f"--customize-hook=mkdir -p {made}"] if image.dirs else []
         r = subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
+            [*original_network(), "mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
              f"--include={','.join(image.packages)}", *hooks, suite, str(tmp), *mirrors],
             capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if r.returncode != 0:
