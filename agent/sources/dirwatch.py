@@ -49,16 +49,9 @@ async def watch_dir(
                     on_watch(path)
                 # Anything written before the watch existed is seen by this rescan.
                 yield RESCAN
-                async for event in inotify:
-                    if event.mask & Mask.Q_OVERFLOW:
-                        yield RESCAN
-                        continue
-                    if event.watch is not watch:
-                        continue
-                    if event.mask & _SELF_GONE:
-                        break
-                    if event.name is not None and not event.mask & Mask.ISDIR:
-                        yield str(event.name)
+                async with contextlib.aclosing(_files_until_gone(inotify, watch)) as names:
+                    async for name in names:
+                        yield name
                 _forget(inotify, watch)
                 # The directory went away: whatever was in it is gone too.
                 yield RESCAN
@@ -68,14 +61,33 @@ async def watch_dir(
                 on_watch(base)
             # The next component may have appeared between the check and the watch.
             if _nearest_existing(path) == base:
-                async for event in inotify:
-                    if event.watch is not watch:
-                        continue
-                    if event.mask & (_SELF_GONE | Mask.Q_OVERFLOW):
-                        break
-                    if event.mask & Mask.ISDIR or event.mask & Mask.MOVED_TO:
-                        break
+                await _next_component(inotify, watch)
             _forget(inotify, watch)
+
+
+async def _files_until_gone(inotify: Inotify, watch: Watch) -> AsyncGenerator[str, None]:
+    """File names changed in the watched directory (RESCAN on overflow), until it goes."""
+    async for event in inotify:
+        if event.mask & Mask.Q_OVERFLOW:
+            yield RESCAN
+            continue
+        if event.watch is not watch:
+            continue
+        if event.mask & _SELF_GONE:
+            return
+        if event.name is not None and not event.mask & Mask.ISDIR:
+            yield str(event.name)
+
+
+async def _next_component(inotify: Inotify, watch: Watch) -> None:
+    """Return once a directory appears in (or moves into) the watched ancestor."""
+    async for event in inotify:
+        if event.watch is not watch:
+            continue
+        if event.mask & (_SELF_GONE | Mask.Q_OVERFLOW):
+            return
+        if event.mask & Mask.ISDIR or event.mask & Mask.MOVED_TO:
+            return
 
 
 def _forget(inotify: Inotify, watch: Watch) -> None:

@@ -75,6 +75,9 @@ def user_mode_state(dom: Domain, naming: Naming) -> ObjectState | None:
     return ObjectState(records=(Record(name, (), prov),))
 
 
+NicView = tuple[Nic, tuple[Address, ...], list[Lease]]  # a NIC, its addresses, its leases
+
+
 def domain_state(
     dom: Domain,
     naming: Naming,
@@ -91,40 +94,16 @@ def domain_state(
     except InvalidName as e:
         return ObjectState(rejections=(Rejection(prov, dom.name, e.reason),))
 
-    per_nic: list[tuple[Nic, tuple[Address, ...], list[Lease]]] = []
-    for nic in dom.nics:
-        bridge = nic_bridge(nic, bridges)
-        nic_leases = leases.get((bridge, nic.mac), []) if bridge and nic.mac else []
-        addrs = tuple(lease.address for lease in nic_leases)
-        if not addrs and nic.mac:
-            # No lease (bridged NIC, static address): what the agent or ARP saw.
-            addrs = probed.get(nic.mac, ())
-        per_nic.append((nic, addrs, nic_leases))
-
+    per_nic = _per_nic(dom, bridges, leases, probed)
     records: list[Record] = []
     rejections: list[Rejection] = []
     everything = tuple(dict.fromkeys(a for _, addrs, _ in per_nic for a in addrs))
     if everything:
         records.append(Record(name, everything, prov))
     if len(per_nic) > 1:
-        seen: set[str] = set()
-        for nic, addrs, _ in per_nic:
-            nprov = Provenance(naming.source, dom.uuid, "nic", f"{display}, NIC {nic.index}")
-            nic_part = nic_label(nic)
-            if nic_part in seen:
-                # Two NICs with one alias: the first in XML order keeps it.
-                nic_part = f"nic{nic.index}"
-            if nic_part in seen:
-                rejections.append(Rejection(nprov, nic_part, "another NIC of this domain has it"))
-                continue
-            seen.add(nic_part)
-            try:
-                nic_name = join(nic_part, name)
-            except InvalidName as e:
-                rejections.append(Rejection(nprov, f"{nic_part}.{name}", e.reason))
-                continue
-            if addrs:
-                records.append(Record(nic_name, addrs, nprov))
+        records_n, rejected_n = _nic_names(dom, naming, name, per_nic, display)
+        records += records_n
+        rejections += rejected_n
     if naming.guest_hostnames:
         records_g, rejected_g = _guest_names(dom, naming, per_nic, display)
         records += records_g
@@ -132,10 +111,55 @@ def domain_state(
     return ObjectState(records=tuple(records), rejections=tuple(rejections))
 
 
+def _per_nic(
+    dom: Domain,
+    bridges: Mapping[str, str],
+    leases: Mapping[tuple[str, str], list[Lease]],
+    probed: Mapping[str, tuple[Address, ...]],
+) -> list[NicView]:
+    out: list[NicView] = []
+    for nic in dom.nics:
+        bridge = nic_bridge(nic, bridges)
+        nic_leases = leases.get((bridge, nic.mac), []) if bridge and nic.mac else []
+        addrs = tuple(lease.address for lease in nic_leases)
+        if not addrs and nic.mac:
+            # No lease (bridged NIC, static address): what the agent or ARP saw.
+            addrs = probed.get(nic.mac, ())
+        out.append((nic, addrs, nic_leases))
+    return out
+
+
+def _nic_names(
+    dom: Domain, naming: Naming, name: str, per_nic: list[NicView], display: str
+) -> tuple[list[Record], list[Rejection]]:
+    """``<nic>.<domain>.<zone>`` for each NIC of a multi-NIC domain."""
+    records: list[Record] = []
+    rejections: list[Rejection] = []
+    seen: set[str] = set()
+    for nic, addrs, _ in per_nic:
+        nprov = Provenance(naming.source, dom.uuid, "nic", f"{display}, NIC {nic.index}")
+        nic_part = nic_label(nic)
+        if nic_part in seen:
+            # Two NICs with one alias: the first in XML order keeps it.
+            nic_part = f"nic{nic.index}"
+        if nic_part in seen:
+            rejections.append(Rejection(nprov, nic_part, "another NIC of this domain has it"))
+            continue
+        seen.add(nic_part)
+        try:
+            nic_name = join(nic_part, name)
+        except InvalidName as e:
+            rejections.append(Rejection(nprov, f"{nic_part}.{name}", e.reason))
+            continue
+        if addrs:
+            records.append(Record(nic_name, addrs, nprov))
+    return records, rejections
+
+
 def _guest_names(
     dom: Domain,
     naming: Naming,
-    per_nic: list[tuple[Nic, tuple[Address, ...], list[Lease]]],
+    per_nic: list[NicView],
     display: str,
 ) -> tuple[list[Record], list[Rejection]]:
     by_name: dict[str, list[Address]] = {}
