@@ -71,6 +71,20 @@ def loose(text: str) -> str:
     return "".join(c for c in folded.lower() if c.isascii() and c.isalnum())
 
 
+def spelled_alike(key: str, value: str) -> bool:
+    """Whether a refused ``value`` was meant to be the label whose loose key is ``key``.
+
+    Equal loose keys ('Café_1' vs 'cafe-1'), or one the start of the other when the
+    label is long enough to say so (a 70-character name asked for as its first 63).
+    """
+    if not key:
+        return False
+    for v in (loose(value), loose(value.partition(".")[0])):
+        if v == key or (min(len(v), len(key)) >= 8 and (v.startswith(key) or key.startswith(v))):
+            return True
+    return False
+
+
 @dataclass
 class Facts:
     """What the thread gathers: files, resolver, live answers."""
@@ -175,17 +189,22 @@ class Explainer:
         self.sources = list(sources)
         self.history = history
 
+    def refused(self, name: str) -> list[dict[str, Any]]:
+        """Refused spellings of ``name``'s first label (also for a name that is no DNS name)."""
+        key = loose(name.partition(".")[0])
+        out = []
+        for r in self.table.rejections:
+            if spelled_alike(key, r.value):
+                out.append({"kind": "refused", "value": r.value, "reason": r.reason,
+                            "party": provenance(r.provenance),
+                            "text": f"{r.provenance.display or r.provenance.object_id} "
+                                    f"({r.provenance.source}) wanted {r.value!r}, refused: "
+                                    f"{r.reason}"})
+        return out
+
     def _misses(self, name: str) -> list[dict[str, Any]]:
         label = name.partition(".")[0]
-        key = loose(label)
-        misses: list[dict[str, Any]] = []
-        for r in self.table.rejections:
-            if key and key in (loose(r.value), loose(r.value.partition(".")[0])):
-                misses.append({"kind": "refused", "value": r.value, "reason": r.reason,
-                               "party": provenance(r.provenance),
-                               "text": f"{r.provenance.display or r.provenance.object_id} "
-                                       f"({r.provenance.source}) wanted {r.value!r}, refused: "
-                                       f"{r.reason}"})
+        misses = self.refused(name)
         gone = self.history.gone.get(name)
         if gone is not None:
             misses.append({"kind": "gone", "until": ts(gone.until), "since": ts(gone.since),
@@ -215,7 +234,7 @@ class Explainer:
         try:
             name = parse_fqdn(raw.strip())
         except InvalidName as e:
-            doc.update(name=None, invalid=e.reason)
+            doc.update(name=None, invalid=e.reason, misses=self.refused(raw.strip().lower()))
             return doc
         zones = zones_of(self.config)
         zone = zone_of(name, zones)

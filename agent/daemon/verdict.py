@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.model.names import InvalidName, parse_fqdn
+
 Verdict = dict[str, Any]
+
+
+def _is_dns_name(value: str) -> bool:
+    try:
+        parse_fqdn(value)
+    except InvalidName:
+        return False
+    return True
 
 # Nearest misses in the order a user should hear about them: what was asked for
 # and refused beats what used to be there, which beats a guess at a typo.
@@ -87,6 +97,8 @@ def _fix_for_miss(miss: dict[str, Any], label: str) -> str | None:
     if miss.get("fix"):
         return str(miss["fix"])
     if kind == "refused":
+        if _is_dns_name(str(miss.get("value", ""))):
+            return None  # refused for what it is, not how it is spelled: the reason says it
         return (f"rename it to a DNS-safe name (letters, digits and inner hyphens, at most "
                 f"63), e.g. {label!r}")
     if kind == "gone":
@@ -127,8 +139,13 @@ def _missing(doc: dict[str, Any]) -> Verdict:
 
 def verdict(doc: dict[str, Any]) -> Verdict:
     if doc.get("name") is None:
-        return _v(False, f"{doc['query']!r} is not a DNS name: {doc['invalid']}",
-                  "names are dot-separated labels of letters, digits and inner hyphens")
+        text = f"{doc['query']!r} is not a DNS name: {doc['invalid']}"
+        refused = doc.get("misses") or []
+        if refused:
+            return _v(False, f"{text}; {refused[0]['text']}",
+                      _fix_for_miss(refused[0], "a-dns-label"))
+        return _v(False, text, "names are dot-separated labels of letters, digits and inner "
+                  "hyphens")
     if doc.get("claim"):
         return _claimed(doc)
     return _missing(doc)
