@@ -203,3 +203,24 @@ def test_watch_shows_names_appearing_and_vanishing(dnsmasq: Dnsmasq, agent: Agen
     assert ex["misses"][0]["kind"] == "gone"
     assert ex["verdict"]["text"] == ("a.dns.test is not published: published by "
                                      "[[static]] a.dns.test (static) until it went away")
+
+
+def test_an_unpublished_host_record_is_not_counted_as_published(
+        dnsmasq: Dnsmasq, agent: Agent, write_config: WriteConfig) -> None:
+    write_config(host='interfaces = ["nsnone0"]')
+    agent.start()
+    _, doc = ctl_json(agent, "status")
+    hosts = [s for s in doc["sources"] if s["kind"] == "host"]
+    assert len(hosts) == 1, [(s["kind"], s["name"]) for s in doc["sources"]]
+    host = hosts[0]
+    assert (host["names"], host["refused"]) == (0, 1)
+    human = ctl(agent, "status").stdout
+    [row] = [line for line in human.splitlines()
+             if line.startswith(f"  {host['name']} ") and "connected" in line]
+    assert row.split()[1:4] == ["connected", "0", "1"]
+    rc, ex = ctl_json(agent, "explain", "host.dns.host")
+    assert rc == 1
+    assert ex["misses"][0]["kind"] == "refused"
+    assert ex["verdict"]["text"].startswith("host.dns.host is not published: ")
+    assert "no interface nsnone0" in ex["verdict"]["text"]
+    assert ex["verdict"]["fix"] is None
