@@ -40,7 +40,7 @@ def _resolver(nm: dict[str, Any]) -> str | None:
     if not nm.get("watching"):
         return None
     if nm["bus"] != "connected":
-        text = f"system D-Bus {nm['bus']}" + (f": {plain(nm['bus_error'])}"
+        text = f"D-Bus {nm['bus']}" + (f": {plain(nm['bus_error'])}"
                                               if nm.get("bus_error") else "")
     elif not nm["running"]:
         text = "NetworkManager not running"

@@ -123,3 +123,11 @@ def agentctl(*args: str, check: bool = True,
     return subprocess.run([sys.executable, "-m", "agent.cli.agentctl", *args],
                           capture_output=True, text=True, check=check, timeout=60,
                           env={**os.environ, **(env or {})})
+
+
+def status_text(socket: Path) -> str:
+    """``agentctl status`` as a user reads it; exit 0 (healthy) or 1 (degraded) both fine
+    here (the exit codes have tests of their own)."""
+    run = agentctl("--socket", str(socket), "status", check=False)
+    assert run.returncode in (0, 1), (run.returncode, run.stdout, run.stderr)
+    return run.stdout

@@ -59,7 +59,7 @@ def test_malformed_markers_leave_file_untouched_and_are_reported(
     assert hosts.stat().st_mtime_ns == mtime
     run = agentctl("--socket", str(agent.socket), "status", check=False)
     assert run.returncode == 1  # degraded: a sink refuses its file
-    assert "malformed namesync markers" in run.stdout
+    assert f"hosts_file {hosts}: refused: malformed namesync markers" in run.stdout
 
 
 def test_bind_mounted_hosts_file_is_rewritten_in_place(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.agent import Agent, agentctl
+from tests.harness.agent import Agent, status_text
 from tests.harness.dns import Answer, dig
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network, lease_file
@@ -146,7 +146,7 @@ def test_a_corrupt_lease_file_keeps_the_last_good_view(
     until(lambda: "refused" in (libvirt_source(agent)["detail"] or ""), what="refusal shown")
     assert agent.proc is not None and agent.proc.poll() is None
     assert ask(dnsmasq, f"steady.{ZONE}").records == (ip,)
-    text = agentctl("--socket", str(agent.socket), "status").stdout
+    text = status_text(agent.socket)
     assert f"{libvirt_network.bridge}.status refused (not JSON" in text
 
     status.write_bytes(good)

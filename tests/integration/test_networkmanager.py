@@ -11,7 +11,7 @@ import pytest
 
 from agent.config.load import parse_config
 from agent.resolvers.setup import render_dropin
-from tests.harness.agent import Agent, agentctl, toml_config
+from tests.harness.agent import Agent, agentctl, status_text, toml_config
 from tests.harness.nm import NetworkManager
 from tests.harness.wait import until
 
@@ -176,8 +176,8 @@ def test_no_system_bus_falls_back_to_pid_file(public_tmp: Path, tmp_path: Path) 
         assert (st["watching"], st["bus"], st["running"]) == (True, "unavailable", False)
         assert str(st["advice"]).startswith("no system D-Bus")
         assert last_reload(agent)["via"] == f"pid file {d.pid_file}"
-        human = agentctl("--socket", str(agent.socket), "status").stdout
-        assert "resolver D-Bus unavailable" in human
+        human = status_text(agent.socket)
+        assert "resolver  D-Bus unavailable" in human
     finally:
         agent.stop()
         d.stop()
@@ -206,8 +206,8 @@ def test_non_dnsmasq_mode_is_reported_with_what_to_change(public_tmp: Path,
         assert b"10.0.0.1 a.dns.test" in hosts.read_bytes()
         r = last_reload(agent)
         assert r["signalled"] is False  # no dnsmasq anywhere: nothing is signalled
-        human = agentctl("--socket", str(agent.socket), "status").stdout
-        assert "resolver NetworkManager dns=none" in human
+        human = status_text(agent.socket)
+        assert "resolver  NetworkManager dns=none" in human
         assert "set dns=dnsmasq in NetworkManager.conf" in human
         _, out = setup(agent, nm)
         assert "NetworkManager DNS mode is 'none', not 'dnsmasq'" in out

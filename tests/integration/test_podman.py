@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.agent import Agent, agentctl
+from tests.harness.agent import Agent, status_text
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.podman import AARDVARK_DIR, Podman
 from tests.harness.wait import until
@@ -241,9 +241,13 @@ def test_hostile_names_and_addressless_containers_are_reported(
     # refused (events and inspect published the names above), and status says so.
     detail = until(lambda: source(agent)["detail"], what="fast path problem in status")
     assert detail.startswith(f"fast path off for network {NET2}: line ")
-    text = agentctl("--socket", str(agent.socket), "status").stdout
+    text = status_text(agent.socket)
     assert "REFUSED NAMES (4)" in text
-    assert f"podman:{podman.socket}:container isolated: 'isolated': has no network" in text
+    [row] = [line.split("  ") for line in text.splitlines()
+             if line.startswith(f"  podman:{podman.socket} container isolated ")]
+    assert [cell.strip() for cell in row if cell.strip()] == [
+        f"podman:{podman.socket} container isolated", "'isolated'",
+        "has no network (--network none)"]
     assert f"fast path off for network {NET2}" in text
 
 
@@ -408,7 +412,7 @@ def assert_forgery_shown(agent: Agent, podman: Podman, evil_id: str) -> None:
         f"names {evil_id[:12]}, the short id of another container in this file")
     assert by_id[evil_id]["reason"].startswith("its short id ends line ")
     assert by_id[evil_id]["reason"].endswith(": one of its network aliases has a newline in it")
-    text = agentctl("--socket", str(agent.socket), "status").stdout
+    text = status_text(agent.socket)
     assert "of network nsforge's aardvark-dns file" in text
     assert "fast path off for network nsforge: line " in text
 
