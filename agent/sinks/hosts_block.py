@@ -54,20 +54,26 @@ def _detect_newline(data: bytes) -> bytes:
     return b"\r\n" if nl > 0 and data[nl - 1 : nl] == b"\r" else b"\n"
 
 
-def split(data: bytes) -> Split:
+def _markers(lines: list[tuple[int, bytes, bytes]]) -> tuple[list[int], list[int]]:
+    """Indexes of the BEGIN and END lines; MarkerError for an altered marker."""
     begins: list[int] = []
     ends: list[int] = []
-    lines = _lines(data)
     for i, (_, content, _) in enumerate(lines):
         stripped = content.rstrip(b" \t")
-        if stripped.startswith(_BEGIN_STEM):
-            if stripped != BEGIN:
-                raise MarkerError(f"line {i + 1}: altered BEGIN marker {stripped[:80]!r}")
-            begins.append(i)
-        elif stripped.startswith(_END_STEM):
-            if stripped != END:
-                raise MarkerError(f"line {i + 1}: altered END marker {stripped[:80]!r}")
-            ends.append(i)
+        for stem, exact, found, name in (
+            (_BEGIN_STEM, BEGIN, begins, "BEGIN"),
+            (_END_STEM, END, ends, "END"),
+        ):
+            if stripped.startswith(stem):
+                if stripped != exact:
+                    raise MarkerError(f"line {i + 1}: altered {name} marker {stripped[:80]!r}")
+                found.append(i)
+    return begins, ends
+
+
+def split(data: bytes) -> Split:
+    lines = _lines(data)
+    begins, ends = _markers(lines)
     if not begins and not ends:
         return Split(data, None, b"", _detect_newline(data), b"")
     if len(begins) != 1 or len(ends) != 1:
