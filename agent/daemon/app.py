@@ -31,7 +31,7 @@ from . import status as st
 from .health import assess
 from .heap import settle_heap
 from .history import NameHistory
-from .instance import InstanceLock
+from .instance import AlreadyRunning, InstanceLock
 from .notify import reloading_message, sd_notify
 from .pipeline import Pipeline
 from .queries import Queries
@@ -107,6 +107,7 @@ class Daemon:
         self.config_error: str | None = None
         self.config_loaded_at = time.time()
         self.control: ControlServer | None = None
+        self._instance: InstanceLock | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._reload_pending = False
 
@@ -244,6 +245,13 @@ class Daemon:
                 problems=e.problems,
             )
             return {"reloaded": False, "problems": e.problems, "config": e.source}
+        try:
+            if self._instance is not None:
+                self._instance.extend(managed_paths(new))
+        except AlreadyRunning as e:
+            self.config_error = str(e)
+            log.error("config reload refused; keeping the running config", reason=str(e))
+            return {"reloaded": False, "problems": [str(e)], "config": new.origin}
         old = self.config
         self.config = new
         self.config_error = None
@@ -340,9 +348,11 @@ class Daemon:
         # Before anything is touched: a second agent on our paths refuses here.
         lock = InstanceLock(self.config.control.socket, managed_paths(self.config))
         lock.acquire()
+        self._instance = lock
         try:
             return await self._run_locked(once=once)
         finally:
+            self._instance = None
             lock.release()
 
     async def _run_locked(self, *, once: bool) -> int:

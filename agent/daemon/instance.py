@@ -63,7 +63,9 @@ class InstanceLock:
         ]
         for target in managed:
             self.paths.append((where / _lock_name(target), f"{target}"))
+        self._where = where
         self._fds: list[int] = []
+        self._held: set[Path] = set()
 
     def acquire(self) -> None:
         """Take every lock or none; AlreadyRunning names what the other agent holds."""
@@ -83,18 +85,38 @@ class InstanceLock:
             owner = _owner(fd)
             os.close(fd)
             raise AlreadyRunning(
-                f"another namesync-agent{owner} is running on {what}; "
-                "refusing to start (nothing was changed)"
+                f"another namesync-agent{owner} already manages {what}; nothing was changed"
             ) from None
         except BaseException:
             os.close(fd)
             raise
         self._fds.append(fd)
+        self._held.add(path)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def extend(self, managed: Iterable[Path]) -> None:
+        """Also lock files a reloaded config makes ours; AlreadyRunning if another agent has one.
+
+        Locks already held stay held (a path dropped by the reload is released
+        at exit): a config that points back at a file later must not race.
+        """
+        wanted = [(self._where / _lock_name(t), str(t)) for t in managed]
+        new = [(p, what) for p, what in wanted if p not in self._held]
+        taken = len(self._fds)
+        try:
+            for path, what in new:
+                self._take(path, what)
+        except BaseException:
+            for fd in self._fds[taken:]:
+                os.close(fd)
+            del self._fds[taken:]
+            self._held.difference_update(p for p, _ in new)
+            raise
 
     def release(self) -> None:
         # The files stay: unlinking a lock file races with the next agent opening it.
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
+        self._held.clear()

@@ -175,9 +175,10 @@ def test_flood_of_idle_connections_leaves_root_and_reloads_working(
         assert result["closed"] == CONNECTIONS
     status = Client(agent.socket, timeout=2).call("status")
     assert status["daemon"]["config_error"] is None
-    # No spin and no log flood: well under a second of CPU for the whole episode,
+    # No spin and no log flood: under a second of CPU for the whole ~6 s episode
+    # (0.03-0.04 s measured here; the issue saw 100 % of a CPU)
     # and a few log lines, not one per connection.
-    assert cpu_seconds(agent.proc.pid) - cpu_before < 5
+    assert cpu_seconds(agent.proc.pid) - cpu_before < 1
     log = agent.log.read_bytes()[log_before:]
     assert log.count(b"control connection refused") <= 2
     assert len(log) < 200_000

@@ -56,7 +56,7 @@ def test_second_agent_with_the_same_config_refuses_and_changes_nothing(
     second = run_second(agent.config, *mode)
 
     assert second.returncode == 3, second.stderr
-    assert "another namesync-agent" in second.stderr
+    assert "another namesync-agent" in second.stderr and "already manages" in second.stderr
     assert "nothing was changed" in second.stderr
     assert "Traceback" not in second.stderr
     assert snapshot(*watched) == before
@@ -99,3 +99,28 @@ def test_agent_starts_again_after_the_first_was_killed(
     agent.proc = None
     agent.start()
     assert dnsmasq.query("a.dns.test").records == ("10.0.0.1",)
+
+
+def test_reload_onto_another_agents_file_is_refused(
+        dnsmasq: Dnsmasq, agent: Agent, write_config: WriteConfig, public_tmp: Path) -> None:
+    """A reload may not point a sink at a file another running agent manages."""
+    write_config({"a.dns.test": ["10.0.0.1"]})
+    agent.start()
+    other = Agent(public_tmp / "other")
+    other_hosts = public_tmp / "other-hosts"
+    other.set_config(toml_config(socket=other.socket, addn_hosts=None, pid_file=None,
+                                 hosts_file=other_hosts, static={"b.dns.test": ["10.0.0.9"]}))
+    try:
+        other.start()
+        theirs = other_hosts.read_bytes()
+        assert b"b.dns.test" in theirs
+        agent.set_config(toml_config(
+            socket=agent.socket, addn_hosts=dnsmasq.addn_hosts, pid_file=dnsmasq.pid_file,
+            hosts_file=other_hosts, static={"a.dns.test": ["10.0.0.2"]}))
+        run = agentctl("--socket", str(agent.socket), "reload", check=False)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert f"already manages {other_hosts}" in run.stdout + run.stderr
+        assert other_hosts.read_bytes() == theirs
+        assert dnsmasq.query("a.dns.test").records == ("10.0.0.1",)  # the old config runs on
+    finally:
+        other.stop()
