@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .agent import Agent
 from .podman import IMAGE, _busybox_rootfs_tar, ping
 from .proc import process_gone, terminate
 from .users import User
@@ -197,3 +198,16 @@ class Session:
         for path in (self.dir, self.runtime):
             subprocess.run(["umount", "-R", "-l", str(path)], capture_output=True, check=False)
             shutil.rmtree(path, ignore_errors=True)
+
+
+class UserAgent(Agent):
+    """namesync-agent --mode user, run as the session's user with its own environment."""
+
+    def __init__(self, session: Session, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.session = session
+        self.socket = session.runtime / "namesync" / "control.sock"  # the user default
+
+    def command(self, *extra: str) -> list[str]:
+        return self.session.python("-m", "agent.daemon.main", "--mode", "user",
+                                   "--config", str(self.config), *extra)

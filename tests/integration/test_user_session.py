@@ -24,7 +24,7 @@ from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network
 from tests.harness.proc import terminate
-from tests.harness.rootless import Session, user_python_problem
+from tests.harness.rootless import Session, UserAgent, user_python_problem
 from tests.harness.users import User, ensure_user, remove
 from tests.harness.wait import until
 
@@ -243,19 +243,6 @@ def test_trusted_user_publishes_directly_in_the_zone(
 
 
 # --- the real user agent over real rootless Podman ----------------------------------
-
-
-class UserAgent(Agent):
-    """namesync-agent --mode user, run as the session's user with its own environment."""
-
-    def __init__(self, session: Session, workdir: Path) -> None:
-        super().__init__(workdir)
-        self.session = session
-        self.socket = session.runtime / "namesync" / "control.sock"  # the user default
-
-    def command(self, *extra: str) -> list[str]:
-        return self.session.python("-m", "agent.daemon.main", "--mode", "user",
-                                   "--config", str(self.config), *extra)
 
 
 def user_config(system: Agent) -> str:
