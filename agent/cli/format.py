@@ -22,7 +22,9 @@ def _header(doc: dict[str, Any], health: dict[str, Any], now: float) -> list[str
     d = doc["daemon"]
     n = len(health["problems"])
     verdict = health["state"] + (f" ({_plural(n, 'problem')})" if n else "")
-    out = [f"namesync {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  {verdict}"]
+    who = " (user agent)" if d.get("mode") == "user" else ""
+    out = [f"namesync {d['version']}{who}  pid {d['pid']}  up {duration(d['uptime_s'])}  "
+           f"{verdict}"]
     out.append(f"config    {d['config']}  loaded {age(d['config_loaded'], now)}")
     t = doc["table"]
     sync = f"last sync {age(d['last_sync'], now)}" + ("" if d["last_sync_ok"] else " (failed)")

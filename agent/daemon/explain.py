@@ -230,7 +230,7 @@ class Explainer:
         return misses
 
     def static_part(self, raw: str) -> dict[str, Any]:
-        doc: dict[str, Any] = {"query": raw}
+        doc: dict[str, Any] = {"query": raw, "mode": getattr(self.config, "mode", "system")}
         try:
             name = parse_fqdn(raw.strip())
         except InvalidName as e:

@@ -68,6 +68,11 @@ def _claimed(doc: dict[str, Any]) -> Verdict:
                   + (f" ({addn['error']})" if addn.get("error") else ""),
                   "`agentctl status` shows why the last write failed")
     res = doc.get("resolver")
+    if res is None and doc.get("mode") == "user":
+        # A user agent serves nothing itself: the system agent publishes its table.
+        return _v(True, f"{name} is published by this user agent as {', '.join(want)} and "
+                  "pushed to the system agent, which serves it (what it answers: "
+                  f"`sudo agentctl explain {name}`)")
     if res is None:
         return _without_dnsmasq(doc, "the dnsmasq sink is off", wanted=False)
     if res["pid"] is None:
