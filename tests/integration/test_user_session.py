@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.agent import Agent, toml_config
+from tests.harness.agent import Agent, agentctl, toml_config
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network
 from tests.harness.proc import terminate
@@ -307,6 +307,13 @@ def test_rootless_containers_through_the_user_agent(
     src = peers_source(system)
     [entry] = [p for p in src["peers"] if p["uid"] == alice.uid]
     assert entry["names"] == 1
+    # agentctl shows the published ports, in both agents.
+    for agent in (system, alice_agent):
+        listed = json.loads(agentctl("--socket", str(agent.socket), "list", "--json").stdout)
+        [row] = [n for n in listed["names"] if n["name"] == web]
+        assert "ports 0.0.0.0:8080->80/tcp" in row["display"], row
+    assert "ports 0.0.0.0:8080->80/tcp" in agentctl("--socket", str(system.socket),
+                                                     "list").stdout
 
     alice_podman.podman("stop", "-t", "0", "web")
     until(lambda: dnsmasq.query(web).status == "NXDOMAIN", timeout=15, what=f"{web} stopped")
