@@ -14,6 +14,7 @@ the user unit reaches READY under user@UID.service.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,3 +248,29 @@ def test_user_unit_reaches_ready_under_user_manager(user_session: UserSession) -
     # Publishing through the system agent's peer socket (issue 12) extends this
     # test: the user agent runs in user mode, its sink pushes to the system agent.
     u.systemctl("stop", "namesync.service")
+
+
+def test_user_unit_publishes_through_the_system_agent(running: System,
+                                                      user_session: UserSession) -> None:
+    """The user agent (user unit, user mode) pushes its table over the system agent's
+    peer socket; the system agent publishes what is inside the user's sub-zone and
+    refuses (and shows, with the uid) what is not."""
+    u = user_session
+    u.write("/home/tester/.config/namesync/config.toml", USER_CONFIG + static(
+        {"web.tester.dns.podman": "10.7.0.2"}))
+    u.systemctl("start", "namesync.service")
+    try:
+        until(lambda: running.ask("web.tester.dns.podman").records == ("10.7.0.2",),
+              timeout=20, interval=0.05, what="the user's name served by the system's dnsmasq")
+        assert running.ask("mine.dns.test").status == "NXDOMAIN"  # outside its sub-zone
+        status = json.loads(running.c.run("agentctl", "status", "--json", check=False).stdout)
+        refused = [r for r in status["table"]["rejected"] if r["source"] == f"peer:{u.uid}"]
+        assert [r["value"] for r in refused] == ["mine.dns.test"]
+        assert f"uid {u.uid} (tester)" in refused[0]["display"]
+        user = json.loads(u.run("agentctl", "status", "--json", check=False))
+        [sink] = user["sinks"]
+        assert (sink["kind"], sink["connected"], sink["accepted"]) == ("peer-push", True, 1)
+    finally:
+        u.systemctl("stop", "namesync.service")
+    # The user agent stopped: its name stays for the grace period (30 s by default).
+    assert running.ask("web.tester.dns.podman").records == ("10.7.0.2",)
