@@ -87,8 +87,8 @@ class DaemonConfig:
     coalesce_ms: int = setting(
         20,
         Int(0, 10_000),
-        "Changes arriving within this window after the first one are written and "
-        "reloaded together (one write, one SIGHUP).",
+        "The first change after a quiet spell is written at once; changes arriving "
+        "during that write or within this window after it are written together.",
     )
     log_level: str = setting("info", Choice(*LOG_LEVELS), "Log verbosity.")
 

@@ -1,4 +1,11 @@
-"""State store -> plan -> sinks, with coalescing and retry of failed sinks."""
+"""State store -> plan -> sinks, batched by coalesce.py, with retry of failed sinks.
+
+A sync that wrote measures what it cost: the CPU time of planning and of
+each sink's render, write and signal (proportional to the table, as the
+resolver's re-read is). CPU time, not wall time: on a busy machine a sync
+waits for a CPU, and that wait is no cost of ours to pace by. The coalescer
+paces the next sync by it.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +34,13 @@ class Pipeline:
         self.store = StateStore(on_change=self._on_change)
         self.planner = Planner()
         self.table = Table()
-        self.coalescer = Coalescer(coalesce_s, self.coalesced_sync)
+        self.coalescer = Coalescer(coalesce_s, self.coalesced_sync,
+                                   more_coming=self.store.more_coming)
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_s = RETRY_MIN_S
         self.syncs = 0
+        self.last_cost_s = 0.0  # CPU seconds the last sync took (plan + sinks)
         self.last_sync: float | None = None
         self.last_sync_ok = True
         # Called with (old, new) after every sync's plan, on the loop: watchers
@@ -69,25 +78,39 @@ class Pipeline:
                     losers=[p.display or p.object_id for p in c.losers],
                 )
 
-    async def coalesced_sync(self, first_change_at: float) -> None:
+    async def coalesced_sync(self, first_change_at: float) -> float:
+        """One batch; returns what it cost in seconds if it wrote anything, else 0."""
+        writes = sum(s.status.writes for s in self.sinks)
         await self.sync(first_change_at)
+        if sum(s.status.writes for s in self.sinks) == writes:
+            return 0.0  # identical output: no write, no signal, nothing to pace
+        return self.last_cost_s
 
     async def sync(self, first_change_at: float | None = None) -> bool:
         """Recompute the table from all snapshots and apply it to every sink."""
         first = time.monotonic() if first_change_at is None else first_change_at
         async with self._lock:
+            self.store.take_batch()
+            cpu = time.thread_time()
             table = self.planner.plan(self.store.records(), self.store.rejections())
             self._log_differences(self.table, table)
             old, self.table = self.table, table
             for observe in self.observers:
                 observe(old, table)
+            cost = time.thread_time() - cpu
             sinks = list(self.sinks)
             results = await asyncio.gather(
-                *(asyncio.to_thread(s.apply, table, first) for s in sinks),
+                *(asyncio.to_thread(_timed_apply, s, table, first) for s in sinks),
                 return_exceptions=True,
             )
             ok = True
-            for sink, result in zip(sinks, results, strict=True):
+            for sink, timed in zip(sinks, results, strict=True):
+                result: bool | BaseException
+                if isinstance(timed, BaseException):
+                    result = timed
+                else:
+                    result, spent = timed
+                    cost += spent
                 if isinstance(result, BaseException):
                     sink.status.error(f"internal error: {result!r}")
                     log.error("sink failed", sink=sink.kind, error=repr(result), exc_info=result)
@@ -95,6 +118,7 @@ class Pipeline:
                 elif result is False:
                     ok = False
             self.syncs += 1
+            self.last_cost_s = cost
             self.last_sync = time.time()
             self.last_sync_ok = ok
             self._schedule_retry(ok)
@@ -118,3 +142,10 @@ class Pipeline:
             self._retry.cancel()
         for sink in self.sinks:
             sink.close()
+
+
+def _timed_apply(sink: Sink, table: Table, first: float) -> tuple[bool, float]:
+    """``sink.apply`` in a worker thread, and the CPU time it took there."""
+    cpu = time.thread_time()
+    result = sink.apply(table, first)
+    return result, time.thread_time() - cpu

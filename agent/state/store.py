@@ -54,6 +54,25 @@ class StateStore:
         self._rejecting: dict[str, int] = {}
         self._on_change = on_change
         self.generation = 0
+        self._coming: dict[str, int] = {}  # source -> changes it says are on their way
+        self._changed_sources: set[str] = set()  # since the pipeline last took a batch
+
+    def expect(self, source: str, count: int) -> None:
+        """``source`` knows ``count`` more changes are on their way (Podman: containers
+        created, not started yet). Sources that never say are taken to not know."""
+        self._coming[source] = count
+
+    def more_coming(self) -> bool:
+        """False only if every source with a change pending said nothing more is coming."""
+        return any(self._coming.get(s, 1) > 0 for s in self._changed_sources)
+
+    def take_batch(self) -> None:
+        """The pipeline starts a sync: what changed so far is in it."""
+        self._changed_sources.clear()
+
+    def _changed_by(self, source: str) -> None:
+        self._changed_sources.add(source)
+        self._changed()
 
     def _changed(self) -> None:
         self.generation += 1
@@ -66,7 +85,7 @@ class StateStore:
             return
         self._snapshots[source] = new
         self._rejecting[source] = sum(1 for obj in new.values() if obj.rejections)
-        self._changed()
+        self._changed_by(source)
 
     def update(self, source: str, object_id: str, state: ObjectState | None) -> None:
         snap = self._snapshots.setdefault(source, {})
@@ -83,12 +102,13 @@ class StateStore:
                 self._rejecting[source] = self._rejecting.get(source, 0) + 1
         if old is not None and old.rejections:
             self._rejecting[source] -= 1
-        self._changed()
+        self._changed_by(source)
 
     def drop(self, source: str) -> None:
         self._rejecting.pop(source, None)
+        self._coming.pop(source, None)
         if self._snapshots.pop(source, None) is not None:
-            self._changed()
+            self._changed_by(source)
 
     def object_count(self, source: str) -> int:
         return len(self._snapshots.get(source, {}))

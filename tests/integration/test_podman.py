@@ -307,7 +307,11 @@ def test_burst_of_twenty_answers_with_few_reloads(
         answers(dnsmasq, f"{name}.{ZONE}", ip)
     reloads = len(dnsmasq.reads()) - reads_before
     writes = agent.status()["sinks"][0]["writes"] - writes_before
-    assert 1 <= reloads <= 10, reloads
+    # Issue 11 changed this contract: a burst is paced by what a reload costs, and at
+    # twenty names a reload costs almost nothing, so names go as they come (until then:
+    # at most 10 reloads, bought with up to half a second of lag per name). What holds:
+    # a burst never costs more than one reload per container, and never one for nothing.
+    assert 1 <= reloads <= len(names), reloads
     assert writes == reloads
 
 

@@ -1,4 +1,4 @@
-"""Coalescing: a burst of changes is one render, one write, one reload."""
+"""Coalescing: a lone change at once, a burst of changes in few renders, writes and reloads."""
 
 from __future__ import annotations
 
@@ -44,7 +44,32 @@ class Recorder:
         return False
 
 
-def test_hundred_pokes_in_one_window_run_the_action_once() -> None:
+def test_lone_change_is_synced_at_once() -> None:
+    """Leading edge (issue 11): the first change after a quiet spell waits for nothing.
+    (Until issue 11 the first change armed a timer: a lone change waited a full window.)"""
+    async def main() -> None:
+        action = Recorder()
+        c = Coalescer(WINDOW, action)
+        task = asyncio.create_task(c.run())
+        try:
+            c.poke()
+            first_change_at, ran_at = await action.next_call()
+            assert ran_at - first_change_at < WINDOW / 2
+            assert await action.no_further_call()
+            await asyncio.sleep(WINDOW)  # quiet for longer than the hold
+            c.poke()
+            first_change_at, ran_at = await action.next_call()
+            assert ran_at - first_change_at < WINDOW / 2
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def test_hundred_pokes_in_one_window_run_the_action_twice() -> None:
+    """The first poke syncs at once; the 99 that follow within the window are one batch,
+    synced when the window after the first sync ends. (Before issue 11: one run, a
+    window after the first poke.)"""
     async def main() -> None:
         action = Recorder()
         c = Coalescer(WINDOW, action)
@@ -59,12 +84,15 @@ def test_hundred_pokes_in_one_window_run_the_action_once() -> None:
                 c.poke()
                 poke_times.append(time.monotonic())
             first_change_at, ran_at = await action.next_call()
-            assert max(poke_times) < ran_at, "test setup: pokes must all fall inside the window"
             assert before_first <= first_change_at <= after_first
-            assert ran_at - first_change_at >= WINDOW * 0.9
+            assert ran_at - first_change_at < WINDOW / 2
+            second_first_change, second_ran = await action.next_call()
+            assert max(poke_times) < second_ran, "test setup: pokes must fall in the window"
+            assert first_change_at < second_first_change <= max(poke_times)
+            assert second_ran - ran_at >= WINDOW * 0.9
             assert await action.no_further_call()
-            assert len(action.calls) == 1
-            assert c.runs == 1
+            assert len(action.calls) == 2
+            assert c.runs == 2
         finally:
             task.cancel()
 
@@ -151,6 +179,77 @@ def test_a_failing_action_does_not_stop_later_syncs() -> None:
             waiter.cancel()
             assert waiter in done, "the coalescer stopped instead of running again"
             assert len(action.calls) == 2
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+@dataclass
+class Costly(Recorder):
+    """An action that reports what it cost, as the pipeline's does after a write."""
+
+    cost: float = 0.0
+
+    async def __call__(self, first_change_at: float) -> float:  # type: ignore[override]
+        await super().__call__(first_change_at)
+        return self.cost
+
+
+def test_an_expensive_sync_holds_the_next_one_back_by_nine_times_its_cost() -> None:
+    """At most a tenth of the wall time goes to syncs that wrote: a 30 ms reload holds
+    the next batch for 270 ms, even with a 10 ms window."""
+    async def main() -> None:
+        action = Costly(cost=0.03)
+        c = Coalescer(0.01, action)
+        task = asyncio.create_task(c.run())
+        try:
+            c.poke()
+            _, first = await action.next_call()
+            await asyncio.sleep(0)
+            c.poke()
+            _, second = await action.next_call()
+            assert second - first >= 0.27
+            assert c.hold_s(0.03) == 0.03 * 9
+            assert c.hold_s(0.0001) == 0.01  # cheap: the window alone paces
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_cost_hold_ends_early_when_no_more_changes_are_coming() -> None:
+    async def main() -> None:
+        action = Costly(cost=0.1)
+        coming = [True]
+        c = Coalescer(0.01, action, more_coming=lambda: coming[0])
+        task = asyncio.create_task(c.run())
+        try:
+            c.poke()
+            _, first = await action.next_call()
+            c.poke()
+            await asyncio.sleep(0.05)
+            assert len(action.calls) == 1  # more are coming: the cost hold (0.9 s) applies
+            coming[0] = False  # the burst is over: the batch in hand is its last
+            _, second = await action.next_call()
+            assert second - first < 0.5
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_sync_that_wrote_nothing_costs_no_hold() -> None:
+    async def main() -> None:
+        action = Costly(cost=0.0)
+        c = Coalescer(0.01, action)
+        task = asyncio.create_task(c.run())
+        try:
+            c.poke()
+            _, first = await action.next_call()
+            c.poke()
+            _, second = await action.next_call()
+            assert second - first < 0.1
         finally:
             task.cancel()
 

@@ -42,7 +42,6 @@ from .events import EventStream, StreamEnded
 from .inspect import DOWN_STATES, PUBLISHED_STATES, Down, InspectError, Live, Pending, pod_of
 from .inspect import verdict as verdict_of
 from .ledger import Ledger
-from .pace import Pacer
 from .refusals import line_refusals
 from .view import ContainerView, object_state
 
@@ -93,7 +92,6 @@ class PodmanSource(Source):
         self.config = config
         self._client_factory = client_factory
         self._ledger = Ledger(self._build)
-        self._pacer = Pacer(self._flush)
         self._sink: SnapshotSink | None = None
         self._session: _Session | None = None
         # A non-root daemon talks to a rootless Podman, whose addresses the host
@@ -140,11 +138,19 @@ class PodmanSource(Source):
 
     # --- publishing --------------------------------------------------------
 
-    def _flush(self, ids: set[str]) -> None:
+    def _publish(self, ids: set[str]) -> None:
+        """Hand what changed to the store at once: batching is the pipeline's (coalesce.py)."""
         if self._sink is None:
             return
         for cid in sorted(ids):
             self._sink.update(self.name, cid, self._ledger.published(cid))
+
+    def _expect(self, coming: int) -> None:
+        """Tell the pipeline how many containers are on their way up (created, not started)."""
+        # Optional in SnapshotSink: the store has it (StateStore.expect), others may not.
+        expect = getattr(self._sink, "expect", None)
+        if expect is not None:
+            expect(self.name, coming)
 
     def _apply(self, cid: str, verdict: Live | Down) -> None:
         old = self._ledger.verdict(cid)
@@ -154,7 +160,7 @@ class PodmanSource(Source):
         changed = {cid} if self._ledger.set_verdict(cid, verdict) else set()
         if isinstance(verdict, Down) and verdict.gone and cid in self._fast.present:
             changed |= self._refusals()  # a line for no container
-        self._pacer.poke(changed)
+        self._publish(changed)
 
     def _fast_views(self) -> Mapping[str, ContainerView]:
         return {} if self._rootless or self._fast_off else self._fast.views
@@ -177,7 +183,7 @@ class PodmanSource(Source):
         present = None if self._rootless or self._fast_off else snapshot.present
         changed, hints = self._ledger.set_provisional(
             self._fast_views(), present, files_alone=self._session is None)
-        self._pacer.poke(changed | self._refusals())
+        self._publish(changed | self._refusals())
         session = self._session
         if session is not None:
             for cid in sorted(hints):
@@ -210,7 +216,6 @@ class PodmanSource(Source):
             await self._connect_loop()
         finally:
             fast.cancel()
-            self._pacer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fast
 
@@ -244,7 +249,6 @@ class PodmanSource(Source):
             info = await asyncio.to_thread(api.info)
             self._rootless = _rootless(info)
             verdicts, unsettled = await session.list_all()
-            self._pacer.drop()  # the snapshot below covers every pending change
             self._pod_names.clear()
             self._ledger.set_provisional(self._fast_views())
             self._ledger.resync(verdicts)
@@ -351,6 +355,16 @@ class _Session:
         self._sem = asyncio.Semaphore(INSPECT_CONCURRENCY)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._coming: set[str] = set()  # inspected on their way up, not running yet
+
+    def _on_the_way(self, ref: str, coming: bool) -> None:
+        before = len(self._coming)
+        if coming:
+            self._coming.add(ref)
+        else:
+            self._coming.discard(ref)
+        if len(self._coming) != before:
+            self.source._expect(len(self._coming))
 
     def inspect(self, ref: str) -> None:
         """Inspect ``ref`` soon; if an inspect of it is under way, once more after it."""
@@ -368,6 +382,7 @@ class _Session:
             while True:
                 self._again.discard(ref)
                 cid, v = await self.inspect_once(ref)
+                self._on_the_way(ref, isinstance(v, Pending))
                 if not isinstance(v, Pending):
                     self.source._apply(cid, v)
                 if ref in self._again:
@@ -382,6 +397,7 @@ class _Session:
             self.fail(e)
         finally:
             self._tasks.pop(ref, None)
+            self._on_the_way(ref, False)
 
     async def inspect_once(self, ref: str) -> tuple[str, Live | Down | Pending]:
         try:
