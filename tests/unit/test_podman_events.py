@@ -246,7 +246,9 @@ def test_unreachable_service_still_lets_the_daemon_become_ready(tmp_path: Path) 
         task = asyncio.create_task(src.run(Sink()))
         await asyncio.wait_for(src.synced.wait(), 5)
         assert src.health.state == "disconnected"
-        assert src.health.detail == "reconnecting in 1s"
+        # Issue 11: an absent socket is awaited with inotify, not retried on a timer
+        # (until then: "reconnecting in 1s").
+        assert src.health.detail == f"waiting for {config.socket} to appear"
         assert src.health.last_error and "absent.sock" in src.health.last_error
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

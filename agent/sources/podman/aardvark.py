@@ -37,27 +37,21 @@ told, so that network waits for Podman's events and inspect.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import fcntl
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
-import structlog
-
 from agent.model.record import Address, AddressError, parse_address
-from agent.sources.dirwatch import RESCAN, watch_dir
+from agent.sources import parsed_dir
+from agent.sources.parsed_dir import DirView, FileFormat, ParsedDir
 
 from .view import ContainerView, NetworkView
-
-log = structlog.get_logger(component="sources.podman.aardvark")
 
 PID_FILE = "aardvark.pid"  # aardvark-dns's own pid, beside the network files
 LOCK_FILE = "aardvark.lock"  # in the parent directory: netavark holds it while committing
@@ -74,8 +68,8 @@ class AardvarkFormatError(ValueError):
         self.reason = reason
 
 
-class Incomplete(Exception):
-    """The file is being written (empty, or its last line has no newline yet)."""
+# Raised for a file being written (empty, or its last line has no newline yet).
+Incomplete = parsed_dir.Incomplete
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +229,7 @@ def container_views(files: Iterable[NetworkFile]) -> dict[str, ContainerView]:
     return {cid: ContainerView(cid, names[cid], tuple(nets[cid])) for cid in sorted(names)}
 
 
-# --- reading the directory ----------------------------------------------------
+# --- the directory (agent/sources/parsed_dir.py follows and reads it) ---------
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,12 +246,8 @@ class Snapshot:
     lines: tuple[tuple[str, Entry], ...] = ()  # (network, line) of every parsed file
 
 
-_Missing = None  # the file is gone
-_Outcome = NetworkFile | str | Incomplete | None  # str: why it does not parse
-
-
-def _is_network_file(name: str) -> bool:
-    return name != PID_FILE and _NETWORK.fullmatch(name) is not None
+def _network_key(name: str) -> str | None:
+    return name if name != PID_FILE and _NETWORK.fullmatch(name) else None
 
 
 LOCK_WAIT_S = 1.0
@@ -291,159 +281,52 @@ def _commit_lock(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_one(path: Path) -> _Outcome:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return _Missing
-    except OSError as e:
-        return f"cannot open: {os.strerror(e.errno or errno.EIO)}"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "not a regular file"
-        data = b""
-        while len(data) <= MAX_FILE_BYTES and (chunk := os.read(fd, 1 << 16)):
-            data += chunk
-    except OSError as e:
-        return f"cannot read: {os.strerror(e.errno or errno.EIO)}"
-    finally:
-        os.close(fd)
-    try:
-        return parse_network_file(path.name, data)
-    except Incomplete as e:
-        return e
-    except AardvarkFormatError as e:
-        return str(e)
+# A refused file contributes nothing (its network falls back to events): no last good.
+AARDVARK_FILES = FileFormat(key=_network_key, parse=parse_network_file,
+                            max_bytes=MAX_FILE_BYTES, keep_last_good=False,
+                            read_lock=_commit_lock)
 
 
-def read_files(directory: Path, names: Iterable[str] | None) -> dict[str, _Outcome]:
-    """Read the named network files (None: every one there is). Blocking: run in a thread."""
-    with _commit_lock(directory):
-        if names is None:
-            try:
-                names = [n for n in os.listdir(directory) if _is_network_file(n)]
-            except OSError:
-                return {}
-        return {n: _read_one(directory / n) for n in names if _is_network_file(n)}
-
-
-# --- watching (agent/sources/dirwatch.py follows the directory) --------------
+def snapshot_of(view: DirView[NetworkFile]) -> Snapshot:
+    """What the files prove: vetted views, problems per network, every id present."""
+    problems = dict(view.refused)
+    trusted: list[NetworkFile] = []
+    refused: list[LineRefusal] = []
+    for name, f in sorted(view.files.items()):
+        bad = vet(f)
+        if bad:
+            refused += bad
+            problems[name] = (f"line {bad[0].entry.line} refused: {bad[0].reason}"
+                              + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        else:
+            trusted.append(f)
+    lines = tuple((f.network, e) for _, f in sorted(view.files.items()) for e in f.entries)
+    present = frozenset(e.container_id for _, e in lines)
+    return Snapshot(container_views(trusted), problems, present, tuple(refused), lines)
 
 
 class AardvarkWatcher:
-    """Follows the directory with inotify and reports a new Snapshot on every change.
-
-    The directory may not exist yet (no DNS-enabled network has had a running
-    container since boot), may appear later, and may be removed: until it
-    exists the watcher watches its nearest existing ancestor for the next path
-    component, never creating anything in Podman's tree itself.
-    """
+    """netavark's directory, followed into existence, as a Snapshot on every change."""
 
     def __init__(self, directory: Path, on_change: Callable[[Snapshot], None]) -> None:
         self.directory = directory
         self.on_change = on_change
-        self.present = False
-        self.watching: Path | None = None  # the directory, or the ancestor waited on
-        self._files: dict[str, NetworkFile] = {}
-        self._problems: dict[str, str] = {}
-        self._dirty: set[str] = set()
-        self._rescan = False
-        self._kick = asyncio.Event()
+        self._dir = ParsedDir(directory, AARDVARK_FILES, self._changed)
+
+    @property
+    def watching(self) -> Path | None:
+        """The directory, or the ancestor waited on until it exists."""
+        return self._dir.watching
+
+    @property
+    def present(self) -> bool:
+        return self._dir.view.present
 
     def snapshot(self) -> Snapshot:
-        problems = dict(self._problems)
-        trusted: list[NetworkFile] = []
-        refused: list[LineRefusal] = []
-        for name, f in sorted(self._files.items()):
-            bad = vet(f)
-            if bad:
-                refused += bad
-                problems[name] = (f"line {bad[0].entry.line} refused: {bad[0].reason}"
-                                  + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
-            else:
-                trusted.append(f)
-        lines = tuple((f.network, e) for _, f in sorted(self._files.items()) for e in f.entries)
-        present = frozenset(e.container_id for _, e in lines)
-        return Snapshot(container_views(trusted), problems, present, tuple(refused), lines)
+        return snapshot_of(self._dir.view)
 
     async def run(self) -> None:
-        reader = asyncio.create_task(self._reader(), name=f"aardvark-read:{self.directory}")
-        try:
-            changes = watch_dir(self.directory, on_watch=self._watching)
-            async with contextlib.aclosing(changes):
-                async for name in changes:
-                    if name == RESCAN:
-                        self._rescan = True
-                    else:
-                        self._dirty.add(name)
-                    self._kick.set()
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        await self._dir.run()
 
-    def _watching(self, path: Path) -> None:
-        self.watching = path
-        present = path == self.directory
-        if present != self.present:
-            log.debug("aardvark-dns directory", path=str(self.directory), present=present)
-        self.present = present
-        # Appeared or gone: everything it holds (or held) is read again.
-        self._rescan = True
-        self._kick.set()
-
-    async def _reader(self) -> None:
-        # One read per wake-up, of everything that changed meanwhile: a burst of
-        # netavark writes costs a few reads, not one per event.
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            rescan, self._rescan = self._rescan, False
-            dirty, self._dirty = self._dirty, set()
-            try:
-                if rescan:
-                    outcomes = await asyncio.to_thread(read_files, self.directory, None)
-                    changed = self._apply_all(outcomes)
-                else:
-                    outcomes = await asyncio.to_thread(read_files, self.directory, dirty)
-                    changed = self._apply(outcomes)
-                if changed:
-                    self.on_change(self.snapshot())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reading the aardvark-dns directory failed", path=str(self.directory))
-
-    def _apply_all(self, outcomes: dict[str, _Outcome]) -> bool:
-        changed = False
-        for name in set(self._files) | set(self._problems):
-            if name not in outcomes:
-                changed |= self._forget(name)
-        return self._apply(outcomes) or changed
-
-    def _forget(self, name: str) -> bool:
-        a = self._files.pop(name, None)
-        b = self._problems.pop(name, None)
-        return a is not None or b is not None
-
-    def _apply(self, outcomes: dict[str, _Outcome]) -> bool:
-        changed = False
-        for name, outcome in outcomes.items():
-            if isinstance(outcome, Incomplete):
-                continue  # its writer's close brings another event
-            if outcome is None:
-                changed |= self._forget(name)
-            elif isinstance(outcome, str):
-                if self._problems.get(name) != outcome:
-                    log.warning("aardvark-dns file not understood; that network falls back "
-                                "to Podman events", file=str(self.directory / name),
-                                problem=outcome)
-                    self._problems[name] = outcome
-                    changed = True
-                changed |= self._files.pop(name, None) is not None
-            else:
-                if self._files.get(name) != outcome:
-                    self._files[name] = outcome
-                    changed = True
-                changed |= self._problems.pop(name, None) is not None
-        return changed
+    def _changed(self, new: DirView[NetworkFile], _old: DirView[NetworkFile]) -> None:
+        self.on_change(snapshot_of(new))

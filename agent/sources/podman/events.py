@@ -3,7 +3,8 @@
 podman-py's stream is a blocking HTTP response read line by line. A dedicated
 daemon thread (not the loop's default executor: it blocks for as long as the
 stream lives, and the executor is joined at shutdown) reads it and hands each
-event to the loop with ``call_soon_threadsafe``.
+event to the loop with ``call_soon_threadsafe`` (or to the caller's thread-safe
+``deliver``, the source's one queue of hints).
 
 Closing is done from the loop side and must be prompt even while the thread
 sits in ``recv()`` with no event coming: ``close()`` shuts the response's
@@ -18,7 +19,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -47,11 +48,16 @@ class EventStream:
     """``GET /events?stream=true`` on a podman-py client; ``await next()`` per event."""
 
     def __init__(self, client: Any, *, since: int | None = None,
-                 header_timeout_s: float = 10.0) -> None:
+                 header_timeout_s: float = 10.0,
+                 deliver: Callable[[Mapping[str, Any] | BaseException], None] | None = None
+                 ) -> None:
+        """``deliver``: called from the reading thread with each event and, last, the
+        StreamEnded (it must be thread-safe, e.g. ``Hints.put``); None: ``await next()``."""
         self._client = client
         self._since = since
         self._header_timeout_s = header_timeout_s
         self._queue: asyncio.Queue[Mapping[str, Any] | BaseException] = asyncio.Queue()
+        self._deliver = deliver
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._response: Any = None
@@ -113,7 +119,10 @@ class EventStream:
     def _post(self, item: Mapping[str, Any] | BaseException) -> None:
         # RuntimeError: the loop is closed, nobody is listening any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            if self._deliver is not None:
+                self._deliver(item)
+            else:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     async def next(self) -> Mapping[str, Any]:
         """The next event; raises StreamEnded once the stream is over."""

@@ -144,29 +144,44 @@ def object_state(view: ContainerView, *, source: str, zone: str) -> ObjectState:
         rejections.append(Rejection(prov, view.name, e.reason))
 
     if not view.shares_netns:
-        alias_prov = Provenance(source, view.id, "alias", f"alias of {what} {view.name}")
-        noise = {view.id, view.id[:SHORT_ID]}
-        by_label: dict[str, set[Address]] = {}
-        refused: dict[str, str] = {}
-        for net in view.networks:
-            net_addrs = [a for a in net.addresses if usable(a)]
-            if not net_addrs:
-                continue
-            for alias in net.aliases:
-                if alias in noise or alias == view.name:
-                    continue
-                try:
-                    label = normalise_label(alias)
-                except InvalidName as e:
-                    refused[alias] = e.reason
-                    continue
-                if label != own:
-                    by_label.setdefault(label, set()).update(net_addrs)
-        for label in sorted(by_label):
-            try:
-                records.append(Record(join(label, zone), tuple(by_label[label]), alias_prov))
-            except InvalidName as e:
-                refused[label] = e.reason
-        rejections.extend(Rejection(alias_prov, alias, why)
-                          for alias, why in sorted(refused.items()))
+        alias_records, alias_rejections = _aliases(view, source, zone, what, own)
+        records += alias_records
+        rejections += alias_rejections
     return ObjectState(tuple(records), tuple(rejections))
+
+
+def _alias_labels(view: ContainerView, own: str | None
+                  ) -> tuple[dict[str, set[Address]], dict[str, str]]:
+    """Each alias's label -> the addresses of the networks it is an alias on; refusals."""
+    noise = {view.id, view.id[:SHORT_ID]}
+    by_label: dict[str, set[Address]] = {}
+    refused: dict[str, str] = {}
+    for net in view.networks:
+        net_addrs = [a for a in net.addresses if usable(a)]
+        if not net_addrs:
+            continue
+        for alias in net.aliases:
+            if alias in noise or alias == view.name:
+                continue
+            try:
+                label = normalise_label(alias)
+            except InvalidName as e:
+                refused[alias] = e.reason
+                continue
+            if label != own:
+                by_label.setdefault(label, set()).update(net_addrs)
+    return by_label, refused
+
+
+def _aliases(view: ContainerView, source: str, zone: str, what: str, own: str | None
+             ) -> tuple[list[Record], list[Rejection]]:
+    """Network aliases: further names of the same object (module docstring)."""
+    alias_prov = Provenance(source, view.id, "alias", f"alias of {what} {view.name}")
+    by_label, refused = _alias_labels(view, own)
+    records = []
+    for label in sorted(by_label):
+        try:
+            records.append(Record(join(label, zone), tuple(by_label[label]), alias_prov))
+        except InvalidName as e:
+            refused[label] = e.reason
+    return records, [Rejection(alias_prov, alias, why) for alias, why in sorted(refused.items())]
