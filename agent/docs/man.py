@@ -99,13 +99,24 @@ def _synopsis(c: Command) -> str:
     return " ".join(parts)
 
 
-def _subcommand(c: Command) -> list[str]:
+def _subcommand(c: Command, inherited: frozenset[Option]) -> list[str]:
     out = [f".SS {flag(c.name)}", text(c.help)]
     if c.description and c.description != c.help:
         out += paragraphs(c.description)
     out += [line for p in c.positionals for line in _positional(p)]
-    out += [line for o in c.options for line in _option(o)]
+    out += [line for o in c.options if o not in inherited for line in _option(o)]
     return out
+
+
+def _commands(c: Command) -> list[str]:
+    """The COMMANDS section; options every command repeats from the top are said once."""
+    top = frozenset(c.options)
+    shared = [o for o in c.options if all(o in s.options for s in c.subcommands)]
+    out = [".SH COMMANDS"]
+    if shared:
+        names = ", ".join(f"\\fB{flag(o.flags[0])}\\fR" for o in shared)
+        out.append(f"{names} may also be given after the command.")
+    return out + [line for s in c.subcommands for line in _subcommand(s, top)]
 
 
 def _see_also(refs: Iterable[object]) -> list[str]:
@@ -126,7 +137,7 @@ def command_page(c: Command, version: str, date: str) -> str:
     if c.positionals:
         out += [line for p in c.positionals for line in _positional(p)]
     if c.subcommands:
-        out += [".SH COMMANDS", *[line for s in c.subcommands for line in _subcommand(s)]]
+        out += _commands(c)
     page = "\n".join(out) + "\n"
     if c.name == "namesync-agent":
         page += AGENT_SECTIONS

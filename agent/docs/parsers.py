@@ -8,7 +8,6 @@ generators never drift from what the commands accept.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Options whose value is a file system path: completed as files.
@@ -100,8 +99,4 @@ def all_commands() -> list[Command]:
     from agent.cli import agentctl
     from agent.daemon import main
 
-    # agentctl's factory is being renamed parser() -> build_parser() (issue 15);
-    # accept either until both sides have landed.
-    build: Callable[[], argparse.ArgumentParser] = (
-        getattr(agentctl, "build_parser", None) or getattr(agentctl, "parser"))  # noqa: B009
-    return [command(main.parser()), command(build())]
+    return [command(main.parser()), command(agentctl.build_parser())]
