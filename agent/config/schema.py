@@ -74,6 +74,14 @@ def setting(default: T, kind: Kind[T], doc: str, *, per_user: str = "") -> T:
     return field(default=default, metadata={KEY: Key(kind, doc, per_user)})
 
 
+def off_for_users(doc: str, why: str = "") -> bool:
+    """An on/off key, on for the system agent and off for a user agent (``why``)."""
+    return setting(True, BOOL, doc, per_user=f"false ({why})" if why else "false")
+
+
+PUBLISHED_BY_SYSTEM = "the system agent publishes a user's names"
+
+
 def required(kind: Kind[T], doc: str, *, example: object) -> T:
     """A key that must be given (inside an [[array]] of tables)."""
     return cast(T, field(metadata={KEY: Key(kind, doc, example=example)}))
@@ -126,8 +134,9 @@ class DnsmasqConfig:
     """A hosts-format file for dnsmasq's addn-hosts=, and the dnsmasq to SIGHUP after
     it changes (only if /proc/PID is really dnsmasq)."""
 
-    enabled: bool = setting(True, BOOL, "Write the addn-hosts file and reload dnsmasq.",
-                            per_user="false (the system agent publishes a user's names)")
+    enabled: bool = off_for_users(
+        "Write the addn-hosts file and reload dnsmasq.", PUBLISHED_BY_SYSTEM
+    )
     addn_hosts: Path = setting(
         Path("/run/namesync/addn-hosts"),
         PATH,
@@ -154,8 +163,7 @@ class HostsFileConfig:
     """A managed block between namesync's marker lines; nothing else in the file is
     touched. Serves glibc and systemd-resolved users."""
 
-    enabled: bool = setting(True, BOOL, "Keep the managed block up to date.",
-                            per_user="false (the system agent publishes a user's names)")
+    enabled: bool = off_for_users("Keep the managed block up to date.", PUBLISHED_BY_SYSTEM)
     path: Path = setting(Path("/etc/hosts"), PATH, "The hosts file holding the block.")
 
 
@@ -163,8 +171,7 @@ class HostsFileConfig:
 class NetworkManagerConfig:
     """Follow NetworkManager over the system D-Bus: its DNS mode and its dnsmasq."""
 
-    enabled: bool = setting(True, BOOL, "Follow NetworkManager (DNS mode, its dnsmasq's pid).",
-                            per_user="false")
+    enabled: bool = off_for_users("Follow NetworkManager (DNS mode, its dnsmasq's pid).")
     dnsmasq_dir: Path = setting(
         Path("/etc/NetworkManager/dnsmasq.d"),
         PATH,
@@ -180,8 +187,9 @@ class NetworkManagerConfig:
 class HostConfig:
     """The host's own name, following its address on these interfaces live (netlink)."""
 
-    enabled: bool = setting(True, BOOL, "Publish the host's own name.",
-                            per_user="false (the host's name is the system agent's)")
+    enabled: bool = off_for_users(
+        "Publish the host's own name.", "the host's name is the system agent's"
+    )
     name: str = setting("host.dns.host", FQDN, "The host's name.")
     interfaces: tuple[str, ...] = setting(
         ("virbr0",), INTERFACES, "Interfaces whose addresses the host's name resolves to."
