@@ -61,8 +61,8 @@ def _start(agent: Agent) -> None:
     until(agent._ready, timeout=TIMEOUT_S, what="namesync-agent ready")
 
 
-def measure(root: Path, n: int) -> tuple[float, float, float]:
-    """(steady MiB, peak during reload MiB, steady after reload MiB) for n names."""
+def measure(root: Path, n: int) -> tuple[float, float, float, float]:
+    """(steady, startup peak, peak during reload, steady after reload) in MiB for n names."""
     agent = Agent(root / f"agent-{n}")
     agent.set_config(_config(root, agent, n, ADDR_A))
     _start(agent)
@@ -71,6 +71,7 @@ def measure(root: Path, n: int) -> tuple[float, float, float]:
         pid = agent.proc.pid
         time.sleep(SETTLE_S)
         steady = _kib(pid, "VmRSS")
+        startup_peak = _kib(pid, "VmHWM")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         daemon = agent.status()["daemon"]
         agent.set_config(_config(root, agent, n, ADDR_B))
@@ -82,7 +83,7 @@ def measure(root: Path, n: int) -> tuple[float, float, float]:
         peak = _kib(pid, "VmHWM")
         time.sleep(SETTLE_S)
         after = _kib(pid, "VmRSS")
-        return steady / 1024, peak / 1024, after / 1024
+        return steady / 1024, startup_peak / 1024, peak / 1024, after / 1024
     finally:
         agent.stop()
 
@@ -91,13 +92,13 @@ def main() -> int:
     if not isolate("memory.py", ()):
         return 1
     counts = tuple(int(a) for a in sys.argv[1:]) or COUNTS
-    print(f"{'names':>8} {'steady MiB':>11} {'reload peak MiB':>16} {'peak/steady':>12} "
-          f"{'after MiB':>10}")
+    print(f"{'names':>8} {'steady MiB':>11} {'startup peak':>13} {'reload peak MiB':>16} "
+          f"{'peak/steady':>12} {'after MiB':>10}")
     with bench_root() as root:
         for n in counts:
-            steady, peak, after = measure(root, n)
-            print(f"{n:>8} {steady:>11.1f} {peak:>16.1f} {peak / steady:>12.2f} {after:>10.1f}",
-                  flush=True)
+            steady, startup, peak, after = measure(root, n)
+            print(f"{n:>8} {steady:>11.1f} {startup:>13.1f} {peak:>16.1f} "
+                  f"{peak / steady:>12.2f} {after:>10.1f}", flush=True)
     return 0
 
 

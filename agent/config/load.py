@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agent.config import toml
 from agent.config.errors import ConfigError, Problems
 from agent.config.modes import resolve_mode, user_label
 from agent.config.schema import (
@@ -25,6 +26,7 @@ from agent.config.schema import (
     SectionInfo,
     sections,
 )
+from agent.config.toml import Tables
 from agent.model.names import InvalidName
 from agent.model.quote import quote
 
@@ -189,7 +191,7 @@ def _array(
     kept, and the new copy freed at once, so the table is never held twice.
     """
     raw = doc.get(sec.name, [])
-    if not isinstance(raw, list):
+    if not isinstance(raw, list | Tables):
         problems.add(sec.name, f"expected an array of tables ([[{sec.name}]])")
         return ()
     items = _Items(sec, problems)
@@ -198,10 +200,10 @@ def _array(
     out: list[object] = []
     first_seen: dict[object, int] = {}
     for i, item in enumerate(raw):
-        # Each parsed table is dropped from the document as soon as it is converted:
-        # with 100,000 entries the document is larger than what it becomes, and
-        # holding both at once is a reload's peak.
-        raw[i] = None
+        if type(raw) is list:
+            # Each table is dropped from the document as soon as it is converted:
+            # with 100,000 entries the document is larger than what it becomes.
+            raw[i] = None
         parsed = items.parse(item, i)
         if parsed is None:
             continue
@@ -218,8 +220,13 @@ def _array(
     return tuple(out)
 
 
-def _toml(text: str, origin: str) -> dict[str, Any]:
+def _toml(text: str, origin: str, *, whole: bool = False) -> dict[str, Any]:
     try:
+        if not whole:
+            try:
+                return toml.loads(text)
+            except toml.Unsplit:
+                pass
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(origin, [f"TOML syntax: {e}"]) from None
@@ -244,8 +251,25 @@ def parse_config(
     the schema's default of a key the file does not set: how an agent that is not
     the system one (a user agent) gets its own defaults. Those keys say so in the
     schema (``per_user``) and default.toml leaves them commented out.
+    ``previous`` (the running config, on a reload) lends its unchanged objects.
     """
-    doc = _toml(text, origin)
+    try:
+        return _parse(_toml(text, origin), origin, defaults, socket_default,
+                      podman_socket_default, previous, mode)
+    except toml.Unsplit:  # a [[static]] group did not parse alone: read it all at once
+        return _parse(_toml(text, origin, whole=True), origin, defaults, socket_default,
+                      podman_socket_default, previous, mode)
+
+
+def _parse(
+    doc: dict[str, Any],
+    origin: str,
+    defaults: Mapping[str, object] | None,
+    socket_default: Path | None,
+    podman_socket_default: Path | None,
+    previous: Config | None,
+    mode: str,
+) -> Config:
     problems = Problems()
     defaults = dict(defaults or {})
     if socket_default is not None:
