@@ -44,6 +44,10 @@ PROTOCOL = 1
 # agent is noticed and an idle-timeout on the socket never hits a live peer.
 HEARTBEAT_S = 20.0
 MAX_REFUSALS_SHOWN = 20
+# Refusals of one peer kept in the table (status): every local user may push
+# them, so each one's share of the status document is bounded; the rest are
+# counted in one summary line.
+MAX_REFUSALS_KEPT = 32
 PER_UID = 4
 
 
@@ -62,6 +66,7 @@ class PeerState:
     pushes: int = 0
     last_push: float | None = None
     refused_pushes: int = 0
+    last_code: str | None = None
     last_refusal: str | None = None
     last_refusal_at: float | None = None
     push: Push | None = None  # the last accepted push
@@ -210,10 +215,12 @@ class PeerSource(ServiceSource[ControlServer]):
 
     def _refuse(self, state: PeerState, code: str, reason: str) -> protocol.ProtocolError:
         state.refused_pushes += 1
+        # Once per kind of refusal in a row: a peer repeating itself must not flood the log.
+        if code != state.last_code:
+            log.warning("push refused", uid=state.uid, user=state.user, reason=reason)
+        state.last_code = code
         state.last_refusal = reason
         state.last_refusal_at = time.time()
-        if state.refused_pushes == 1 or code != "rate_limited":
-            log.warning("push refused", uid=state.uid, user=state.user, reason=reason)
         self._show()
         return protocol.ProtocolError(code, reason)
 
@@ -246,6 +253,7 @@ class PeerSource(ServiceSource[ControlServer]):
             # A later push (another connection of this uid) was applied meanwhile.
             return {"accepted": 0, "refused": [], "superseded": True}
         state.applied = ticket
+        state.last_code = None
         state.push = push
         state.pushes += 1
         state.last_push = time.time()
@@ -273,14 +281,16 @@ class PeerSource(ServiceSource[ControlServer]):
                                                                             why),))
                     continue
             objects[claim.name] = ObjectState((Record(claim.name, addrs, prov),))
-        for i, r in enumerate(state.push.refused):
+        refusals = [(r, r.reason) for r in state.push.refused]
+        refusals += [(r, f"refused by the user agent: {r.reason}") for r in state.push.reported]
+        for i, (r, reason) in enumerate(refusals[:MAX_REFUSALS_KEPT]):
             prov = Provenance(source, f"refused:{i}", "peer", f"{who}: {r.what}")
-            objects[f"refused:{i}"] = ObjectState(rejections=(Rejection(prov, r.value,
-                                                                        r.reason),))
-        for i, r in enumerate(state.push.reported):
-            prov = Provenance(source, f"reported:{i}", "peer", f"{who}: {r.what}")
-            objects[f"reported:{i}"] = ObjectState(rejections=(Rejection(
-                prov, r.value, f"refused by the user agent: {r.reason}"),))
+            objects[prov.object_id] = ObjectState(rejections=(Rejection(prov, r.value, reason),))
+        if len(refusals) > MAX_REFUSALS_KEPT:
+            more = len(refusals) - MAX_REFUSALS_KEPT
+            prov = Provenance(source, "refused:more", "peer", who)
+            objects[prov.object_id] = ObjectState(rejections=(Rejection(
+                prov, f"{more} more", f"{more} more refusals of this push not shown"),))
         return objects
 
     def _publish(self, state: PeerState) -> None:

@@ -120,3 +120,43 @@ def test_the_peer_source_runs_in_the_system_agent_only() -> None:
     assert src.zones == ("dns.podman", "dns.libvirt")
     assert PeerSource.from_config(replace(Config(), mode="user")) == []
     assert PeerSource.from_config(replace(Config(), peers=PeersConfig(enabled=False))) == []
+
+
+def test_a_peers_refusals_are_bounded_in_the_table() -> None:
+    """Every local user can push refusals: each one's share of status is bounded."""
+    import asyncio
+    from collections.abc import Mapping
+
+    from agent.config.schema import Config
+    from agent.control.server import Peer
+    from agent.model.record import ObjectState
+    from agent.sources.peers import MAX_REFUSALS_KEPT, PeerSource
+
+    class Store:
+        def __init__(self) -> None:
+            self.snapshots: dict[str, dict[str, ObjectState]] = {}
+
+        def replace(self, source: str, objects: Mapping[str, ObjectState]) -> None:
+            self.snapshots[source] = dict(objects)
+
+        def update(self, source: str, object_id: str, state: ObjectState | None) -> None:
+            raise AssertionError("peers replace whole snapshots")
+
+    async def main() -> None:
+        [src] = PeerSource.from_config(Config())
+        assert isinstance(src, PeerSource)
+        store = Store()
+        src._store = store
+        root = Peer(pid=1, uid=0, gid=0)  # uid 0 is "root": its sub-zone is root.<zone>
+        bad = [rec(f"n{i}.dns.podman", "10.0.0.1") for i in range(100)]
+        reply = await src._h_push(root, {"records": [rec("ok.root.dns.podman", "10.0.0.1"),
+                                                     *bad]})
+        assert reply["accepted"] == 1 and len(reply["refused"]) == 100
+        snap = store.snapshots["peer:0"]
+        rejections = [r for s in snap.values() for r in s.rejections]
+        assert len(rejections) == MAX_REFUSALS_KEPT + 1
+        more = 100 - MAX_REFUSALS_KEPT
+        assert rejections[-1].reason == f"{more} more refusals of this push not shown"
+        assert [r.name for s in snap.values() for r in s.records] == ["ok.root.dns.podman"]
+
+    asyncio.run(main())
