@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from .proc import children, comm, kill_and_reap, process_gone
+from .proc import children, comm, die_with_parent, kill_and_reap, process_gone
 from .wait import Timeout, until
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -46,6 +47,25 @@ def unavailable() -> str | None:
     if missing:
         return f"cgroup hierarchies {missing} not mounted under {CGROUP_ROOT}"
     return None
+
+
+def _remove_tree(cg: Path) -> None:
+    """rmdir a cgroup and its children, deepest first (a busy one stays)."""
+    for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                    reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    with contextlib.suppress(OSError):
+        cg.rmdir()
+
+
+def sweep_stale_cgroups() -> None:
+    """Empty cgroups left by a test process that died (its pid is in the name)."""
+    for h in HIERARCHIES:
+        for cg in (CGROUP_ROOT / h).glob("namesync-test-nstest-*"):
+            m = re.fullmatch(r"namesync-test-nstest-(\d+)-\d+", cg.name)
+            if m and process_gone(int(m.group(1))):
+                _remove_tree(cg)
 
 
 class Container:
@@ -73,12 +93,15 @@ class Container:
         return argv
 
     def _enter_own_cgroups(self) -> None:
-        """preexec_fn: the launcher (soon nspawn itself) into this container's cgroups."""
+        """preexec_fn: the launcher (soon nspawn itself) into this container's cgroups;
+        and a poweroff (SIGTERM) if the test process dies without stopping it."""
         for cg in self.cgroups:
             (cg / "cgroup.procs").write_text(str(os.getpid()))
+        die_with_parent()
 
     def boot(self) -> Container:
         """Start nspawn and wait until the container's systemd reports it is up."""
+        sweep_stale_cgroups()
         for cg in self.cgroups:
             cg.mkdir()
         with self.console.open("ab") as log:
@@ -177,12 +200,7 @@ class Container:
                 kill_and_reap(left)
         for cg in self.cgroups:
             if cg.is_dir():
-                for d in sorted((p for p in cg.rglob("*") if p.is_dir()),
-                                key=lambda p: len(p.parts), reverse=True):
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
-                with contextlib.suppress(OSError):
-                    cg.rmdir()
+                _remove_tree(cg)
         subprocess.run(["rm", "-rf", str(PROPAGATE / self.name)], check=False)
         self.proc = None
         self.pid1 = None
