@@ -245,6 +245,14 @@ def test_user_unit_reaches_ready_under_user_manager(user_session: UserSession) -
     u.systemctl("start", "namesync.service")  # returns after the user agent's READY=1
     assert u.systemctl("show", "-p", "ActiveState", "--value", "namesync.service") == "active"
     assert u.systemctl("show", "-p", "Type", "--value", "namesync.service") == "notify"
+    # ExecReload=agentctl reload, run as the user, reaches the user's own agent.
+    u.systemctl("reload", "namesync.service")
+    u.write("/home/tester/.config/namesync/config.toml", USER_CONFIG + "[daemon]\nbogus = 1\n")
+    refused = u.system.c.run("runuser", "-u", u.name, "--", "env",
+                             f"XDG_RUNTIME_DIR={u.runtime_dir}", "systemctl", "--user",
+                             "reload", "namesync.service", check=False)
+    assert refused.returncode != 0
+    assert u.systemctl("show", "-p", "ActiveState", "--value", "namesync.service") == "active"
     # Publishing through the system agent's peer socket (issue 12) extends this
     # test: the user agent runs in user mode, its sink pushes to the system agent.
     u.systemctl("stop", "namesync.service")
