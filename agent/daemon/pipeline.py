@@ -18,6 +18,7 @@ import structlog
 from agent.plan.planner import Planner
 from agent.plan.table import Table
 from agent.sinks.base import Sink
+from agent.sources.lifecycle import Backoff
 from agent.state.store import StateStore
 
 from .coalesce import Coalescer
@@ -38,7 +39,7 @@ class Pipeline:
                                    more_coming=self.store.more_coming)
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
-        self._retry_s = RETRY_MIN_S
+        self._retry_backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
         self.syncs = 0
         self.last_cost_s = 0.0  # CPU seconds the last sync took (plan + sinks)
         self.last_sync: float | None = None
@@ -129,13 +130,12 @@ class Pipeline:
             self._retry.cancel()
             self._retry = None
         if ok:
-            self._retry_s = RETRY_MIN_S
+            self._retry_backoff.reset()
             return
         # A failed write (full disk, read-only /etc) is retried with backoff
         # even if no source changes meanwhile.
         loop = asyncio.get_running_loop()
-        self._retry = loop.call_later(self._retry_s, self.coalescer.poke)
-        self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+        self._retry = loop.call_later(self._retry_backoff.next(), self.coalescer.poke)
 
     def close(self) -> None:
         if self._retry is not None:
