@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 
 from tests.harness.agent import Agent, agentctl
 from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.rootless import SYSTEM_PYTHON, Session, user_python_problem
+from tests.harness.users import User
 from tests.harness.wait import until
 
 from .conftest import WriteConfig
@@ -224,3 +227,40 @@ def test_an_unpublished_host_record_is_not_counted_as_published(
     assert ex["verdict"]["text"].startswith("host.dns.host is not published: ")
     assert "no interface nsnone0" in ex["verdict"]["text"]
     assert ex["verdict"]["fix"] is None
+
+
+def test_a_user_talks_to_their_own_agent_by_default(
+        dnsmasq: Dnsmasq, agent: Agent, write_config: WriteConfig,
+        unix_user: Callable[[str], User], tmp_path: Path) -> None:
+    why = user_python_problem()
+    if why:
+        pytest.skip(why)
+    session = Session(unix_user("ctl"), tmp_path)
+
+    def as_user(*args: str) -> subprocess.CompletedProcess[str]:
+        return session.run(str(SYSTEM_PYTHON), "-m", "agent.cli.agentctl", *args, check=False)
+
+    run = as_user("status")
+    assert run.returncode == 3, run.stderr
+    assert run.stderr == (
+        f"agentctl: no agent listening on {session.runtime}/namesync/control.sock (is namesync "
+        "running?)\n  (agentctl talks to your user agent by default: `systemctl --user start "
+        "namesync`; for the system agent: sudo agentctl, or --socket "
+        "/run/namesync/control.sock)\n")
+    # The system agent's socket (here the test agent's) is root-only: said plainly, exit 4.
+    write_config({"a.dns.test": ["10.0.0.1"]})
+    agent.start()
+    # Let the user reach the socket file itself (pytest's tmp dirs are 0700), for now.
+    opened = [d for d in (agent.dir, *agent.dir.parents)
+              if d.is_relative_to(tmp_path.parents[2]) and d != tmp_path.parents[2]]
+    modes = {d: d.stat().st_mode & 0o777 for d in opened}
+    try:
+        for d in opened:
+            d.chmod(modes[d] | 0o005)
+        run = as_user("list", "--socket", str(agent.socket))
+    finally:
+        for d, mode in modes.items():
+            d.chmod(mode)
+    assert run.returncode == 4, run.stderr
+    assert run.stderr.startswith(f"agentctl: permission denied on {agent.socket}")
+    assert "Traceback" not in run.stderr

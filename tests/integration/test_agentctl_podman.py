@@ -4,6 +4,9 @@ containers, the real namesync-agent, a real dnsmasq, the real CLI."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,3 +158,24 @@ def test_status_when_the_service_is_down_but_netavark_files_publish(
     [problem] = doc["health"]["problems"]
     assert problem["what"] == f"source podman:{podman.socket}"
     assert run.stdout.count(plain(problem["problem"])) == 1  # said once
+
+
+def test_watch_sees_a_container_come_and_go(podman: Podman, dnsmasq: Dnsmasq, agent: Agent,
+                                            write_config: WriteConfig) -> None:
+    start(agent, write_config, podman)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli.agentctl", "watch", "--socket", str(agent.socket)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().endswith("0 names published; watching for changes\n")
+        podman.run("live", "--network", NET)
+        [(ip, _)] = podman.addresses("live").values()
+        line = proc.stdout.readline().split()
+        assert line[1:5] == ["+", "appeared", "live.dns.podman", ip]
+        podman.rm("live")
+        line = proc.stdout.readline().split()
+        assert line[1:4] == ["-", "vanished", "live.dns.podman"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
