@@ -106,11 +106,14 @@ def test_a_refused_spelling_and_a_conflict_loser(podman: Podman, dnsmasq: Dnsmas
     until(lambda: len(ctl_json(agent, "list")[1]["lost"]) == 1
           and ctl_json(agent, "list")[1]["refused"], what="loser and refusal in list")
     _, doc = ctl_json(agent, "list")
-    [lost] = doc["lost"]
+    assert len(doc["lost"]) == 1, doc
+    lost = doc["lost"][0]
     assert (lost["name"], lost["display"], lost["winner"]["kind"]) == (
         "db.dns.podman", "container db", "static")
     # (netavark's line for it may be refused too, as an 'aardvark line')
-    [refused] = [r for r in doc["refused"] if r["kind"] == "container"]
+    refusals = [r for r in doc["refused"] if r["kind"] == "container"]
+    assert len(refusals) == 1, doc
+    refused = refusals[0]
     assert refused["value"] == LONG and refused["display"] == f"container {LONG}"
     assert "63" in refused["reason"]
     human = agentctl("list", "--socket", str(agent.socket), check=False).stdout
@@ -119,7 +122,7 @@ def test_a_refused_spelling_and_a_conflict_loser(podman: Podman, dnsmasq: Dnsmas
 
     # The static entry keeps the name; explain says who else wanted it.
     rc, ex = ctl_json(agent, "explain", "db.dns.podman")
-    assert rc == 0
+    assert rc == 0, ex
     assert ex["claim"]["kind"] == "static"
     assert [p["display"] for p in ex["losers"]] == ["container db"]
     assert dnsmasq.query("db.dns.podman").records == ("192.0.2.5",)
@@ -127,7 +130,7 @@ def test_a_refused_spelling_and_a_conflict_loser(podman: Podman, dnsmasq: Dnsmas
     # Asking for the name the container meant finds the refusal.
     rc, ex = ctl_json(agent, "explain", f"{'x' * 63}.dns.podman")
     assert rc == 1
-    assert ex["misses"][0]["kind"] == "refused"
+    assert ex["misses"][0]["kind"] == "refused", ex
     assert ex["verdict"]["text"].startswith(f"{'x' * 63}.dns.podman is not published: "
                                             f"container {LONG} (podman:")
     assert ex["verdict"]["fix"].startswith("rename it to a DNS-safe name")
