@@ -9,15 +9,18 @@ semodule_package); nothing here runs SELinux, so it is never loaded.
 from __future__ import annotations
 
 import bz2
+import fcntl
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.harness import rpm
+from tests.harness import rootfs, rpm
+from tests.harness.isolation import original_network
 
 pytestmark = pytest.mark.rpm
 
@@ -199,3 +202,40 @@ def _copy(src: Path, dst: Path) -> Path:
     for f in src.iterdir():
         (dst / f.name).write_bytes(f.read_bytes())
     return dst
+
+
+def _setuptools_wheels() -> Path:
+    """setuptools 76.1 and 77.0 wheels, downloaded once per machine (cached)."""
+    cache = rootfs.CACHE / "setuptools-floor"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for v in ("76.1.0", "77.0.3"):
+            if not (cache / f"setuptools-{v}-py3-none-any.whl").exists():
+                subprocess.run([*original_network(), sys.executable, "-m", "pip", "download",
+                                "-q", "--no-deps", "-d", str(cache), f"setuptools=={v}"],
+                               check=True, capture_output=True, timeout=300)
+    return cache
+
+
+@pytest.mark.parametrize(("setuptools", "builds"), [("76.1.0", False), ("77.0.3", True)])
+def test_setuptools_floor_is_77(setuptools: str, builds: bool, tmp_path: Path) -> None:
+    """A distribution build (no isolation: the system's setuptools, as %pyproject_wheel
+    does) of `license = "MIT"` fails below 77; pip's isolated builds hide that."""
+    wheels = _setuptools_wheels()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin/python")]
+    subprocess.run([*pip, "install", "-q", "--no-index",
+                    str(wheels / f"setuptools-{setuptools}-py3-none-any.whl")],
+                   check=True, capture_output=True, timeout=120)
+    # The source as the sdist has it, unpacked here: the build writes nothing in the tree.
+    tarball = rpm.source_tarball(tmp_path, "src")
+    subprocess.run(["tar", "-C", str(tmp_path), "-xzf", str(tarball)], check=True, timeout=60)
+    r = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                        "-w", str(tmp_path / "out"), str(tmp_path / "src")],
+                       capture_output=True, text=True, timeout=300)
+    assert (r.returncode == 0) == builds, r.stdout[-3000:] + r.stderr[-3000:]
+    if not builds:
+        assert "`project.license` must be valid exactly by one definition" in r.stdout + r.stderr
