@@ -75,8 +75,9 @@ def _common() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         default=argparse.SUPPRESS,
-        help=f"control socket (default: ${SOCKET_ENV}, else {default_socket_path()}; "
-        f"the system agent's is {ControlConfig.socket})",
+        # The same text whoever builds the man page: no path of the building user.
+        help=f"control socket (default: ${SOCKET_ENV}, else {ControlConfig.socket} as root "
+        "and your user agent's $XDG_RUNTIME_DIR/namesync/control.sock otherwise)",
     )
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="machine-readable output (JSON; JSON lines for watch)")
