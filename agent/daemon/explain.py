@@ -224,7 +224,9 @@ class Explainer:
                                "text": f"{other} is published ({e.provenance.display})"})
         for src in self.sources:
             if src.health.state in ("disconnected", "starting"):
+                hint = getattr(src, "fix_hint", None)
                 misses.append({"kind": "source_down", "source": src.name,
+                               "fix": hint() if callable(hint) else None,
                                "text": f"source {src.name} is {src.health.state}: what it "
                                        "would publish is unknown"})
         return misses

@@ -157,6 +157,8 @@ def test_status_when_the_service_is_down_but_netavark_files_publish(
     [row] = [i for i, line in enumerate(lines) if line.startswith(f"  podman:{podman.socket}")]
     assert lines[row].split()[1:4] == ["disconnected", "1", "0"]
     assert lines[row + 1] == "    still publishing its 1 name (last known state)"
+    assert "Error" not in run.stdout and "%2F" not in run.stdout  # plain words, no URLs
+    assert "    fix: start Podman's API service: systemctl enable --now podman.socket" in lines
     _, doc = ctl_json(agent, "status")
     [problem] = doc["health"]["problems"]
     assert problem["what"] == f"source podman:{podman.socket}"
