@@ -131,6 +131,26 @@ def test_installed_from_the_rpm_enabled_by_preset_and_verified(system: System) -
     assert verify.returncode == 0 and verify.stderr == "", verify.stderr
 
 
+def test_shipped_config_starts_on_a_bare_system_and_says_what_to_start(system: System) -> None:
+    """What `dnf install namesync; systemctl start namesync` gives on a host without
+    libvirt, Podman or NetworkManager: READY at once, and each missing service named
+    with its fix in the journal."""
+    s = system
+    s.c.run("cp", f"{installed.PAYLOAD}/etc/namesync/config.toml", "/etc/namesync/config.toml")
+    s.systemctl("reset-failed", "namesync.service", check=False)
+    s.systemctl("restart", "namesync.service")
+    try:
+        assert s.prop("namesync.service", "ActiveState") == "active"
+        this_run = s.prop("namesync.service", "InvocationID")
+        journal = s.c.run("journalctl", f"_SYSTEMD_INVOCATION_ID={this_run}", "-o", "cat",
+                          "--no-pager").stdout
+        assert "systemctl enable --now podman.socket" in journal
+        assert "start libvirtd" in journal
+        assert "ready" in journal
+    finally:
+        s.systemctl("stop", "namesync.service")
+
+
 def test_start_returns_when_ready_and_names_answer(running: System) -> None:
     s = running
     assert s.prop("namesync.service", "ActiveState") == "active"
