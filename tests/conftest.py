@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # fixtures (libvirtd, a cold rootfs build for tests/system), on a shared 2-CPU
 # machine. An explicit @pytest.mark.timeout(N) on a test wins.
 SLOW_TIMEOUT = 600
-_SLOW_MARKERS = ("libvirt", "podman", "networkmanager", "systemd")
+_SLOW_MARKERS = ("libvirt", "podman", "networkmanager", "systemd", "resolved")
 
 # What each component marker needs: executables, and ("py", module) for Python modules.
 _COMPONENT_TOOLS: dict[str, tuple[str, ...]] = {
@@ -62,6 +62,7 @@ _COMPONENT_TOOLS: dict[str, tuple[str, ...]] = {
     "rpm": ("rpmbuild", "rpmlint", "rpm2cpio", "cpio", "checkmodule", "semodule_package", "make",
             "bzip2", "git", "man", "groff"),
     "systemd": ("systemd-nspawn", "mmdebstrap", "nsenter", "rpmbuild", "rpm2cpio", "git"),
+    "resolved": ("mmdebstrap", "dbus-daemon", "nsenter", "busctl", "chroot"),
 }
 
 

@@ -32,13 +32,35 @@ def _header(doc: dict[str, Any], health: dict[str, Any], now: float) -> list[str
         f"names     {t['names']} published, {_plural(len(t['conflicts']), 'conflict')}, "
         f"{len(t['rejected'])} refused; {sync}"
     )
-    resolver = _resolver(doc.get("networkmanager") or {})
+    path = doc.get("dns_path") or {}
+    resolver = _resolver(doc.get("networkmanager") or {}, path.get("path"))
     if resolver:
         out.append(f"resolver  {resolver}")
+    out.extend(_dns_path(path))
     return out
 
 
-def _resolver(nm: dict[str, Any]) -> str | None:
+def _dns_path(p: dict[str, Any]) -> list[str]:
+    """Which path serves the names (agent/resolver/path.py), and the resolved route's state."""
+    if not p:
+        return []
+    out = [f"path      {p['path']}: {plain(p['reason'])}"]
+    r = p.get("route")
+    if r:
+        state = "registered" if r["registered"] else "NOT registered"
+        out.append(
+            f"          link {r['link']} (ifindex {r['ifindex']}, {r['link_address']}) "
+            f"-> {r['server']} {' '.join(r['domains'])}: {state}"
+        )
+        out.append(f"          namesync's dnsmasq pid {r['dnsmasq_pid']}, "
+                   f"restarts {r['dnsmasq_restarts']}")
+        for key in ("link_error", "registration_error", "dnsmasq_last_exit"):
+            if r.get(key):
+                out.append(f"          {key.replace('_', ' ')}: {plain(r[key])}")
+    return out
+
+
+def _resolver(nm: dict[str, Any], path: str | None = None) -> str | None:
     if not nm.get("watching"):
         return None
     if nm["bus"] != "connected":
@@ -49,7 +71,9 @@ def _resolver(nm: dict[str, Any]) -> str | None:
     else:
         pid = nm["dnsmasq_pid"]
         text = f"NetworkManager dns={nm['dns_mode']}" + (f", its dnsmasq pid {pid}" if pid else "")
-    if nm.get("advice"):
+    # NM's advice ("names reach lookups only through the hosts file") is moot once
+    # namesync serves the names through systemd-resolved itself.
+    if nm.get("advice") and path != "systemd-resolved":
         text += f"\n          {nm['advice']}"
     return text
 

@@ -7,6 +7,7 @@ once. Every value it quotes goes through ``quote`` (short, bounded).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -186,6 +187,29 @@ class Strings(Kind[tuple[str, ...]]):
         return f"list of {self.what}"
 
 
+class Text(Kind[str]):
+    """One string, checked by ``item`` (which may also normalise it)."""
+
+    def __init__(self, item: ItemCheck, what: str) -> None:
+        self.item = item
+        self.what = what
+
+    def parse(self, raw: object, key: str, problems: Problems) -> str | None:
+        if not expect(raw, str, key, problems):
+            return None
+        assert isinstance(raw, str)
+        value, why = self.item(raw)
+        if value is None:
+            problems.add(key, str(why))
+        return value
+
+    def toml(self, value: str) -> str:
+        return toml_string(value)
+
+    def describe(self) -> str:
+        return self.what
+
+
 # uid_t is 32 bits and (uid_t)-1 means "no uid" to the kernel (setresuid, chown).
 UID_MAX = 2**32 - 2
 
@@ -250,6 +274,28 @@ def libvirt_uri_item(value: str) -> tuple[str, None] | tuple[None, str]:
     return value, None
 
 
+def ip_item(value: str) -> tuple[str, None] | tuple[None, str]:
+    try:
+        return str(ipaddress.ip_address(value)), None
+    except ValueError:
+        return None, f"not an IP address: {quote(value)}"
+
+
+def server_item(value: str) -> tuple[str, None] | tuple[None, str]:
+    """ADDRESS or ADDRESS#PORT, as dnsmasq's --server= takes it."""
+    addr, sep, port = value.partition("#")
+    if ip_item(addr)[0] is None or (sep and not (port.isdigit() and 0 < int(port) < 65536)):
+        return None, f"not ADDRESS or ADDRESS#PORT: {quote(value)}"
+    return value, None
+
+
+def program_item(value: str) -> tuple[str, None] | tuple[None, str]:
+    # A name looked up in PATH, or an absolute path; never a relative one.
+    if not value or "\0" in value or ("/" in value and not value.startswith("/")):
+        return None, f"not a program name or absolute path: {quote(value)}"
+    return value, None
+
+
 BOOL = Bool()
 PATH = AbsPath()
 FQDN = Fqdn()
@@ -258,3 +304,7 @@ INTERFACES = Strings(interface_item, "interface names")
 LIBVIRT_URIS = Strings(libvirt_uri_item, "libvirt URIs", unique="a URI")
 UIDS = Uids()
 ADDRESSES = Addresses()
+INTERFACE = Text(interface_item, "interface name")
+IP_ADDRESS = Text(ip_item, "IP address")
+SERVER = Text(server_item, "ADDRESS or ADDRESS#PORT")
+PROGRAM = Text(program_item, "program name or absolute path")

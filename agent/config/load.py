@@ -143,7 +143,12 @@ def _section(
     if not isinstance(raw, dict):
         problems.add(sec.name, f"expected a table ([{sec.name}]), got {type(raw).__name__}")
         raw = {}
-    return sec.cls(**_keys(sec.keys, raw, f"{sec.name}.", problems, defaults))
+    value = sec.cls(**_keys(sec.keys, raw, f"{sec.name}.", problems, defaults))
+    # A check that needs two keys of one section at once: the section's cross_check().
+    cross = getattr(value, "cross_check", None)
+    for key, why in cross() if callable(cross) else ():
+        problems.add(f"{sec.name}.{key}", why)
+    return value
 
 
 class _Items:

@@ -28,9 +28,13 @@ from agent.config.kinds import (
     BOOL,
     FQDN,
     FQDNS,
+    INTERFACE,
     INTERFACES,
+    IP_ADDRESS,
     LIBVIRT_URIS,
     PATH,
+    PROGRAM,
+    SERVER,
     UIDS,
     Choice,
     Int,
@@ -181,6 +185,65 @@ class NetworkManagerConfig:
     @property
     def dropin(self) -> Path:
         return self.dnsmasq_dir / "namesync.conf"
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """When systemd-resolved is the host's resolver (Fedora's default) and NetworkManager
+    is not in dnsmasq mode, namesync runs a dnsmasq of its own for dnsmasq.local_zones
+    and routes those zones to it through resolved, as routing-only domains on a
+    port-less bridge namesync owns (`resolvectl status namesync0`). Names change at
+    once; the hosts-file block stays as the fallback."""
+
+    enabled: bool = setting(True, BOOL, "Use this path when systemd-resolved is on the bus.")
+    link: str = setting("namesync0", INTERFACE, "The bridge namesync creates for resolved.")
+    # 198.18.0.0/15 is reserved for benchmarking: never routed, unlikely to collide.
+    link_address: str = setting(
+        "198.18.53.53",
+        IP_ADDRESS,
+        "The link's address (resolved needs a routable one); rootful containers are "
+        "given it as their DNS server.",
+    )
+    listen: str = setting(
+        "127.0.0.153",
+        IP_ADDRESS,
+        "Where namesync's dnsmasq answers resolved: loopback, whose answers resolved never caches.",
+    )
+    port: int = setting(53, Int(1, 65535), "The port namesync's dnsmasq answers on.")
+    containers: bool = setting(
+        True,
+        BOOL,
+        "Also answer on link_address (port 53), forwarding other names to upstream, for "
+        "containers that cannot use the host's loopback resolver.",
+    )
+    upstream: str = setting(
+        "127.0.0.53",
+        SERVER,
+        "Where namesync's dnsmasq forwards names outside the zones (the host's resolver).",
+    )
+    dnsmasq: str = setting("dnsmasq", PROGRAM, "The dnsmasq program namesync runs.")
+    pid_file: Path = setting(
+        Path("/run/namesync/dnsmasq.pid"), PATH, "The pid file of namesync's dnsmasq."
+    )
+    nm_unmanaged_conf: Path = setting(
+        Path("/etc/NetworkManager/conf.d/90-namesync-unmanaged.conf"),
+        PATH,
+        "Written by `agentctl setup`: tells NetworkManager to leave the link alone.",
+    )
+    containers_conf: Path = setting(
+        Path("/etc/containers/containers.conf.d/90-namesync-dns.conf"),
+        PATH,
+        "Written by `agentctl setup`: gives containers link_address as DNS server.",
+    )
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.listen == self.link_address:
+            problems.append(("listen", "must differ from resolved.link_address"))
+        if self.containers and self.port != 53:
+            problems.append(("port", "containers = true needs port 53 (a container's "
+                             "resolv.conf cannot name a port); set containers = false"))
+        return problems
 
 
 @dataclass(frozen=True)
@@ -338,6 +401,7 @@ class Config:
     dnsmasq: DnsmasqConfig = section(DnsmasqConfig)
     hosts_file: HostsFileConfig = section(HostsFileConfig)
     networkmanager: NetworkManagerConfig = section(NetworkManagerConfig)
+    resolved: ResolvedConfig = section(ResolvedConfig)
     host: HostConfig = section(HostConfig)
     libvirt: LibvirtConfig = section(LibvirtConfig)
     podman: PodmanConfig = section(PodmanConfig)

@@ -18,6 +18,7 @@ from agent.config.load import load_config
 from agent.config.schema import Config, ConfigError, DnsmasqConfig
 from agent.control.server import ControlServer, Limits, Peer
 from agent.resolvers.networkmanager import NetworkManagerWatcher
+from agent.resolvers.path import DnsPathController, PathLocator
 from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
@@ -46,7 +47,11 @@ RELOAD_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 SOURCE_RESTART_MAX_S = 30.0
 
 
-def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list[Sink]:
+def build_sinks(
+    config: Config,
+    nm: NetworkManagerWatcher | None = None,
+    paths: DnsPathController | None = None,
+) -> list[Sink]:
     sinks: list[Sink] = []
     if config.dnsmasq.enabled:
         locator: Locator = PidFileLocator(config.dnsmasq.pid_file)
@@ -54,6 +59,9 @@ def build_sinks(config: Config, nm: NetworkManagerWatcher | None = None) -> list
         # to something else names another dnsmasq, which must get the signal.
         if nm is not None and config.dnsmasq.pid_file == DnsmasqConfig.pid_file:
             locator = NetworkManagerLocator(nm, locator)
+        if paths is not None:
+            # On the systemd-resolved path the file is namesync's own dnsmasq's.
+            locator = PathLocator(paths, locator)
         sinks.append(
             AddnHostsSink(config.dnsmasq.addn_hosts, locator, config.dnsmasq.executable)
         )
@@ -87,6 +95,7 @@ def control_limits(config: Config) -> Limits:
 
 def _sinks_key(config: Config) -> tuple[object, ...]:
     return (config.dnsmasq, config.hosts_file, config.networkmanager.enabled, config.mode,
+            config.resolved,
             config.peers.socket, config.peers.enabled)
 
 
@@ -97,6 +106,7 @@ class Daemon:
         self.started = time.time()
         self.nm: NetworkManagerWatcher | None = None
         self._nm_task: asyncio.Task[None] | None = None
+        self.paths: DnsPathController | None = None
         self.pipeline = Pipeline([], config.daemon.coalesce_ms / 1000)
         self.history = NameHistory()
         self.pipeline.observers.append(self.history.observe)
@@ -165,7 +175,7 @@ class Daemon:
     async def _apply_networkmanager(self, config: Config) -> None:
         enabled = config.networkmanager.enabled and config.dnsmasq.enabled
         if enabled and self.nm is None:
-            self.nm = NetworkManagerWatcher()
+            self.nm = NetworkManagerWatcher(self._nm_changed)
             nm = self.nm
             self._nm_task = asyncio.create_task(
                 self._supervise(nm, nm.supervise), name="networkmanager"
@@ -177,6 +187,18 @@ class Daemon:
                 log.warning("NetworkManager watcher not synced; using the pid file meanwhile")
         elif not enabled and self.nm is not None:
             await self._stop_networkmanager()
+
+    def _nm_changed(self) -> None:
+        if self.paths is not None:
+            self.paths.update()
+
+    async def _apply_paths(self, config: Config) -> None:
+        """(Re)start the choice of DNS path (and the resolved route) for ``config``."""
+        if self.paths is not None:
+            await self.paths.stop()
+        nm = self.nm
+        self.paths = DnsPathController(config, lambda: nm.view if nm is not None else None)
+        await self.paths.start()
 
     async def _stop_networkmanager(self) -> None:
         if self._nm_task is not None:
@@ -267,7 +289,8 @@ class Daemon:
         await self._wait_synced()
         if _sinks_key(new) != _sinks_key(old):
             await self._apply_networkmanager(new)
-            self.pipeline.set_sinks(build_sinks(new, self.nm))
+            await self._apply_paths(new)
+            self.pipeline.set_sinks(build_sinks(new, self.nm, self.paths))
         # Written and dnsmasq signalled before the caller hears "reloaded".
         await self.pipeline.sync()
         # After the resulting sync, not before it: a full collection takes a while.
@@ -300,6 +323,7 @@ class Daemon:
             "sources": [st.source_status(s, p.store, p.table) for s in self.sources.values()],
             "sinks": [st.sink_status(s) for s in p.sinks],
             "networkmanager": st.networkmanager_status(self.nm),
+            "dns_path": self.paths.status() if self.paths is not None else None,
             "table": st.table_status(p.table),
         }
         doc["health"] = assess(doc)
@@ -372,7 +396,9 @@ class Daemon:
         coalescer: asyncio.Task[None] | None = None
         try:
             await self._apply_networkmanager(self.config)
-            self.pipeline.sinks = build_sinks(self.config, self.nm)
+            if not once:
+                await self._apply_paths(self.config)
+            self.pipeline.sinks = build_sinks(self.config, self.nm, self.paths)
             for sink in self.pipeline.sinks:
                 sink.prepare()
             await self._apply_sources(self.config)
@@ -401,6 +427,8 @@ class Daemon:
                 coalescer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await coalescer
+            if self.paths is not None:
+                await self.paths.stop()
             await self._stop_networkmanager()
             for name in list(self._tasks):
                 await self._stop_source(name)

@@ -1,0 +1,162 @@
+"""Which path serves the names, chosen from what the bus says, and the switch between them.
+
+- NetworkManager in ``dns=dnsmasq`` mode: NM's dnsmasq reads the addn-hosts
+  file (``agentctl setup`` points it there); namesync signals it.
+- systemd-resolved on the bus (and NM not in dnsmasq mode): namesync's own
+  dnsmasq, routed through resolved on namesync's link (route.py).
+- neither: the hosts-file block, plus any dnsmasq the user points at the file.
+
+The choice follows the watchers live: NM switching modes, resolved appearing
+or going away move the names to the right path without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from agent.config.schema import Config
+from agent.resolvers.resolved import ResolvedState, ResolvedWatcher
+from agent.resolvers.route import ResolvedRoute
+from agent.resolvers.view import ResolverView
+from agent.sinks.dnsmasq_target import Candidate, Locator
+
+log = structlog.get_logger(component="resolvers.path")
+
+STARTUP_SYNC_TIMEOUT_S = 10.0
+
+
+class DnsPath(StrEnum):
+    NM_DNSMASQ = "networkmanager-dnsmasq"
+    RESOLVED = "systemd-resolved"
+    HOSTS = "hosts-file"
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    path: DnsPath
+    reason: str
+
+
+def choose_path(config: Config, nm: ResolverView | None,
+                resolved: ResolvedState | None) -> PathChoice:
+    if nm is not None and nm.running and nm.mode == "dnsmasq":
+        return PathChoice(DnsPath.NM_DNSMASQ, "NetworkManager runs its dnsmasq (dns=dnsmasq)")
+    if not config.dnsmasq.enabled:
+        return PathChoice(DnsPath.HOSTS, "the dnsmasq sink is disabled (dnsmasq.enabled)")
+    if resolved is not None and resolved.running:
+        if not config.resolved.enabled:
+            return PathChoice(DnsPath.HOSTS, "systemd-resolved runs, but resolved.enabled is false")
+        return PathChoice(DnsPath.RESOLVED,
+                          "systemd-resolved is the resolver (org.freedesktop.resolve1 on the bus)")
+    return PathChoice(DnsPath.HOSTS, "neither NetworkManager's dnsmasq nor systemd-resolved runs")
+
+
+class DnsPathController:
+    """Owns the resolved watcher and, while that path is chosen, the resolved route."""
+
+    def __init__(self, config: Config, nm_state: Callable[[], ResolverView | None]) -> None:
+        self.config = config
+        self._nm_state = nm_state
+        self.watcher: ResolvedWatcher | None = None
+        self._watcher_task: asyncio.Task[None] | None = None
+        self.route: ResolvedRoute | None = None
+        self._route_task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self.choice = choose_path(config, None, None)
+
+    async def start(self) -> None:
+        c = self.config
+        # A user agent serves nothing itself (it pushes to the system agent).
+        if c.resolved.enabled and c.dnsmasq.enabled and c.mode != "user":
+            self.watcher = ResolvedWatcher(self.update)
+            self._watcher_task = asyncio.create_task(self.watcher.supervise(), name="resolved")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watcher.synced.wait(), STARTUP_SYNC_TIMEOUT_S)
+        self.update()
+        if self.route is not None:
+            # The first sync must already signal namesync's dnsmasq, not find it missing.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.route.dnsmasq.synced.wait(), STARTUP_SYNC_TIMEOUT_S)
+
+    def update(self) -> None:
+        """Recompute the path; start or stop the resolved route to match."""
+        resolved = self.watcher.state if self.watcher else None
+        choice = choose_path(self.config, self._nm_state(), resolved)
+        if (self.choice.path == DnsPath.RESOLVED and choice.path == DnsPath.HOSTS
+                and resolved is not None and not resolved.running):
+            # resolved restarting (or briefly off the bus) forgets the link's settings, not
+            # the need for them: keep the dnsmasq and the link, re-register on its return.
+            choice = PathChoice(DnsPath.RESOLVED, "systemd-resolved is not on the bus right "
+                                "now; the route stays ready and is registered again when it "
+                                "returns (the hosts file serves meanwhile)")
+        if choice != self.choice:
+            log.info("names served through", path=str(choice.path), reason=choice.reason)
+        self.choice = choice
+        if choice.path == DnsPath.RESOLVED and self.route is None and self.watcher is not None:
+            self.route = ResolvedRoute(self.config, self.watcher)
+            self._route_task = asyncio.get_running_loop().create_task(
+                self._run_route(self.route, self._stopping), name="resolved:route")
+        elif choice.path != DnsPath.RESOLVED and self._route_task is not None:
+            self._stopping, self._route_task, self.route = self._route_task, None, None
+            self._stopping.cancel()
+
+    @staticmethod
+    async def _run_route(route: ResolvedRoute, previous: asyncio.Task[None] | None) -> None:
+        # A route being withdrawn still owns the link: let it finish first.
+        if previous is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await previous
+        await route.run()
+
+    async def _stop_route(self) -> None:
+        task, self._route_task, self.route = self._route_task, None, None
+        for t in (task, self._stopping):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        self._stopping = None
+
+    async def stop(self) -> None:
+        # The route first: withdrawing it still needs the watcher's bus connection.
+        await self._stop_route()
+        if self._watcher_task is not None:
+            self._watcher_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher_task
+        self._watcher_task, self.watcher = None, None
+
+    def candidates(self) -> list[Candidate]:
+        route = self.route
+        return route.candidates() if route is not None else []
+
+    def status(self) -> dict[str, Any]:
+        w = self.watcher
+        return {
+            "path": str(self.choice.path),
+            "reason": self.choice.reason,
+            "resolved": None if w is None else {
+                "bus": w.state.bus,
+                "bus_error": w.state.bus_error,
+                "running": w.state.running,
+            },
+            "route": self.route.status() if self.route is not None else None,
+        }
+
+
+class PathLocator:
+    """The dnsmasq to signal: namesync's own while the resolved path runs, else ``fallback``."""
+
+    def __init__(self, controller: DnsPathController, fallback: Locator) -> None:
+        self._controller = controller
+        self._fallback = fallback
+
+    def candidates(self) -> list[Candidate]:
+        return self._controller.candidates() + self._fallback.candidates()

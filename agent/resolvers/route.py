@@ -1,0 +1,170 @@
+"""The systemd-resolved path while it is the chosen one: own dnsmasq + link + registration.
+
+Three supervised parts run together and stop together: namesync's dnsmasq,
+the link keeper, and the registration loop, which (re)pushes the link's
+settings to resolved whenever resolved gets a new bus owner (a restart
+forgets them) or the link is (re)made. Stopping reverts the link in
+resolved, deletes it and stops the dnsmasq, so no routing to a dead server
+is left behind; the hosts-file block keeps serving the names meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from typing import Any
+
+import structlog
+
+from agent.config.schema import Config
+from agent.resolvers.link import LinkKeeper, delete_link
+from agent.resolvers.own_dnsmasq import DnsmasqSpec, OwnDnsmasq
+from agent.resolvers.resolved import LinkSettings, ResolvedWatcher, push_link, revert_link
+from agent.sinks.dnsmasq_target import Candidate
+
+log = structlog.get_logger(component="resolvers.route")
+
+RETRY_MAX_S = 30.0
+
+
+def dnsmasq_spec(config: Config) -> DnsmasqSpec:
+    r = config.resolved
+    return DnsmasqSpec(
+        binary=r.dnsmasq,
+        listen=(r.listen, r.link_address) if r.containers else (r.listen,),
+        port=r.port,
+        addn_hosts=config.dnsmasq.addn_hosts,
+        zones=config.dnsmasq.local_zones,
+        upstream=r.upstream if r.containers else None,
+        pid_file=r.pid_file,
+    )
+
+
+class ResolvedRoute:
+    def __init__(self, config: Config, watcher: ResolvedWatcher) -> None:
+        r = config.resolved
+        self.config = r
+        self.zones = config.dnsmasq.local_zones
+        self.watcher = watcher
+        self.dnsmasq = OwnDnsmasq(dnsmasq_spec(config))
+        self.link = LinkKeeper(r.link, ipaddress.ip_address(r.link_address), self._link_ready)
+        self._dirty = asyncio.Event()
+        self._link_up = asyncio.Event()
+        self.registered: LinkSettings | None = None
+        self.registered_owner: str | None = None
+        self.registered_at: float | None = None
+        self.registrations = 0
+        self.error: str | None = None
+
+    def _link_ready(self, ifindex: int) -> None:
+        self._link_up.set()
+        self._dirty.set()
+
+    async def _run_dnsmasq(self) -> None:
+        # dnsmasq binds the link's address at start: the link must exist first.
+        await self._link_up.wait()
+        await self.dnsmasq.supervise()
+
+    def settings(self) -> LinkSettings | None:
+        if self.link.ifindex is None:
+            return None
+        return LinkSettings(self.link.ifindex, ipaddress.ip_address(self.config.listen),
+                            self.config.port, self.zones)
+
+    async def _register_once(self) -> None:
+        bus, owner, settings = self.watcher.bus, self.watcher.owner, self.settings()
+        if bus is None or owner is None or settings is None:
+            return  # the next owner change or link event sets _dirty again
+        t0 = time.monotonic()
+        await push_link(bus, settings)
+        self.registered, self.registered_owner = settings, owner
+        self.registered_at, self.error = time.time(), None
+        self.registrations += 1
+        log.info("zones routed through systemd-resolved", link=self.config.link,
+                 ifindex=settings.ifindex, server=f"{settings.server}:{settings.port}",
+                 domains=[f"~{d}" for d in settings.domains],
+                 ms=round((time.monotonic() - t0) * 1000, 2))
+
+    async def _register_loop(self) -> None:
+        delay = 1.0
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._register_once()
+                delay = 1.0
+            except Exception as e:
+                self.error = f"{type(e).__name__}: {e}"
+                self.registered = None
+                log.warning("cannot register the zones with systemd-resolved; retrying",
+                            error=self.error, retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                self._dirty.set()
+
+    def _resolved_changed(self) -> None:
+        if self.watcher.owner != self.registered_owner:
+            self.registered = None
+        self._dirty.set()
+
+    async def run(self) -> None:
+        self.watcher.add_listener(self._resolved_changed)
+        tasks = [
+            asyncio.create_task(self.link.supervise(), name="resolved:link"),
+            asyncio.create_task(self._run_dnsmasq(), name="resolved:dnsmasq"),
+            asyncio.create_task(self._register_loop(), name="resolved:register"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self.watcher.remove_listener(self._resolved_changed)
+            await self._withdraw()
+
+    async def _withdraw(self) -> None:
+        bus, ifindex = self.watcher.bus, self.link.ifindex
+        if bus is not None and ifindex is not None and self.watcher.owner is not None:
+            try:
+                await revert_link(bus, ifindex)
+            except Exception as e:
+                log.warning("cannot revert the link in systemd-resolved", error=str(e))
+        try:
+            await delete_link(self.config.link)
+        except Exception as e:
+            log.warning("cannot delete the link", link=self.config.link, error=str(e))
+        self.registered = None
+        log.info("zones no longer routed through systemd-resolved", link=self.config.link)
+
+    def candidates(self) -> list[Candidate]:
+        """Where the addn-hosts sink finds the dnsmasq to SIGHUP on this path."""
+        via = "namesync's own dnsmasq (systemd-resolved path)"
+        pid = self.dnsmasq.pid
+        return [Candidate(pid, via, None if pid else "namesync's dnsmasq is not running")]
+
+    def status(self) -> dict[str, Any]:
+        reg = self.registered
+        return {
+            "link": self.config.link,
+            "ifindex": self.link.ifindex,
+            "link_address": self.config.link_address,
+            "link_state": self.link.health.state,
+            "link_error": self.link.health.last_error if self.link.health.error_active else None,
+            "link_recreated": self.link.recreated,
+            "server": f"{self.config.listen}:{self.config.port}",
+            "domains": [f"~{d}" for d in self.zones],
+            "registered": reg is not None,
+            "registered_at": self.registered_at,
+            "registrations": self.registrations,
+            "registration_error": self.error,
+            "dnsmasq_pid": self.dnsmasq.pid,
+            "dnsmasq_restarts": self.dnsmasq.restarts,
+            "dnsmasq_state": self.dnsmasq.health.state,
+            "dnsmasq_last_exit": self.dnsmasq.health.last_error,
+            "containers_server": self.config.link_address if self.config.containers else None,
+        }

@@ -1,0 +1,268 @@
+"""The systemd-resolved path against a real systemd-resolved 252 on its own bus.
+
+Everything runs in a network namespace of the test: a test upstream dnsmasq
+(the "internet"), systemd-resolved with that upstream, and namesync-agent in
+resolved mode, which runs its own dnsmasq and routes ~dns.* to it on the
+namesync0 link. Queries go to resolved's stub (127.0.0.53), as every program
+on a Fedora host asks.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.agent import Agent, agentctl, toml_config
+from tests.harness.dns import Answer, dig
+from tests.harness.netns import NetNS, unique_name
+from tests.harness.proc import terminate
+from tests.harness.resolved import Resolved
+from tests.harness.resolved_rootfs import build_rootfs
+from tests.harness.wait import Timeout, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.resolved]
+
+UPSTREAM = "127.0.0.9"
+UPSTREAM_PORT = 5300
+LINK = "namesync0"
+LINK_ADDRESS = "198.18.53.53"
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    return build_rootfs()
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNS]:
+    ns = NetNS(unique_name("rs")).add()
+    # The machine's "eth0": resolved uses its global servers only while some link has a
+    # routable address (without one it answers SERVFAIL, network down).
+    ns.ip("link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
+    ns.ip("addr", "add", "10.99.0.1/24", "dev", "uplink0")
+    for dev in ("uplink0", "uplink1"):
+        ns.ip("link", "set", dev, "up")
+    yield ns
+    ns.delete()
+
+
+@pytest.fixture
+def upstream(netns: NetNS, public_tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The "internet": answers every name under up.example, and nothing about our zones."""
+    proc = subprocess.Popen(netns.exec_argv(
+        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        "--bind-interfaces", f"--listen-address={UPSTREAM}", f"--port={UPSTREAM_PORT}",
+        f"--pid-file={public_tmp / 'upstream.pid'}", "--address=/up.example/192.0.2.99",
+        f"--log-facility={public_tmp / 'upstream.log'}"))
+    until(lambda: dig("ready.up.example", server=UPSTREAM, port=UPSTREAM_PORT,
+                      prefix=_in(netns)).records, what="upstream dnsmasq")
+    yield proc
+    terminate(proc)
+
+
+@pytest.fixture
+def resolved(rootfs: Path, netns: NetNS, upstream: object, public_tmp: Path) -> Iterator[Resolved]:
+    r = Resolved(public_tmp / "resolved", rootfs, netns,
+                 upstream=f"{UPSTREAM}:{UPSTREAM_PORT}").start()
+    yield r
+    r.stop()
+
+
+def _in(netns: NetNS) -> tuple[str, ...]:
+    # nsenter --net is cheaper than `ip netns exec` (no mount namespace): timing stays honest.
+    return ("nsenter", f"--net={netns.path}")
+
+
+class NetnsAgent(Agent):
+    def __init__(self, workdir: Path, netns: NetNS, env: dict[str, str]) -> None:
+        super().__init__(workdir, env)
+        self.netns = netns
+
+    def command(self, *extra: str) -> list[str]:
+        return [*_in(self.netns), sys.executable, "-m", "agent.daemon.main", "--config",
+                str(self.config), *extra]
+
+
+def agent_config(agent: Agent, public_tmp: Path, *, static: dict[str, list[str]] | None = None,
+                 resolved: str = "", host: str | None = None) -> str:
+    return toml_config(
+        socket=agent.socket, addn_hosts=public_tmp / "names" / "addn-hosts",
+        pid_file=public_tmp / "no-such-dnsmasq.pid", hosts_file=None, static=static,
+        host=host, coalesce_ms=0,
+        extra="[resolved]\n" + f'pid_file = "{public_tmp / "own-dnsmasq.pid"}"\n' + resolved)
+
+
+@pytest.fixture
+def agent(netns: NetNS, resolved: Resolved, public_tmp: Path) -> Iterator[NetnsAgent]:
+    a = NetnsAgent(public_tmp / "agent", netns, {"DBUS_SYSTEM_BUS_ADDRESS": resolved.bus_address})
+    yield a
+    a.stop()
+
+
+def route(agent: Agent) -> dict[str, Any]:
+    path = agent.status()["dns_path"]
+    assert path["path"] == "systemd-resolved", path
+    r: dict[str, Any] = path["route"]
+    return r
+
+
+def wait_routed(agent: Agent, registrations: int = 1) -> dict[str, Any]:
+    try:
+        found: dict[str, Any] = until(
+            lambda: (r := route(agent))["registered"] and r["registrations"] >= registrations
+            and r["dnsmasq_pid"] and r, timeout=20, what="zones registered with systemd-resolved")
+    except Timeout as e:
+        tail = agent.log.read_text()[-6000:]
+        raise AssertionError(f"{e}\nroute: {route(agent)}\nagent log:\n{tail}") from None
+    return found
+
+
+def poll(probe: Any, timeout: float = 10.0) -> tuple[Answer, float]:
+    """Ask until ``probe`` returns a wanted answer; returns it and the seconds it took."""
+    t0 = time.monotonic()
+    answer = until(probe, timeout=timeout, interval=0.001, what="the answer through resolved")
+    return answer, time.monotonic() - t0
+
+
+def test_zones_route_through_resolved(agent: NetnsAgent, resolved: Resolved,
+                                      public_tmp: Path) -> None:
+    agent.set_config(agent_config(agent, public_tmp, static={
+        "web.dns.podman": ["10.89.0.5"], "vm1.dns.libvirt": ["10.213.0.7", "fd00::7"],
+        "db.dns.host": ["192.0.2.10"]}))
+    agent.start()
+    r = wait_routed(agent)
+    assert r["link"] == LINK and r["server"] == "127.0.0.153:53"
+
+    # What `resolvectl status` shows a user: the link by name, routing-only domains.
+    status = resolved.resolvectl("status", LINK).stdout
+    assert f"({LINK})" in status
+    assert "-DefaultRoute" in status and "DNSSEC=no" in status
+    assert "DNS Servers: 127.0.0.153" in status
+    for zone in ("~dns.libvirt", "~dns.podman", "~dns.host"):
+        assert zone in status
+
+    # What `agentctl status` tells the user: which path serves the names, and how.
+    run = agentctl("--socket", str(agent.socket), "status", check=False)
+    shown = run.stdout
+    assert run.returncode == 0, shown  # healthy: nothing under PROBLEMS
+    assert "path      systemd-resolved" in shown
+    assert f"link {LINK} (ifindex {r['ifindex']}, {LINK_ADDRESS}) -> 127.0.0.153:53" in shown
+    assert ": registered" in shown
+
+    q = resolved.resolvectl("query", "web.dns.podman").stdout
+    assert "web.dns.podman: 10.89.0.5" in q
+    assert resolved.query("web.dns.podman").records == ("10.89.0.5",)
+    assert resolved.query("vm1.dns.libvirt", "AAAA").records == ("fd00::7",)
+    # AAAA of an IPv4-only name: NODATA through resolved, not forwarded upstream.
+    assert resolved.query("db.dns.host", "AAAA").nodata
+    # Unknown name in a zone: NXDOMAIN (local=/zone/), never asked upstream.
+    assert resolved.query("nope.dns.podman").status == "NXDOMAIN"
+    # Everything else still goes to the normal upstream.
+    answer = resolved.query("www.up.example")
+    assert answer.records == ("192.0.2.99",), answer
+
+
+def test_change_is_answered_at_once(agent: NetnsAgent, resolved: Resolved, netns: NetNS,
+                                    public_tmp: Path) -> None:
+    """A netlink event (the host's address) to resolved's answer, and removal to NXDOMAIN."""
+    netns.ip("link", "add", "hostbr", "type", "bridge")
+    netns.ip("link", "set", "hostbr", "up")
+    agent.set_config(agent_config(agent, public_tmp, host='name = "host.dns.host"\n'
+                                  'interfaces = ["hostbr"]'))
+    agent.start()
+    wait_routed(agent)
+    assert resolved.query("host.dns.host").status == "NXDOMAIN"
+
+    t0 = time.monotonic()
+    netns.ip("addr", "add", "10.77.0.1/24", "dev", "hostbr")
+    answer, _ = poll(lambda: (a := resolved.query("host.dns.host")).records and a)
+    added = time.monotonic() - t0
+    assert answer.records == ("10.77.0.1",)
+
+    t0 = time.monotonic()
+    netns.ip("addr", "del", "10.77.0.1/24", "dev", "hostbr")
+    poll(lambda: resolved.query("host.dns.host").status == "NXDOMAIN")
+    removed = time.monotonic() - t0
+    print(f"\nresolved path: address added -> answer {added * 1000:.1f} ms, "
+          f"removed -> NXDOMAIN {removed * 1000:.1f} ms (incl. `ip` and dig process start)")
+
+
+def test_removed_name_is_nxdomain_at_once(agent: NetnsAgent, resolved: Resolved,
+                                          public_tmp: Path) -> None:
+    agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"]}))
+    agent.start()
+    wait_routed(agent)
+    assert resolved.query("web.dns.podman").records == ("10.89.0.5",)
+    agent.set_config(agent_config(agent, public_tmp, static={}))
+    agent.reload()
+    until(lambda: b"web.dns.podman" not in (public_tmp / "names" / "addn-hosts").read_bytes()
+          and agent.status()["sinks"][0]["last_reload"]["signalled"],
+          what="file written, SIGHUP sent")
+    # The very first query after the write: no cache anywhere on the way.
+    assert resolved.query("web.dns.podman").status == "NXDOMAIN"
+
+
+def test_resolved_restart_routes_again(agent: NetnsAgent, resolved: Resolved,
+                                       public_tmp: Path) -> None:
+    agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"]}))
+    agent.start()
+    before = wait_routed(agent)
+    pid = agent.proc.pid if agent.proc else None
+    resolved.stop_resolved()
+    resolved.start_resolved()
+    t0 = time.monotonic()
+    after = wait_routed(agent, before["registrations"] + 1)
+    # Only the registration was redone: same dnsmasq, same link.
+    assert (after["dnsmasq_pid"], after["ifindex"]) == (before["dnsmasq_pid"], before["ifindex"])
+    poll(lambda: resolved.query("web.dns.podman").records == ("10.89.0.5",))
+    print(f"\nresolved restarted: routing back {(time.monotonic() - t0) * 1000:.1f} ms "
+          "after resolved owned its bus name")
+    assert agent.proc is not None and agent.proc.pid == pid and agent.proc.poll() is None
+
+
+def test_deleted_link_is_recreated(agent: NetnsAgent, resolved: Resolved, netns: NetNS,
+                                   public_tmp: Path) -> None:
+    agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"]}))
+    agent.start()
+    before = wait_routed(agent)
+    t0 = time.monotonic()
+    netns.ip("link", "del", LINK)
+    after = wait_routed(agent, before["registrations"] + 1)
+    poll(lambda: resolved.query("web.dns.podman").records == ("10.89.0.5",))
+    print(f"\nlink deleted -> recreated and routed again {(time.monotonic() - t0) * 1000:.1f} ms")
+    assert after["ifindex"] != before["ifindex"] and after["link_recreated"] == 1
+    assert f"({LINK})" in resolved.resolvectl("status", LINK).stdout
+
+
+def test_containers_address_answers_and_forwards(agent: NetnsAgent, resolved: Resolved,
+                                                 netns: NetNS, public_tmp: Path) -> None:
+    """What a rootful container is given (the link's address, port 53): the zones, and the
+    rest of the world through the host's resolver."""
+    agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"]}))
+    agent.start()
+    wait_routed(agent)
+    ask = dict(server=LINK_ADDRESS, prefix=_in(netns))
+    assert dig("web.dns.podman", **ask).records == ("10.89.0.5",)  # type: ignore[arg-type]
+    assert dig("nope.dns.podman", **ask).status == "NXDOMAIN"  # type: ignore[arg-type]
+    assert dig("www.up.example", **ask).records == ("192.0.2.99",)  # type: ignore[arg-type]
+
+
+def test_stop_withdraws_the_route(agent: NetnsAgent, resolved: Resolved, netns: NetNS,
+                                  public_tmp: Path) -> None:
+    agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"]}))
+    agent.start()
+    dnsmasq_pid = wait_routed(agent)["dnsmasq_pid"]
+    assert agent.stop() == 0
+    # No link left for resolved to route to a dead server, and no dnsmasq left running.
+    assert netns.ip("link", "show", LINK, check=False).returncode != 0
+    assert LINK not in resolved.resolvectl("status", check=False).stdout
+    assert not Path(f"/proc/{dnsmasq_pid}").exists() or \
+        "dnsmasq" not in Path(f"/proc/{dnsmasq_pid}/comm").read_text()
+    answer = resolved.query("www.up.example")
+    assert answer.records == ("192.0.2.99",), answer
