@@ -409,4 +409,9 @@ class ControlServer:
             return protocol.error(req.id, e.code, e.message)
         except Exception as e:
             log.exception("control handler failed", method=req.method)
-            return protocol.error(req.id, "internal", f"{type(e).__name__}: {e}")
+            # The traceback is in the agent's log; the caller gets a sentence.
+            detail = str(e)[:300] or "no detail"
+            return protocol.error(
+                req.id, "internal", f"the agent failed to answer {req.method[:80]!r}: {detail} "
+                "(its log has the details)"
+            )

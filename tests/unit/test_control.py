@@ -141,6 +141,7 @@ def test_handler_failure_is_reported_and_the_server_keeps_serving(sock_dir: Path
     out = with_server(path, lambda _: raw_exchange(path, payload, 3))
     assert out[0]["id"] == 1 and out[0]["error"]["code"] == "internal"
     assert "disk on fire" in out[0]["error"]["message"]
+    assert "RuntimeError" not in out[0]["error"]["message"]  # a sentence, not an exception name
     assert out[1]["id"] is None and out[1]["error"]["code"] == "bad_request"
     assert out[2]["id"] == "three" and out[2]["result"]["names"] == 3
     assert all(r["v"] == protocol.VERSION for r in out)
