@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.sinks.hosts_block import BEGIN, END
-from tests.harness.agent import Agent
+from tests.harness.agent import Agent, agentctl
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.wait import until
 
@@ -114,3 +114,5 @@ def test_full_disk_in_place_rewrite_loses_nothing_and_repairs_itself(
     assert sink["error_active"] is False
     assert "No space left on device" in str(sink["last_error"])  # kept, as history
     assert str(sink["recovered_at"]) > str(sink["last_error_at"])
+    human = agentctl("--socket", str(agent.socket), "status", check=False).stdout
+    assert "(recovered " in human and "No space left on device" in human
