@@ -8,6 +8,7 @@ sections a parser cannot know (signals, files) are written here once.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterable
 
 from agent.config.load import embedded_default_text
@@ -127,6 +128,21 @@ def _see_also(refs: Iterable[object]) -> list[str]:
     return [".SH SEE ALSO", *lines]
 
 
+EXIT_CODES = re.compile(r"^Exit (?:codes|status):\s*", re.IGNORECASE)
+
+
+def _epilog(epilog: str) -> list[str]:
+    """"Exit codes: 0 this, 1 that, ..." becomes EXIT STATUS; other text, NOTES."""
+    m = EXIT_CODES.match(epilog.strip())
+    if not m:
+        return [".SH NOTES", *paragraphs(epilog)] if epilog.strip() else []
+    out = [".SH EXIT STATUS"]
+    for item in re.split(r",\s*(?=\d+\s)", epilog.strip()[m.end():].rstrip(".")):
+        code, _, meaning = item.partition(" ")
+        out += [".TP", f"\\fB{text(code)}\\fR", text(meaning)]
+    return out
+
+
 def command_page(c: Command, version: str, date: str) -> str:
     out = [f'.TH {flag(c.name.upper())} 8 "{date}" "namesync {text(version)}" '
            '"System Administration"',
@@ -138,6 +154,7 @@ def command_page(c: Command, version: str, date: str) -> str:
         out += [line for p in c.positionals for line in _positional(p)]
     if c.subcommands:
         out += _commands(c)
+    out += _epilog(c.epilog)
     page = "\n".join(out) + "\n"
     if c.name == "namesync-agent":
         page += AGENT_SECTIONS

@@ -42,6 +42,7 @@ class Command:
     options: tuple[Option, ...]
     positionals: tuple[Positional, ...] = ()
     subcommands: tuple[Command, ...] = field(default=())
+    epilog: str = ""
 
 
 def _help(action: argparse.Action) -> str:
@@ -95,7 +96,8 @@ def command(p: argparse.ArgumentParser, *, name: str | None = None, help: str = 
         else:
             positionals.append(_positional(action))
     return Command(name or p.prog, help or (p.description or "").split("\n\n")[0],
-                   p.description or "", tuple(options), tuple(positionals), tuple(subs))
+                   p.description or "", tuple(options), tuple(positionals), tuple(subs),
+                   p.epilog or "")
 
 
 def all_commands() -> list[Command]:

@@ -36,3 +36,10 @@ def test_pages_have_no_groff_warnings() -> None:
         r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=roff,
                            capture_output=True, text=True, timeout=30)
         assert r.stderr == "", (name, r.stderr)
+
+
+def test_exit_codes_in_the_epilog_become_exit_status() -> None:
+    page = pages("9.9", "2026-01-01")["agentctl.8"]
+    exit_status = page[page.index(".SH EXIT STATUS"):page.index(".SH SEE ALSO")]
+    for code in ("0", "1", "2", "3"):
+        assert f".TP\n\\fB{code}\\fR\n" in exit_status
