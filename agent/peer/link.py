@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from agent.control import protocol
+from agent.sources.lifecycle import Awaited, Lifecycle, Problem
 
 from .policy import TokenBucket
 
@@ -58,8 +59,20 @@ class LinkState:
     last_error_at: float | None = None
 
 
-class PeerLink:
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class PeerLink(Lifecycle[Stream, dict[str, Any]]):
+    """The connection, on the shared lifecycle (sources/lifecycle.py): while the
+    system agent's socket is absent it is awaited with inotify, not polled."""
+
+    kind = "the system agent"
+    while_down = "pushing again on reconnect"
+    retry_first_s = RECONNECT_MIN_S
+    retry_max_s = RECONNECT_MAX_S
+
     def __init__(self, path: Path) -> None:
+        super().__init__(f"peer-link:{path}")
         self.path = path
         self.state = LinkState()
         self._latest: dict[str, Any] | None = None
@@ -68,7 +81,7 @@ class PeerLink:
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
         self._bucket: TokenBucket | None = None
-        self._outage_logged = False
+        self._hello: dict[str, Any] = {}
 
     def offer(self, params: dict[str, Any]) -> None:
         """The newest table to publish (called on the loop thread)."""
@@ -81,32 +94,43 @@ class PeerLink:
         self.state.last_error_at = time.time()
 
     async def run(self) -> None:
-        delay = RECONNECT_MIN_S
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(
-                    str(self.path), limit=protocol.MAX_LINE)
-            except OSError as e:
-                if not self._outage_logged:
-                    log.warning("system agent not reachable; retrying",
-                                socket=str(self.path), error=str(e))
-                    self._outage_logged = True
-                self._error(f"cannot connect to {self.path}: {e.strerror or e}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
-                continue
-            delay = RECONNECT_MIN_S
-            try:
-                await self._session(reader, writer)
-            except (OSError, EOFError, TimeoutError, RemoteError, ValueError) as e:
-                self._error(f"connection to the system agent lost: {type(e).__name__}: {e}")
-                log.warning("connection to the system agent lost; reconnecting",
-                            socket=str(self.path), error=str(e))
-            finally:
-                self.state.connected = False
-                writer.close()
-                with contextlib.suppress(OSError, ConnectionError):
-                    await writer.wait_closed()
+        await self.supervise()
+
+    # --- lifecycle hooks -----------------------------------------------------
+
+    def wait_available(self) -> Awaited:
+        return Awaited((self.path,), "the system agent's peer socket",
+                       "start the system agent (namesync.service) with [peers] enabled")
+
+    async def connect(self) -> Stream:
+        return await asyncio.open_unix_connection(str(self.path), limit=protocol.MAX_LINE)
+
+    async def list_all(self, conn: Stream) -> dict[str, Any]:
+        reader, writer = conn
+        return await self._call(reader, writer, "hello", {})
+
+    def take(self, snapshot: dict[str, Any]) -> None:
+        self._hello = snapshot
+
+    async def follow(self, conn: Stream) -> str:
+        await self._serve(*conn, self._hello)
+        return "the session ended"
+
+    async def disconnect(self, conn: Stream) -> None:
+        self.state.connected = False
+        _, writer = conn
+        writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await writer.wait_closed()
+
+    def describe(self, error: BaseException) -> Problem:
+        if isinstance(error, OSError) and not self.state.connected:
+            return Problem(f"cannot connect to {self.path}: {error.strerror or error}")
+        return Problem(f"connection to the system agent lost: {type(error).__name__}: {error}")
+
+    def record_error(self, message: str) -> None:
+        super().record_error(message)
+        self._error(message)
 
     async def _call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +152,8 @@ class PeerLink:
             raise ValueError("response has no result")
         return result
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello = await self._call(reader, writer, "hello", {})
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     hello: dict[str, Any]) -> None:
         st = self.state
         st.connected, st.since = True, time.time()
         st.user = hello.get("user") if isinstance(hello.get("user"), str) else None
@@ -139,9 +163,6 @@ class PeerLink:
         rate = float(st.limits.get("push_rate") or 5)
         self._bucket = TokenBucket(rate, int(st.limits.get("push_burst") or 1))
         heartbeat = float(hello.get("heartbeat_s") or 20)
-        if self._outage_logged:
-            log.info("connected to the system agent", socket=str(self.path))
-        self._outage_logged = False
         if hello.get("refused"):
             self._error(f"the system agent refuses this user: {hello['refused']}")
         self._dirty = self._latest is not None  # a (re)connect always pushes the whole table
