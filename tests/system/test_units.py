@@ -166,6 +166,11 @@ def test_reload_is_synchronous(running: System) -> None:
     s.systemctl("reload", "namesync.service")
     assert s.ask("new.dns.test").records == ("10.1.0.2",)  # at once, no polling
     assert s.prop("namesync.service", "ActiveState") == "active"
+    # dnsmasq runs as another user: that SIGHUP needed CAP_KILL, from the unit's
+    # five-capability bounding set (see test_sandbox_is_applied_...).
+    dnsmasq = s.prop("test-dnsmasq.service", "MainPID")
+    uid = parse_status(s.c.run("cat", f"/proc/{dnsmasq}/status").stdout)["Uid"].split()[0]
+    assert uid != "0"
 
 
 def test_refused_reload_fails_and_keeps_serving_the_old_names(running: System) -> None:
