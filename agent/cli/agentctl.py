@@ -88,10 +88,14 @@ def _add_setup(sub: Any, common: argparse.ArgumentParser) -> None:
     st = sub.add_parser(
         "setup",
         parents=[common],
-        help="make NetworkManager's dnsmasq serve namesync's names (root, once)",
-        description="Write namesync.conf into NetworkManager's dnsmasq.d (addn-hosts= and "
-        "local=/ZONE/ for every zone in [dnsmasq] local_zones) and have NetworkManager "
-        "restart its dnsmasq over D-Bus. Idempotent.",
+        help="prepare the path that serves namesync's names (root, once)",
+        description="NetworkManager in dnsmasq mode: write namesync.conf into its dnsmasq.d "
+        "(addn-hosts= and local=/ZONE/ for every zone in [dnsmasq] local_zones) and have "
+        "NetworkManager restart its dnsmasq over D-Bus. systemd-resolved: write the "
+        "NetworkManager drop-in that leaves namesync's link unmanaged and the "
+        "containers.conf drop-in that gives rootful containers the link's address as DNS "
+        "server ([resolved]); namesync registers the zones with resolved itself. "
+        "Idempotent; --remove deletes every drop-in.",
     )
     st.add_argument(
         "--config",

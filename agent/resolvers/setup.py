@@ -1,10 +1,17 @@
-"""`agentctl setup`: point NetworkManager's dnsmasq at namesync, once, idempotently.
+"""`agentctl setup`: prepare whichever path serves the names, once, idempotently.
+
+NetworkManager in dnsmasq mode (or neither resolver found):
 
 Writes ``namesync.conf`` into NM's dnsmasq conf-dir (``addn-hosts=`` our
 file, ``local=/ZONE/`` per zone so unknown names there are NXDOMAIN and AAAA
 of IPv4-only names NODATA instead of forwarded), then asks NM over D-Bus to
 restart its dnsmasq (``Reload`` with DNS_FULL): a drop-in is read only when
 dnsmasq starts, and the conf-dir only if it existed then.
+
+systemd-resolved: namesync registers its zones itself at run time; setup
+tells NetworkManager to leave namesync's link unmanaged (conf.d drop-in,
+then Reload(CONF)) and gives rootful containers the link's address as their
+DNS server (a containers.conf drop-in). ``--remove`` deletes every drop-in.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from agent.resolvers.networkmanager import (
     name_has_owner,
     owner_pid,
 )
+from agent.resolvers.resolved import RESOLVE1
 from agent.sinks.atomic import read_bytes, replace_file
 
+RELOAD_CONF = 0x1
 RELOAD_DNS_FULL = 0x4
 RESTART_TIMEOUT_S = 15.0
 
@@ -136,94 +145,164 @@ async def _restart_dnsmasq(bus: MessageBus, old_pid: int | None) -> int | None:
     return None
 
 
-async def run_setup(config: Config, *, check: bool = False, remove: bool = False) -> Report:
-    report = Report()
-    nm = config.networkmanager
-    dropin = nm.dropin
-    want = render_dropin(config)
-    have = read_bytes(dropin)
+def render_nm_unmanaged(config: Config) -> bytes:
+    lines = [
+        "# Written by 'agentctl setup' (namesync); 'agentctl setup --remove' deletes it.",
+        "# namesync's link for systemd-resolved: NetworkManager must leave it alone",
+        "# (on a link it manages it would wipe the per-link DNS settings).",
+        "[keyfile]",
+        # += adds to the user's own list instead of replacing it.
+        f"unmanaged-devices+=interface-name:{config.resolved.link}",
+    ]
+    return ("\n".join(lines) + "\n").encode()
 
-    try:
-        bus: MessageBus | None = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    except Exception as e:
-        bus = None
-        view = NMView(reachable=False, error=f"no system D-Bus: {e}")
-    try:
-        if bus is not None:
-            view = await _view(bus)
-        changed = False
-        if remove:
-            if have is None:
-                report.add("ok", f"no drop-in at {dropin}")
-            elif check:
-                report.add("present", f"drop-in {dropin} (--remove would delete it)")
-            else:
-                dropin.unlink()
-                changed = True
-                report.add("removed", f"drop-in {dropin}")
-        elif have == want:
-            report.add("ok", f"drop-in {dropin} is up to date")
-        elif check:
-            report.add(
-                "missing",
-                f"drop-in {dropin} "
-                + ("differs from what setup writes" if have else "does not exist"),
-            )
-        else:
-            if not nm.dnsmasq_dir.is_dir():
-                nm.dnsmasq_dir.mkdir(mode=0o755, parents=True)
-                report.add("created", f"directory {nm.dnsmasq_dir}")
-            # dnsmasq reads its config as root, but keep it world-readable like
-            # everything else in /etc/NetworkManager.
-            replace_file(dropin, want, mode=0o644)
-            changed = True
-            report.add("wrote", f"drop-in {dropin}")
 
-        if not view.reachable:
-            report.add(
-                "warning",
-                f"{view.error}; the drop-in takes effect when "
-                "NetworkManager next starts its dnsmasq",
-            )
-            return report
-        if view.mode != "dnsmasq":
-            report.add(
-                "warning",
-                f"NetworkManager DNS mode is {view.mode!r}, not 'dnsmasq': "
-                "it runs no dnsmasq, so names reach local lookups through the hosts "
-                "file. Set dns=dnsmasq in NetworkManager.conf for the dnsmasq path.",
-            )
-            return report
-        if check and not remove and have != want:
-            report.add("missing", "restart of NetworkManager's dnsmasq once the drop-in is written")
-            return report
-        why = (
-            "the drop-in changed" if changed else (None if remove else _needs_restart(view, dropin))
-        )
-        if why is None:
-            report.add(
-                "ok",
-                f"NetworkManager's dnsmasq (pid {view.dnsmasq_pid}) "
-                + ("has no namesync drop-in" if remove else "serves namesync's names"),
-            )
-            return report
+def render_containers_conf(config: Config) -> bytes:
+    lines = [
+        "# Written by 'agentctl setup' (namesync); 'agentctl setup --remove' deletes it.",
+        "# Rootful containers cannot use the host's loopback resolver: give them",
+        "# namesync's dnsmasq on its link, which answers namesync's zones and",
+        "# forwards every other name to the host's resolver.",
+        "[containers]",
+        f'dns_servers = ["{config.resolved.link_address}"]',
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class DropIn:
+    path: Path
+    content: bytes
+    what: str = "drop-in"
+
+
+def apply_dropin(d: DropIn, report: Report, *, check: bool, remove: bool) -> bool:
+    """Write (or with ``remove`` delete) one drop-in; True if the file changed."""
+    have = read_bytes(d.path)
+    if remove:
+        if have is None:
+            report.add("ok", f"no {d.what} at {d.path}")
+            return False
         if check:
-            report.add("missing", f"restart of NetworkManager's dnsmasq: {why}")
-            return report
-        assert bus is not None
-        new_pid = await _restart_dnsmasq(bus, view.dnsmasq_pid)
-        if new_pid is None:
-            report.add(
-                "error",
-                "asked NetworkManager to restart its dnsmasq (Reload DNS_FULL), "
-                f"but no new dnsmasq appeared within {RESTART_TIMEOUT_S:.0f}s",
-            )
+            report.add("present", f"{d.what} {d.path} (--remove would delete it)")
+            return False
+        d.path.unlink()
+        report.add("removed", f"{d.what} {d.path}")
+        return True
+    if have == d.content:
+        report.add("ok", f"{d.what} {d.path} is up to date")
+        return False
+    if check:
+        why = "differs from what setup writes" if have else "does not exist"
+        report.add("missing", f"{d.what} {d.path} {why}")
+        return False
+    if not d.path.parent.is_dir():
+        d.path.parent.mkdir(mode=0o755, parents=True)
+        report.add("created", f"directory {d.path.parent}")
+    # Read as root, but world-readable like everything else in /etc.
+    replace_file(d.path, d.content, mode=0o644)
+    report.add("wrote", f"{d.what} {d.path}")
+    return True
+
+
+@dataclass
+class Probe:
+    """What the bus says: NetworkManager's view, and whether systemd-resolved runs."""
+
+    bus: MessageBus | None
+    nm: NMView
+    resolved: bool = False
+
+
+async def _probe() -> Probe:
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except Exception as e:
+        return Probe(None, NMView(reachable=False, error=f"no system D-Bus: {e}"))
+    return Probe(bus, await _view(bus), await name_has_owner(bus, RESOLVE1))
+
+
+def _nm_blocker(view: NMView) -> str | None:
+    """Why NM's dnsmasq cannot be restarted now, as a warning; None if it can."""
+    if not view.reachable:
+        return (f"{view.error}; the drop-in takes effect when NetworkManager next starts "
+                "its dnsmasq")
+    if view.mode != "dnsmasq":
+        return (f"NetworkManager DNS mode is {view.mode!r}, not 'dnsmasq': it runs no "
+                "dnsmasq, so names reach local lookups through the hosts file. Set "
+                "dns=dnsmasq in NetworkManager.conf for the dnsmasq path.")
+    return None
+
+
+async def _nm_dnsmasq_path(config: Config, probe: Probe, report: Report, *, check: bool,
+                           remove: bool) -> None:
+    """NetworkManager's dnsmasq reads namesync's file: its drop-in, then a restart."""
+    dropin = config.networkmanager.dropin
+    want = render_dropin(config)
+    differs = read_bytes(dropin) != want
+    changed = apply_dropin(DropIn(dropin, want), report, check=check, remove=remove)
+    view = probe.nm
+    blocker = _nm_blocker(view)
+    if blocker is not None:
+        report.add("warning", blocker)
+        return
+    if check and not remove and differs:
+        report.add("missing", "restart of NetworkManager's dnsmasq once the drop-in is written")
+        return
+    why = "the drop-in changed" if changed else (None if remove else _needs_restart(view, dropin))
+    if why is None:
+        served = "has no namesync drop-in" if remove else "serves namesync's names"
+        report.add("ok", f"NetworkManager's dnsmasq (pid {view.dnsmasq_pid}) {served}")
+        return
+    if check:
+        report.add("missing", f"restart of NetworkManager's dnsmasq: {why}")
+        return
+    assert probe.bus is not None
+    new_pid = await _restart_dnsmasq(probe.bus, view.dnsmasq_pid)
+    if new_pid is None:
+        report.add("error", "asked NetworkManager to restart its dnsmasq (Reload DNS_FULL), "
+                   f"but no new dnsmasq appeared within {RESTART_TIMEOUT_S:.0f}s")
+    else:
+        report.add("restarted",
+                   f"NetworkManager's dnsmasq ({why}): pid {view.dnsmasq_pid} -> {new_pid}")
+
+
+async def _resolved_path(config: Config, probe: Probe, report: Report, *, check: bool,
+                         remove: bool) -> None:
+    """systemd-resolved: NM leaves namesync's link alone; containers get its address."""
+    r = config.resolved
+    unmanaged = DropIn(r.nm_unmanaged_conf, render_nm_unmanaged(config),
+                       "NetworkManager drop-in")
+    if apply_dropin(unmanaged, report, check=check, remove=remove) and probe.nm.reachable:
+        assert probe.bus is not None
+        # Reload(CONF) makes NetworkManager re-read conf.d (its unmanaged-devices).
+        reply = await call(probe.bus, NM, "/org/freedesktop/NetworkManager", NM, "Reload", "u",
+                           [RELOAD_CONF])
+        if reply.message_type == MessageType.ERROR:
+            report.add("error", f"NetworkManager refused Reload: {reply.error_name}")
         else:
-            report.add(
-                "restarted",
-                f"NetworkManager's dnsmasq ({why}): pid {view.dnsmasq_pid} -> {new_pid}",
-            )
+            report.add("reloaded", "NetworkManager's configuration")
+    if r.containers or remove:
+        dns = DropIn(r.containers_conf, render_containers_conf(config), "containers.conf drop-in")
+        if apply_dropin(dns, report, check=check, remove=remove) and not remove:
+            report.add("note", "new containers use it; running ones keep their resolv.conf")
+
+
+async def run_setup(config: Config, *, check: bool = False, remove: bool = False) -> Report:
+    """Set up (or undo) whichever path serves the names on this host."""
+    report = Report()
+    probe = await _probe()
+    try:
+        resolved_path = (probe.resolved and config.resolved.enabled
+                         and probe.nm.mode != "dnsmasq")
+        if remove or not resolved_path:
+            await _nm_dnsmasq_path(config, probe, report, check=check, remove=remove)
+        if remove or resolved_path:
+            if resolved_path:
+                report.add("ok", "systemd-resolved is the resolver: namesync routes its zones "
+                           f"there itself, on link {config.resolved.link}")
+            await _resolved_path(config, probe, report, check=check, remove=remove)
         return report
     finally:
-        if bus is not None:
-            bus.disconnect()
+        if probe.bus is not None:
+            probe.bus.disconnect()

@@ -21,7 +21,8 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
                 coalesce_ms: int = 20, extra: str = "", host: str | None = None,
                 dnsmasq_extra: str = "", control_extra: str = "",
                 networkmanager: str | None = None, libvirt: str | None = None,
-                podman: str | None = None, peers: str | None = None) -> str:
+                podman: str | None = None, peers: str | None = None,
+                resolved: str | None = None) -> str:
     """A config for the test agent. ``host``/``networkmanager``/``libvirt``/``podman``/``peers``:
     the body of those sections; None disables them (no netlink, D-Bus, libvirtd or
     Podman, and no peer socket, unless a test asks)."""
@@ -47,6 +48,13 @@ def toml_config(*, socket: Path, addn_hosts: Path | None, pid_file: Path | None,
     lines += ["[libvirt]", libvirt if libvirt is not None else off]
     lines += ["[podman]", podman if podman is not None else off]
     lines += ["[peers]", peers if peers is not None else off]
+    # Whatever the test, `agentctl setup` (and --remove) only ever touches drop-ins
+    # in the test's directory, never the machine's /etc.
+    work = socket.parent
+    lines += ["[resolved]", resolved if resolved is not None else off,
+              f'pid_file = "{work / "own-dnsmasq.pid"}"',
+              f'nm_unmanaged_conf = "{work / "nm-conf.d" / "90-namesync-unmanaged.conf"}"',
+              f'containers_conf = "{work / "containers.conf.d" / "90-namesync-dns.conf"}"']
     return "\n".join(lines) + "\n" + extra
 
 

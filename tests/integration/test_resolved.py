@@ -94,8 +94,7 @@ def agent_config(agent: Agent, public_tmp: Path, *, static: dict[str, list[str]]
     return toml_config(
         socket=agent.socket, addn_hosts=public_tmp / "names" / "addn-hosts",
         pid_file=public_tmp / "no-such-dnsmasq.pid", hosts_file=None, static=static,
-        host=host, coalesce_ms=0,
-        extra="[resolved]\n" + f'pid_file = "{public_tmp / "own-dnsmasq.pid"}"\n' + resolved)
+        host=host, coalesce_ms=0, resolved=resolved or "enabled = true")
 
 
 @pytest.fixture
@@ -266,3 +265,30 @@ def test_stop_withdraws_the_route(agent: NetnsAgent, resolved: Resolved, netns: 
         "dnsmasq" not in Path(f"/proc/{dnsmasq_pid}/comm").read_text()
     answer = resolved.query("www.up.example")
     assert answer.records == ("192.0.2.99",), answer
+
+
+def test_setup_on_a_resolved_host(agent: NetnsAgent, resolved: Resolved,
+                                  public_tmp: Path) -> None:
+    """`agentctl setup` sees resolved on the bus and writes that path's drop-ins (NM is
+    not running here, so nothing is reloaded); --check agrees; --remove undoes it."""
+    agent.set_config(agent_config(agent, public_tmp))
+    env = {"DBUS_SYSTEM_BUS_ADDRESS": resolved.bus_address}
+
+    def setup(*args: str) -> subprocess.CompletedProcess[str]:
+        return agentctl("setup", "--config", str(agent.config), *args, check=False, env=env)
+
+    nm_conf = agent.dir / "nm-conf.d" / "90-namesync-unmanaged.conf"
+    ctr_conf = agent.dir / "containers.conf.d" / "90-namesync-dns.conf"
+    assert setup("--check").returncode == 1
+    run = setup()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "systemd-resolved is the resolver" in run.stdout
+    assert f"unmanaged-devices+=interface-name:{LINK}\n" in nm_conf.read_text()
+    assert ctr_conf.read_text().endswith(f'[containers]\ndns_servers = ["{LINK_ADDRESS}"]\n')
+    # The NM dnsmasq drop-in belongs to the other path: not written here.
+    assert "namesync.conf" not in run.stdout
+    again = setup("--check")
+    assert again.returncode == 0, again.stdout
+    removed = setup("--remove")
+    assert removed.returncode == 0, removed.stdout
+    assert not nm_conf.exists() and not ctr_conf.exists()
