@@ -137,13 +137,14 @@ class Fqdn(Kind[str]):
     """A fully qualified name the user wrote: validated, lowercased, never repaired."""
 
     def parse(self, raw: object, key: str, problems: Problems) -> str | None:
-        if not expect(raw, str, key, problems):
-            return None
-        assert isinstance(raw, str)
-        name, why = fqdn_item(raw)
-        if why is not None:
-            problems.add(key, why)
-        return name
+        if type(raw) is str:  # the usual case first: one [[static]] name per entry
+            try:
+                return parse_fqdn(raw)
+            except InvalidName as e:
+                problems.add(key, f"{e.reason} (in {quote(raw)})")
+                return None
+        expect(raw, str, key, problems)
+        return None
 
     def toml(self, value: str) -> str:
         return toml_string(value)
@@ -236,6 +237,11 @@ class Addresses(Kind[tuple[Address, ...]]):
     """At least one host address; each refused one is reported by its index."""
 
     def parse(self, raw: object, key: str, problems: Problems) -> tuple[Address, ...] | None:
+        if type(raw) is list and raw:  # the usual case first, in C; a refusal is reported below
+            try:
+                return tuple(map(parse_address, raw))
+            except AddressError:
+                pass
         if not expect(raw, list, key, problems):
             return None
         assert isinstance(raw, list)

@@ -111,3 +111,18 @@ def test_reused_lines_always_equal_lines_made_from_scratch(seed: int) -> None:
                 current[i] = some(i)
         table = planner.plan(list(current.values()), [])
         assert table.lines == Table(entries=dict(table.entries)).lines
+
+
+def test_static_objects_are_the_snapshot_made_as_read() -> None:
+    from agent.sources.static import StaticObjects, StaticSource
+
+    cfg = parse_config('[[static]]\nname = "a.dns.test"\naddresses = ["10.0.0.1"]\n'
+                       '[[static]]\nname = "b.dns.test"\naddresses = ["10.0.0.2"]\n', "x")
+    lazy = StaticObjects("static", cfg.static)
+    assert dict(lazy) == StaticSource(cfg.static).snapshot()
+    assert list(lazy.values()) == list(StaticSource(cfg.static).snapshot().values())
+    store = StateStore(lambda: None)
+    store.replace("static", StaticSource(cfg.static).snapshot())
+    running = list(store.records())
+    store.replace("static", lazy)  # nothing changed: the running objects stay
+    assert all(a is b for a, b in zip(store.records(), running, strict=True))
