@@ -82,19 +82,42 @@ def test_a_running_then_stopped_container(podman: Podman, dnsmasq: Dnsmasq, agen
     rc, ex = ctl_json(agent, "explain", "web.dns.podman")
     assert rc == 1
     assert ex["claim"] is None
-    miss = ex["misses"][0]
-    assert (miss["kind"], miss["addresses"], miss["party"]["display"]) == (
-        "gone", [ip], "container web")
+    kinds = {m["kind"]: m for m in ex["misses"]}
+    # What namesync saw go away, and what Podman says the container is now.
+    gone, stopped = kinds["gone"], kinds["stopped"]
+    assert (gone["addresses"], gone["party"]["display"]) == ([ip], "container web")
+    assert (stopped["name"], stopped["state"]) == ("web", "exited")
     assert ex["answer"]["rcode"] == "NXDOMAIN"
+    assert ex["verdict"] == {
+        "ok": False, "text": "web.dns.podman is not published: container web exists but is "
+        "exited", "fix": "podman start web"}
+    human = agentctl("explain", "web.dns.podman", "--socket", str(agent.socket), check=False)
+    assert "  nearest miss published by container web" in human.stdout
+    assert human.stdout.rstrip().endswith("fix: podman start web")
+
+    podman.rm("web")
+    until(lambda: all(m["kind"] != "stopped"
+                      for m in ctl_json(agent, "explain", "web.dns.podman")[1]["misses"]),
+          what="removed: no longer stopped")
+    _, ex = ctl_json(agent, "explain", "web.dns.podman")
     assert ex["verdict"] == {
         "ok": False,
         "text": f"web.dns.podman is not published: published by container web "
                 f"(podman:{podman.socket}) until it went away",
         "fix": "start it again: its name comes back as soon as it runs"}
-    human = agentctl("explain", "web.dns.podman", "--socket", str(agent.socket), check=False)
-    assert "  nearest miss published by container web" in human.stdout
-    assert human.stdout.rstrip().endswith(
-        "fix: start it again: its name comes back as soon as it runs")
+
+
+def test_a_container_stopped_before_the_agent_started(
+        podman: Podman, dnsmasq: Dnsmasq, agent: Agent, write_config: WriteConfig) -> None:
+    podman.run("old", "--network", NET)
+    podman.stop("old")
+    start(agent, write_config, podman)
+    rc, ex = ctl_json(agent, "explain", "old.dns.podman")
+    assert rc == 1
+    assert [m["kind"] for m in ex["misses"]] == ["stopped"]
+    assert ex["verdict"] == {
+        "ok": False, "text": "old.dns.podman is not published: container old exists but is "
+        "exited", "fix": "podman start old"}
 
 
 def test_a_refused_spelling_and_a_conflict_loser(podman: Podman, dnsmasq: Dnsmasq,

@@ -9,7 +9,7 @@ naming the field, never a crash further down.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.model.record import Address, AddressError, parse_address
@@ -44,6 +44,10 @@ class Down:
     # Removed (inspect said 404), not merely stopped: the id can never come
     # back, so its tombstone may be forgotten once aardvark forgets it too.
     gone: bool = False
+    # What it was called and how it stopped, for `agentctl explain` ("container web
+    # exists but is exited"); not part of the verdict's value.
+    name: str = field(default="", compare=False)
+    state: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,7 @@ def verdict(attrs: Mapping[str, Any], *, rootless: bool = False,
         raise InspectError("Id: missing")
     state = _get(_get(attrs, "State", Mapping, "", {}), "Status", str, "State.", "")
     if state in DOWN_STATES:
-        return Down()
+        return Down(name=_get(attrs, "Name", str, "", "").lstrip("/"), state=state)
     if state not in PUBLISHED_STATES:
         return Pending(state)
     name = _get(attrs, "Name", str, "", "").lstrip("/")

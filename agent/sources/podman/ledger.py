@@ -66,6 +66,11 @@ class Ledger:
     def verdict(self, cid: str) -> Live | Down | None:
         return self._verdicts.get(cid)
 
+    def stopped(self) -> dict[str, Down]:
+        """Container id -> verdict, for every container inspect says is stopped."""
+        return {cid: v for cid, v in self._verdicts.items()
+                if isinstance(v, Down) and not v.gone}
+
     def names(self) -> dict[str, str]:
         """Container id -> name, for every container inspect says runs."""
         return {cid: v.view.name for cid, v in self._verdicts.items() if isinstance(v, Live)}

@@ -187,7 +187,9 @@ class Session:
             if state in PUBLISHED_STATES:
                 running.append(cid)
             elif state in DOWN_STATES:
-                verdicts[cid] = Down()
+                names = attrs.get("Names")
+                name = names[0] if isinstance(names, list) and names else ""
+                verdicts[cid] = Down(name=name if isinstance(name, str) else "", state=state)
             else:
                 self.unsettled.add(cid)
         problems = []

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent.config.schema import Config, PodmanConfig
+from agent.model.names import InvalidName, normalise_label
 from agent.sources.base import Objects, ServiceSource, Source
 from agent.sources.lifecycle import Awaited, Problem
 
@@ -127,6 +128,21 @@ class PodmanSource(ServiceSource["Session"]):
 
     def config_key(self) -> Hashable:
         return self.config
+
+    def near_misses(self, name: str) -> list[dict[str, Any]]:
+        """For `agentctl explain`: a stopped container that would answer ``name``."""
+        out = []
+        for down in self._ledger.stopped().values():
+            try:
+                label = normalise_label(down.name)
+            except InvalidName:
+                continue
+            if down.name and name == f"{label}.{self.config.zone}":
+                out.append({"kind": "stopped", "name": down.name, "state": down.state,
+                            "text": f"container {down.name} exists but is "
+                                    f"{down.state or 'stopped'}",
+                            "fix": f"podman start {down.name}"})
+        return out
 
     @property
     def base_url(self) -> str:
