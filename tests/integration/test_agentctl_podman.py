@@ -173,6 +173,8 @@ def test_status_when_the_service_is_down_but_netavark_files_publish(
     podman.stop_service()
     start(agent, write_config, podman)
     until(lambda: dnsmasq.query("ctr.dns.podman").status == "NOERROR", what="ctr from files")
+    until(lambda: [p["what"] for p in agent.status()["health"]["problems"]]
+          == [f"source podman:{podman.socket}"], what="the source's outage in status")
     run = agentctl("status", "--socket", str(agent.socket), check=False)
     assert run.returncode == 1, run.stdout
     lines = run.stdout.splitlines()
