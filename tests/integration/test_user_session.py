@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,26 @@ def test_user_agent_killed_grace_then_gone_and_system_restart_repushes(
     alice_podman.container("web", "-p", "8080:80")
     alice_agent.start()
     until(lambda: dnsmasq.query(web).records == (HOST_IP,), timeout=15, what=web)
+
+    # A user-agent restart does not blink: asked all along, the name always answers.
+    answers: list[tuple[str, ...]] = []
+    asking = threading.Event()
+    asking.set()
+
+    def ask() -> None:
+        while asking.is_set():
+            answers.append(dnsmasq.query(web).records)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        alice_agent.stop()
+        alice_agent.start()
+        until(lambda: alice_agent.status()["sinks"][0]["writes"] >= 1, what="pushed again")
+    finally:
+        asking.clear()
+        asker.join()
+    assert len(answers) > 10 and set(answers) == {(HOST_IP,)}, answers
 
     # The system agent restarts: the user agent reconnects and pushes again.
     system.stop()
