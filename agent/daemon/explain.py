@@ -27,6 +27,7 @@ from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
 from agent.sinks.hosts_block import MarkerError, split
 from agent.sources.base import Source
+from agent.sources.podman.view import NO_PORT
 
 from .dnsquery import DnsError, query
 from .history import NameHistory
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from agent.config.schema import Config
 
 FILE_BYTES = 64 << 20  # never read more than this of a file to look for one name
+NO_PORT_FIX = ("publish a port on a host address (podman run -p 8080:80 ...; a port bound "
+               "to 127.0.0.1 only is not reachable from VMs and containers)")
 
 
 def zones_of(config: Config) -> dict[str, str]:
@@ -195,7 +198,12 @@ class Explainer:
         out = []
         for r in self.table.rejections:
             if spelled_alike(key, r.value):
-                out.append({"kind": "refused", "value": r.value, "reason": r.reason,
+                # A rootless container without a reachable port is refused for what it
+                # is, not for its spelling: its own kind and fix.
+                no_port = r.reason.startswith(NO_PORT)
+                out.append({"kind": "no_port" if no_port else "refused",
+                            "fix": NO_PORT_FIX if no_port else None,
+                            "value": r.value, "reason": r.reason,
                             "party": provenance(r.provenance),
                             "text": f"{r.provenance.display or r.provenance.object_id} "
                                     f"({r.provenance.source}) wanted {r.value!r}, refused: "

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+from agent.daemon.explain import Explainer
+from agent.daemon.history import NameHistory
 from agent.daemon.verdict import verdict
+from agent.model.record import Provenance, Rejection
+from agent.plan.table import Table
+from agent.sources.podman.view import NO_PORT
 
 
 def chain(**kw: Any) -> dict[str, Any]:
@@ -57,3 +63,16 @@ def test_a_source_hook_miss_comes_first_with_its_fix() -> None:
 def test_nothing_claims_a_podman_name() -> None:
     v = verdict(chain(claim=None))
     assert v["fix"] == "start a container named web (podman run --name web ...)"
+
+
+def test_a_rootless_container_without_a_port() -> None:
+    prov = Provenance("peer:1000", "c1", "container", "container web")
+    table = Table(rejections=(Rejection(prov, "web", NO_PORT),))
+    config = SimpleNamespace(mode="system")
+    misses = Explainer(config, table, [], NameHistory()).refused(  # type: ignore[arg-type]
+        "web.alice.dns.podman")
+    assert [m["kind"] for m in misses] == ["no_port"]
+    v = verdict(chain(claim=None, misses=misses))
+    assert v["text"] == ("web.dns.podman is not published: container web (peer:1000) wanted "
+                         f"'web', refused: {NO_PORT}")
+    assert v["fix"].startswith("publish a port on a host address")
