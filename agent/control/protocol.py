@@ -13,6 +13,7 @@ a request with a different major ``v`` gets an ``unsupported_version`` error.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +70,8 @@ def check_id(value: Any) -> Any:
         raise ProtocolError("bad_request", "id must be a string, a number or null")
     if isinstance(value, int) and -MAX_ID_INT <= value < MAX_ID_INT:
         return value
-    if isinstance(value, float):
-        return value  # finite: NaN and Infinity never parse (see _loads)
+    if isinstance(value, float) and math.isfinite(value):
+        return value  # 1e400 parses as inf: not strict JSON when echoed
     raise ProtocolError(
         "bad_request",
         f"id must be a string of at most {MAX_ID_CHARS} characters, a 64-bit integer, "

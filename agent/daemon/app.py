@@ -32,7 +32,7 @@ from . import status as st
 from .health import assess
 from .heap import settle_heap
 from .history import NameHistory
-from .instance import AlreadyRunning, InstanceLock
+from .instance import CannotLock, InstanceLock
 from .notify import reloading_message, sd_notify
 from .pipeline import Pipeline
 from .queries import Queries
@@ -270,7 +270,7 @@ class Daemon:
         try:
             if self._instance is not None:
                 self._instance.extend(managed_paths(new))
-        except AlreadyRunning as e:
+        except CannotLock as e:
             self.config_error = str(e)
             log.error("config reload refused; keeping the running config", reason=str(e))
             return {"reloaded": False, "problems": [str(e)], "config": new.origin}

@@ -28,7 +28,11 @@ from pathlib import Path
 SYSTEM_LOCKS = Path("/run/namesync/locks")
 
 
-class AlreadyRunning(RuntimeError):
+class CannotLock(RuntimeError):
+    """A lock file could not be opened (e.g. another user's runtime directory)."""
+
+
+class AlreadyRunning(CannotLock):
     """Another agent holds one of our locks; nothing was touched."""
 
 
@@ -77,8 +81,13 @@ class InstanceLock:
             raise
 
     def _take(self, path: Path, what: str) -> None:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise CannotLock(
+                f"cannot lock {what} ({path}: {e.strerror}); nothing was changed"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -17,7 +17,7 @@ from agent.control.server import SocketInUse
 
 from . import logging as nlogging
 from .app import Daemon
-from .instance import AlreadyRunning
+from .instance import AlreadyRunning, CannotLock
 
 # Distinct from a failed sync (1) and a config error (2): nothing was wrong
 # with this agent, another one already does the job.
@@ -113,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", version=version(), config=config.origin, once=args.once)
     try:
         return asyncio.run(Daemon(config, args.config).run(once=args.once))
-    except AlreadyRunning as e:
+    except CannotLock as e:
         log.error("cannot start", reason=str(e))
         print(f"namesync-agent: {e}", file=sys.stderr)
-        return EXIT_ALREADY_RUNNING
+        return EXIT_ALREADY_RUNNING if isinstance(e, AlreadyRunning) else 1
     except SocketInUse as e:
         log.error("cannot start", reason=str(e))
         return 1
