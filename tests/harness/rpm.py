@@ -60,8 +60,20 @@ def source_tarball(sources: Path, name_version: str) -> Path:
     return tarball
 
 
+def _check_setuptools(python: str) -> None:
+    """The build is not isolated (as on Fedora): the interpreter's own setuptools must meet
+    the floor, else the failure is pip's obscure 'project.license' error."""
+    out = subprocess.run([python, "-c", "import setuptools; print(setuptools.__version__)"],
+                         capture_output=True, text=True, timeout=60)
+    found = out.stdout.strip()
+    if out.returncode != 0 or int(found.split(".")[0]) < 77:
+        raise AssertionError(f"{python} has setuptools {found or 'missing'}; the RPM build "
+                             "needs >= 77 (run: .venv/bin/pip install -e '.[test]')")
+
+
 def build(topdir: Path, python: str = sys.executable) -> Build:
     """``rpmbuild -ba`` of the spec; raises with the log's tail if it fails."""
+    _check_setuptools(python)
     source_tarball(topdir / "SOURCES", f"namesync-{version()}")
     r = subprocess.run(
         ["rpmbuild", "-ba", "--nodeps", "--load", str(STAND_IN_MACROS),
