@@ -43,10 +43,11 @@ class DnsmasqSpec:
     binary: str
     listen: tuple[str, ...]  # addresses, the loopback one first
     port: int
-    addn_hosts: Path
+    addn_hosts: Path | None  # None: a pure forwarder (the NM dnsmasq path)
     zones: tuple[str, ...]
     upstream: str | None  # "ADDR" or "ADDR#PORT" for names outside the zones
     pid_file: Path
+    cache_size: int | None = None  # 0: every answer asked upstream again (never stale)
 
     def argv(self) -> list[str]:
         args = [
@@ -62,10 +63,13 @@ class DnsmasqSpec:
             # address on every netlink event (seen with 2.90), a leak on a busy host.
             "--bind-interfaces",
             f"--port={self.port}",
-            f"--addn-hosts={self.addn_hosts}",
             f"--pid-file={self.pid_file}",
             "--log-facility=-",
         ]
+        if self.addn_hosts is not None:
+            args.append(f"--addn-hosts={self.addn_hosts}")
+        if self.cache_size is not None:
+            args.append(f"--cache-size={self.cache_size}")
         args += [f"--listen-address={a}" for a in self.listen]
         args += [f"--local=/{z}/" for z in self.zones]
         if self.upstream:

@@ -99,13 +99,29 @@ class DnsPathController:
         if choice != self.choice:
             log.info("names served through", path=str(choice.path), reason=choice.reason)
         self.choice = choice
-        if choice.path == DnsPath.RESOLVED and self.route is None and self.watcher is not None:
-            self.route = ResolvedRoute(self.config, self.watcher)
-            self._route_task = asyncio.get_running_loop().create_task(
-                self._run_route(self.route, self._stopping), name="resolved:route")
-        elif choice.path != DnsPath.RESOLVED and self._route_task is not None:
+        want = self._wanted_route(choice.path)
+        have = None if self.route is None else ("forwarder" if self.route.forward_only
+                                                else "resolved")
+        if want == have:
+            return
+        if self._route_task is not None:
             self._stopping, self._route_task, self.route = self._route_task, None, None
             self._stopping.cancel()
+        if want is not None:
+            self.route = ResolvedRoute(self.config,
+                                       self.watcher if want == "resolved" else None)
+            self._route_task = asyncio.get_running_loop().create_task(
+                self._run_route(self.route, self._stopping), name="resolved:route")
+
+    def _wanted_route(self, path: DnsPath) -> str | None:
+        """resolved: the full route; forwarder: containers only, on NM's dnsmasq path."""
+        r = self.config.resolved
+        if path == DnsPath.RESOLVED and self.watcher is not None:
+            return "resolved"
+        if (path == DnsPath.NM_DNSMASQ and r.enabled and r.containers
+                and self.config.mode != "user"):
+            return "forwarder"
+        return None
 
     @staticmethod
     async def _run_route(route: ResolvedRoute, previous: asyncio.Task[None] | None) -> None:

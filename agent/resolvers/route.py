@@ -42,13 +42,30 @@ def dnsmasq_spec(config: Config) -> DnsmasqSpec:
     )
 
 
+# NetworkManager's dnsmasq always listens here (NM passes --listen-address=127.0.0.1).
+NM_DNSMASQ_ADDRESS = "127.0.0.1"
+
+
+def forwarder_spec(config: Config) -> DnsmasqSpec:
+    """On the NM dnsmasq path: containers ask the link's address, which forwards every
+    name to NM's dnsmasq uncached (so never stale; NM's dnsmasq is signalled as usual)."""
+    r = config.resolved
+    return DnsmasqSpec(binary=r.dnsmasq, listen=(r.link_address,), port=53, addn_hosts=None,
+                       zones=(), upstream=NM_DNSMASQ_ADDRESS, pid_file=r.pid_file, cache_size=0)
+
+
 class ResolvedRoute:
-    def __init__(self, config: Config, watcher: ResolvedWatcher) -> None:
+    """The link and namesync's dnsmasq; registered with resolved unless ``watcher`` is None
+    (then a forwarder for containers only, on the NetworkManager dnsmasq path)."""
+
+    def __init__(self, config: Config, watcher: ResolvedWatcher | None) -> None:
         r = config.resolved
         self.config = r
         self.zones = config.dnsmasq.local_zones
         self.watcher = watcher
-        self.dnsmasq = OwnDnsmasq(dnsmasq_spec(config))
+        self.forward_only = watcher is None
+        self.dnsmasq = OwnDnsmasq(forwarder_spec(config) if watcher is None
+                                  else dnsmasq_spec(config))
         self.link = LinkKeeper(r.link, ipaddress.ip_address(r.link_address), self._link_ready)
         self._dirty = asyncio.Event()
         self._link_up = asyncio.Event()
@@ -74,6 +91,7 @@ class ResolvedRoute:
                             self.config.port, self.zones)
 
     async def _register_once(self) -> None:
+        assert self.watcher is not None
         bus, owner, settings = self.watcher.bus, self.watcher.owner, self.settings()
         if bus is None or owner is None or settings is None:
             return  # the next owner change or link event sets _dirty again
@@ -105,17 +123,19 @@ class ResolvedRoute:
                 self._dirty.set()
 
     def _resolved_changed(self) -> None:
+        assert self.watcher is not None
         if self.watcher.owner != self.registered_owner:
             self.registered = None
         self._dirty.set()
 
     async def run(self) -> None:
-        self.watcher.add_listener(self._resolved_changed)
         tasks = [
             asyncio.create_task(self.link.supervise(), name="resolved:link"),
             asyncio.create_task(self._run_dnsmasq(), name="resolved:dnsmasq"),
-            asyncio.create_task(self._register_loop(), name="resolved:register"),
         ]
+        if self.watcher is not None:
+            self.watcher.add_listener(self._resolved_changed)
+            tasks.append(asyncio.create_task(self._register_loop(), name="resolved:register"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -124,14 +144,15 @@ class ResolvedRoute:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            self.watcher.remove_listener(self._resolved_changed)
+            if self.watcher is not None:
+                self.watcher.remove_listener(self._resolved_changed)
             await self._withdraw()
 
     async def _withdraw(self) -> None:
-        bus, ifindex = self.watcher.bus, self.link.ifindex
-        if bus is not None and ifindex is not None and self.watcher.owner is not None:
+        w, ifindex = self.watcher, self.link.ifindex
+        if w is not None and w.bus is not None and ifindex is not None and w.owner is not None:
             try:
-                await revert_link(bus, ifindex)
+                await revert_link(w.bus, ifindex)
             except Exception as e:
                 log.warning("cannot revert the link in systemd-resolved", error=str(e))
         try:
@@ -143,6 +164,8 @@ class ResolvedRoute:
 
     def candidates(self) -> list[Candidate]:
         """Where the addn-hosts sink finds the dnsmasq to SIGHUP on this path."""
+        if self.forward_only:
+            return []  # it holds no names: NetworkManager's dnsmasq is the one to signal
         via = "namesync's own dnsmasq (systemd-resolved path)"
         pid = self.dnsmasq.pid
         return [Candidate(pid, via, None if pid else "namesync's dnsmasq is not running")]
@@ -158,6 +181,7 @@ class ResolvedRoute:
             "link_recreated": self.link.recreated,
             "server": f"{self.config.listen}:{self.config.port}",
             "domains": [f"~{d}" for d in self.zones],
+            "forward_only": self.forward_only,
             "registered": reg is not None,
             "registered_at": self.registered_at,
             "registrations": self.registrations,

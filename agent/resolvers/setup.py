@@ -297,6 +297,11 @@ async def run_setup(config: Config, *, check: bool = False, remove: bool = False
                          and probe.nm.mode != "dnsmasq")
         if remove or not resolved_path:
             await _nm_dnsmasq_path(config, probe, report, check=check, remove=remove)
+        r = config.resolved
+        if not remove and not resolved_path and probe.nm.mode == "dnsmasq" \
+                and r.enabled and r.containers:
+            # Containers get namesync's forwarder on the link, which asks NM's dnsmasq.
+            await _resolved_path(config, probe, report, check=check, remove=remove)
         if remove or resolved_path:
             if resolved_path:
                 report.add("ok", "systemd-resolved is the resolver: namesync routes its zones "

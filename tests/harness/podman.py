@@ -106,7 +106,10 @@ def _cgroup_dirs() -> set[Path]:
         top = hierarchy / CGROUP_PARENT
         if top.is_dir():
             found.add(top)
-            found.update(p for p in top.rglob("*") if p.is_dir())
+            # Other suites' containers come and go under the same parent meanwhile:
+            # a directory removed during the walk is simply not there any more.
+            with contextlib.suppress(FileNotFoundError):
+                found.update(p for p in top.rglob("*") if p.is_dir())
     return found
 
 

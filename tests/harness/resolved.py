@@ -15,11 +15,14 @@ alone. No pid namespace: resolved checks a caller's CAP_NET_ADMIN through
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+from .agent import Agent
 from .dns import Answer, dig
 from .netns import NetNS
+from .podman import Podman
 from .proc import terminate
 from .wait import until
 
@@ -134,3 +137,40 @@ class Resolved:
             terminate(self.holder)
             self.holder = None
             self._log.close()
+
+
+def in_netns(netns: NetNS) -> tuple[str, ...]:
+    # nsenter --net is cheaper than `ip netns exec` (no mount namespace): timing stays honest.
+    return ("nsenter", f"--net={netns.path}")
+
+
+class NetnsAgent(Agent):
+    def __init__(self, workdir: Path, netns: NetNS, env: dict[str, str]) -> None:
+        super().__init__(workdir, env)
+        self.netns = netns
+
+    def command(self, *extra: str) -> list[str]:
+        return [*in_netns(self.netns), sys.executable, "-m", "agent.daemon.main", "--config",
+                str(self.config), *extra]
+
+
+
+class NetnsPodman(Podman):
+    """The private rootful Podman of tests/harness/podman.py, run inside the resolved
+    test's netns: its bridges, netavark's firewall rules and aardvark-dns live there."""
+
+    def __init__(self, workdir: Path, netns: NetNS) -> None:
+        super().__init__(workdir)
+        self.netns = netns
+
+    def _base(self) -> list[str]:
+        return [*in_netns(self.netns), *super()._base()]
+
+    def use_dns_servers(self, dropin: str) -> None:
+        # CONTAINERS_CONF points at one file (drop-in dirs are not read then): merge the
+        # dns_servers line of the drop-in `agentctl setup` writes into it.
+        line = next(ln for ln in dropin.splitlines() if ln.startswith("dns_servers"))
+        self.conf.write_text(self.conf.read_text().replace("[containers]\n",
+                                                           f"[containers]\n{line}\n", 1))
+
+

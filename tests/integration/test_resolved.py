@@ -10,7 +10,6 @@ on a Fedora host asks.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.harness.dns import Answer, dig
 from tests.harness.netns import NetNS, unique_name
 from tests.harness.podman import AARDVARK_DIR, IMAGE, Podman
 from tests.harness.proc import cmdline, kill_and_reap, read_pid, terminate
-from tests.harness.resolved import Resolved
+from tests.harness.resolved import NetnsAgent, NetnsPodman, Resolved, in_netns
 from tests.harness.resolved_rootfs import build_rootfs
 from tests.harness.wait import Timeout, until
 
@@ -64,7 +63,7 @@ def upstream(netns: NetNS, public_tmp: Path) -> Iterator[subprocess.Popen[bytes]
         f"--pid-file={public_tmp / 'upstream.pid'}", "--address=/up.example/192.0.2.99",
         f"--log-facility={public_tmp / 'upstream.log'}"))
     until(lambda: dig("ready.up.example", server=UPSTREAM, port=UPSTREAM_PORT,
-                      prefix=_in(netns)).records, what="upstream dnsmasq")
+                      prefix=in_netns(netns)).records, what="upstream dnsmasq")
     yield proc
     terminate(proc)
 
@@ -75,21 +74,6 @@ def resolved(rootfs: Path, netns: NetNS, upstream: object, public_tmp: Path) -> 
                  upstream=f"{UPSTREAM}:{UPSTREAM_PORT}").start()
     yield r
     r.stop()
-
-
-def _in(netns: NetNS) -> tuple[str, ...]:
-    # nsenter --net is cheaper than `ip netns exec` (no mount namespace): timing stays honest.
-    return ("nsenter", f"--net={netns.path}")
-
-
-class NetnsAgent(Agent):
-    def __init__(self, workdir: Path, netns: NetNS, env: dict[str, str]) -> None:
-        super().__init__(workdir, env)
-        self.netns = netns
-
-    def command(self, *extra: str) -> list[str]:
-        return [*_in(self.netns), sys.executable, "-m", "agent.daemon.main", "--config",
-                str(self.config), *extra]
 
 
 def agent_config(agent: Agent, public_tmp: Path, *, static: dict[str, list[str]] | None = None,
@@ -252,7 +236,7 @@ def test_containers_address_answers_and_forwards(agent: NetnsAgent, resolved: Re
     agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"]}))
     agent.start()
     wait_routed(agent)
-    ask = dict(server=LINK_ADDRESS, prefix=_in(netns))
+    ask = dict(server=LINK_ADDRESS, prefix=in_netns(netns))
     assert dig("web.dns.podman", **ask).records == ("10.89.0.5",)  # type: ignore[arg-type]
     assert dig("nope.dns.podman", **ask).status == "NXDOMAIN"  # type: ignore[arg-type]
     assert dig("www.up.example", **ask).records == ("192.0.2.99",)  # type: ignore[arg-type]
@@ -298,25 +282,6 @@ def test_setup_on_a_resolved_host(agent: NetnsAgent, resolved: Resolved,
     removed = setup("--remove")
     assert removed.returncode == 0, removed.stdout
     assert not nm_conf.exists() and not ctr_conf.exists()
-
-
-class NetnsPodman(Podman):
-    """The private rootful Podman of tests/harness/podman.py, run inside the resolved
-    test's netns: its bridges, netavark's firewall rules and aardvark-dns live there."""
-
-    def __init__(self, workdir: Path, netns: NetNS) -> None:
-        super().__init__(workdir)
-        self.netns = netns
-
-    def _base(self) -> list[str]:
-        return [*_in(self.netns), *super()._base()]
-
-    def use_dns_servers(self, dropin: str) -> None:
-        # CONTAINERS_CONF points at one file (drop-in dirs are not read then): merge the
-        # dns_servers line of the drop-in `agentctl setup` writes into it.
-        line = next(ln for ln in dropin.splitlines() if ln.startswith("dns_servers"))
-        self.conf.write_text(self.conf.read_text().replace("[containers]\n",
-                                                           f"[containers]\n{line}\n", 1))
 
 
 @pytest.fixture

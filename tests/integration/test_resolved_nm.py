@@ -17,7 +17,10 @@ import pytest
 
 from agent.config.schema import Config
 from agent.resolvers.setup import RELOAD_CONF, render_nm_unmanaged
+from tests.harness.agent import agentctl, toml_config
 from tests.harness.nm import NetworkManager
+from tests.harness.podman import IMAGE
+from tests.harness.resolved import NetnsAgent, NetnsPodman
 from tests.harness.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.networkmanager]
@@ -66,3 +69,47 @@ def test_nm_leaves_the_link_unmanaged_after_setup(nm: ManagingNM) -> None:
           what=f"NetworkManager to leave {LINK} alone")
     assert state(nm, USERS_OWN) == "unmanaged"  # appended, not replaced
     assert state(nm, nm.device).startswith("connected")
+
+
+@pytest.mark.podman
+def test_default_network_container_on_the_nm_dnsmasq_path(public_tmp: Path) -> None:
+    """NM in dns=dnsmasq mode: its dnsmasq listens on 127.0.0.1 only, which Podman drops
+    from a container's resolv.conf. namesync's forwarder on the link address (no cache)
+    gives a container on the default `podman` network NM's answers, current at once."""
+    nm = NetworkManager(public_tmp / "nm").start()
+    agent = NetnsAgent(public_tmp / "agent", nm.netns, {"DBUS_SYSTEM_BUS_ADDRESS": nm.bus_address})
+    podman = NetnsPodman(public_tmp / "podman", nm.netns)
+    try:
+        def configure(static: dict[str, list[str]]) -> None:
+            agent.set_config(toml_config(
+                socket=agent.socket, addn_hosts=public_tmp / "names" / "addn-hosts",
+                pid_file=nm.pid_file, hosts_file=None, static=static, coalesce_ms=0,
+                networkmanager=f'enabled = true\ndnsmasq_dir = "{nm.dnsmasq_d}"',
+                resolved="enabled = true"))
+
+        configure({"web.dns.podman": ["10.89.0.5"]})
+        run = agentctl("setup", "--config", str(agent.config), check=False,
+                       env={"DBUS_SYSTEM_BUS_ADDRESS": nm.bus_address})
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "containers.conf drop-in" in run.stdout
+        agent.start()
+        path = until(lambda: (p := agent.status()["dns_path"])["route"]
+                     and p["route"]["dnsmasq_pid"] and p, timeout=20, what="the forwarder")
+        assert path["path"] == "networkmanager-dnsmasq" and path["route"]["forward_only"]
+
+        podman.setup()
+        podman.use_dns_servers(
+            (agent.dir / "containers.conf.d" / "90-namesync-dns.conf").read_text())
+        out = podman.cli("run", "--rm", "--network", "podman", IMAGE, "nslookup",
+                         "web.dns.podman", check=False).stdout
+        assert "10.89.0.5" in out, out
+        podman.run("watcher", "--network", "podman")
+        poller = podman.popen("exec", "watcher", "sh", "-c",
+                              "until nslookup new.dns.podman | grep -q 10.89.0.6; do :; done")
+        configure({"new.dns.podman": ["10.89.0.6"]})
+        agent.reload()
+        assert poller.wait(timeout=30) == 0
+    finally:
+        podman.teardown()
+        agent.stop()
+        nm.stop()
