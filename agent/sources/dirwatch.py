@@ -109,16 +109,27 @@ async def wait_for_any(paths: tuple[Path, ...]) -> Path:
             found = next((p for p in paths if p.exists()), None)
             if found is not None:
                 return found
-            watches = {}
-            for base in {_nearest_existing(p.parent) for p in paths}:
-                with contextlib.suppress(OSError):
-                    watches[base] = inotify.add_watch(base, _APPEAR | _SELF_GONE | Mask.ONLYDIR)
+            watches = _watch_ancestors(inotify, paths)
             try:
                 # It may have appeared between the check and the watches.
                 if not any(p.exists() for p in paths):
                     async for event in inotify:
-                        if event.watch in watches.values():
+                        if event.watch in watches:
                             break
             finally:
-                for watch in watches.values():
+                for watch in watches:
                     _forget(inotify, watch)
+
+
+def _watch_ancestors(inotify: Inotify, paths: tuple[Path, ...]) -> list[Watch]:
+    """Watch the nearest existing ancestor of each path for its next component."""
+    watches: list[Watch] = []
+    failed: OSError | None = None
+    for base in {_nearest_existing(p.parent) for p in paths}:
+        try:
+            watches.append(inotify.add_watch(base, _APPEAR | _SELF_GONE | Mask.ONLYDIR))
+        except OSError as e:  # no permission, inotify limits reached
+            failed = e
+    if not watches and failed is not None:
+        raise failed  # waiting on nothing would wait for ever
+    return watches
