@@ -243,3 +243,26 @@ def test_a_started_network_s_empty_lease_file_is_no_leases_and_a_restart_drops_o
     src = libvirt_source(agent)
     assert "refused" not in (src["detail"] or ""), src
     assert "empty file" not in (src["last_error"] or ""), src
+
+
+def test_an_absent_libvirtd_is_awaited_and_connected_to_when_it_starts(
+        libvirtd: Libvirtd, libvirt_network: Network, dnsmasq: Dnsmasq, agent: Agent,
+        watch_lxc: Callable[..., None]) -> None:
+    """Issue 11: with libvirtd stopped its socket is gone, and the source waits for it
+    to appear (inotify on /run/libvirt, no retry timer); when libvirtd starts, the
+    source connects at once and its guests answer."""
+    libvirtd.stop()
+    sockets = [Path("/run/libvirt/libvirt-sock-ro"), Path("/run/libvirt/virtlxcd-sock-ro")]
+    if any(s.exists() for s in sockets):
+        pytest.skip("this libvirtd leaves its socket behind on SIGTERM")
+    watch_lxc()
+    agent.start()
+    src = until(lambda: (s := libvirt_source(agent))["state"] == "disconnected" and s,
+                what="the source to say libvirtd is absent")
+    assert src["detail"] == (f"libvirtd's socket {sockets[0]} does not exist; "
+                             f"waiting for {sockets[0]} to appear"), src
+    libvirtd.start_daemon()
+    until(lambda: libvirt_source(agent)["state"] == "connected", timeout=10,
+          what="connected once the socket appeared")
+    guest = libvirtd.guest("latecomer", [libvirt_network])
+    answers(dnsmasq, f"latecomer.{ZONE}", guest.wait_for_lease())
