@@ -18,7 +18,7 @@ from agent.config.load import load_config
 from agent.config.schema import Config, ConfigError, DnsmasqConfig
 from agent.control.server import ControlServer, Limits, Peer
 from agent.resolvers.networkmanager import NetworkManagerWatcher
-from agent.resolvers.path import DnsPathController, PathLocator
+from agent.resolvers.path import DnsPathController, PathLocator, RoutedZonesFilter
 from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
@@ -66,7 +66,10 @@ def build_sinks(
             AddnHostsSink(config.dnsmasq.addn_hosts, locator, config.dnsmasq.executable)
         )
     if config.hosts_file.enabled:
-        sinks.append(HostsFileSink(config.hosts_file.path))
+        hosts: Sink = HostsFileSink(config.hosts_file.path)
+        if paths is not None:
+            hosts = RoutedZonesFilter(hosts, paths, config.dnsmasq.local_zones)
+        sinks.append(hosts)
     if config.mode == "user" and config.peers.enabled:
         # A user agent publishes through the system agent (agent/peer).
         sinks.append(PeerPushSink(config.peers.socket))
@@ -197,7 +200,8 @@ class Daemon:
         if self.paths is not None:
             await self.paths.stop()
         nm = self.nm
-        self.paths = DnsPathController(config, lambda: nm.view if nm is not None else None)
+        self.paths = DnsPathController(config, lambda: nm.view if nm is not None else None,
+                                       self.pipeline.coalescer.poke)
         await self.paths.start()
 
     async def _stop_networkmanager(self) -> None:
@@ -428,7 +432,12 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await coalescer
             if self.paths is not None:
+                hid = self.paths.hides_zones()
                 await self.paths.stop()
+                if hid:
+                    # The route is gone: the hosts block gets the zones' names back.
+                    with contextlib.suppress(Exception):
+                        await self.pipeline.sync()
             await self._stop_networkmanager()
             for name in list(self._tasks):
                 await self._stop_source(name)

@@ -22,9 +22,11 @@ from typing import Any
 import structlog
 
 from agent.config.schema import Config
+from agent.plan.table import Table
 from agent.resolvers.resolved import ResolvedState, ResolvedWatcher
 from agent.resolvers.route import ResolvedRoute
 from agent.resolvers.view import ResolverView
+from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Candidate, Locator
 
 log = structlog.get_logger(component="resolvers.path")
@@ -61,9 +63,11 @@ def choose_path(config: Config, nm: ResolverView | None,
 class DnsPathController:
     """Owns the resolved watcher and, while that path is chosen, the resolved route."""
 
-    def __init__(self, config: Config, nm_state: Callable[[], ResolverView | None]) -> None:
+    def __init__(self, config: Config, nm_state: Callable[[], ResolverView | None],
+                 on_route_change: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self._nm_state = nm_state
+        self._on_route_change = on_route_change
         self.watcher: ResolvedWatcher | None = None
         self._watcher_task: asyncio.Task[None] | None = None
         self.route: ResolvedRoute | None = None
@@ -109,7 +113,8 @@ class DnsPathController:
             self._stopping.cancel()
         if want is not None:
             self.route = ResolvedRoute(self.config,
-                                       self.watcher if want == "resolved" else None)
+                                       self.watcher if want == "resolved" else None,
+                                       self._on_route_change)
             self._route_task = asyncio.get_running_loop().create_task(
                 self._run_route(self.route, self._stopping), name="resolved:route")
 
@@ -149,6 +154,12 @@ class DnsPathController:
                 await self._watcher_task
         self._watcher_task, self.watcher = None, None
 
+    def hides_zones(self) -> bool:
+        """True while resolved routes the zones to namesync: the hosts block must not
+        carry them then (resolved answers /etc/hosts first, re-read only every 2 s)."""
+        route = self.route
+        return route is not None and not route.forward_only and route.registered is not None
+
     def candidates(self) -> list[Candidate]:
         route = self.route
         return route.candidates() if route is not None else []
@@ -176,3 +187,39 @@ class PathLocator:
 
     def candidates(self) -> list[Candidate]:
         return self._controller.candidates() + self._fallback.candidates()
+
+
+class RoutedZonesFilter(Sink):
+    """The hosts-file sink, minus the routed zones' names while resolved routes them.
+
+    systemd-resolved answers a name from /etc/hosts before any DNS server, and
+    re-reads the file at most every 2 s: a removed or moved container would keep
+    its old answer that long. glibc reads /etc/hosts itself on every lookup (Fedora:
+    ``files`` before ``resolve``), and finds the names through resolved when they are
+    not there. When the route goes (namesync stopping), the next sync puts them back.
+    """
+
+    def __init__(self, inner: Sink, controller: DnsPathController,
+                 zones: tuple[str, ...]) -> None:
+        super().__init__(inner.path)
+        self.inner = inner
+        self.kind = inner.kind
+        self.status = inner.status
+        self._controller = controller
+        self._suffixes = tuple("." + z for z in zones)
+        self._zones = frozenset(zones)
+
+    def _routed(self, name: str) -> bool:
+        return name in self._zones or name.endswith(self._suffixes)
+
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def apply(self, table: Table, changed_at: float) -> bool:
+        if self._controller.hides_zones():
+            table = Table(entries={n: e for n, e in table.entries.items() if not self._routed(n)},
+                          conflicts=table.conflicts, rejections=table.rejections)
+        return self.inner.apply(table, changed_at)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -58,8 +59,10 @@ class ResolvedRoute:
     """The link and namesync's dnsmasq; registered with resolved unless ``watcher`` is None
     (then a forwarder for containers only, on the NetworkManager dnsmasq path)."""
 
-    def __init__(self, config: Config, watcher: ResolvedWatcher | None) -> None:
+    def __init__(self, config: Config, watcher: ResolvedWatcher | None,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         r = config.resolved
+        self._on_change = on_change  # registered or not any more: the hosts block follows
         self.config = r
         self.zones = config.dnsmasq.local_zones
         self.watcher = watcher
@@ -97,7 +100,10 @@ class ResolvedRoute:
             return  # the next owner change or link event sets _dirty again
         t0 = time.monotonic()
         await push_link(bus, settings)
+        was = self.registered
         self.registered, self.registered_owner = settings, owner
+        if was is None:
+            self._on_change()
         self.registered_at, self.error = time.time(), None
         self.registrations += 1
         log.info("zones routed through systemd-resolved", link=self.config.link,
@@ -124,8 +130,9 @@ class ResolvedRoute:
 
     def _resolved_changed(self) -> None:
         assert self.watcher is not None
-        if self.watcher.owner != self.registered_owner:
+        if self.watcher.owner != self.registered_owner and self.registered is not None:
             self.registered = None
+            self._on_change()
         self._dirty.set()
 
     async def run(self) -> None:
@@ -159,7 +166,9 @@ class ResolvedRoute:
             await delete_link(self.config.link)
         except Exception as e:
             log.warning("cannot delete the link", link=self.config.link, error=str(e))
-        self.registered = None
+        if self.registered is not None:
+            self.registered = None
+            self._on_change()
         log.info("zones no longer routed through systemd-resolved", link=self.config.link)
 
     def candidates(self) -> list[Candidate]:
