@@ -10,15 +10,27 @@ and builds without isolation as Fedora does).
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .isolation import original_network
+from .rootfs import CACHE
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "packaging" / "namesync.spec"
 STAND_IN_MACROS = REPO / "packaging" / "rpm" / "macros.debian-stand-in"
 RPMLINT_CONFIG = REPO / "packaging" / "rpm" / "rpmlint.toml"
+DEPS_DIR = REPO / "packaging" / "deps"
+# What the sdists of packaging/deps/ build with (structlog: hatchling; asyncinotify:
+# flit_core), plus pip and wheel for the stand-in %pyproject_* macros.
+DEP_BUILD_BACKENDS = ("pip", "wheel", "hatchling", "hatch-vcs", "hatch-fancy-pypi-readme",
+                      "flit_core>=3.12,<4")
 TOOLS = ("rpmbuild", "rpmlint", "rpm2cpio", "cpio", "checkmodule", "semodule_package", "make",
          "bzip2", "git")
 SELINUX_MAKEFILE = Path("/usr/share/selinux/devel/Makefile")
@@ -39,11 +51,55 @@ def rpm_eval(expr: str, python: str = sys.executable) -> str:
                           check=True, capture_output=True, text=True, timeout=30).stdout.strip()
 
 
-def version() -> str:
+def spec_query(spec: Path, qf: str) -> str:
     out = subprocess.run(["rpmspec", "--load", str(STAND_IN_MACROS), "-q", "--srpm",
-                          "--qf", "%{version}", str(SPEC)],
+                          "--qf", qf, str(spec)],
                          check=True, capture_output=True, text=True, timeout=30)
     return out.stdout.strip()
+
+
+def version() -> str:
+    return spec_query(SPEC, "%{version}")
+
+
+def _cached(name: str, make: Callable[[Path], None]) -> Path:
+    """CACHE/NAME, made once per machine by ``make(path)`` under an flock."""
+    target = CACHE / name
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            make(target)
+            (target / ".complete").write_text(name + "\n")
+    return target
+
+
+def pypi_sdist(name: str, version: str) -> Path:
+    """The PyPI sdist NAME-VERSION.tar.gz (Source0 of a packaging/deps/ spec), cached."""
+    def fetch(d: Path) -> None:
+        subprocess.run([*original_network(), sys.executable, "-m", "pip", "download", "-q",
+                        "--no-deps", "--no-binary", ":all:", "-d", str(d), f"{name}=={version}"],
+                       check=True, capture_output=True, timeout=300)
+    d = _cached(f"sdist-{name}-{version}", fetch)
+    found, = d.glob("*.tar.gz")
+    return found
+
+
+def build_venv() -> Path:
+    """A venv with the build backends the dependency specs' sdists use (Fedora installs
+    them as BuildRequires: python3-hatchling, python3-flit-core, ...), cached: the venv
+    is made in place (its scripts name its path), read-only once complete."""
+    key = hashlib.sha256("\n".join(DEP_BUILD_BACKENDS).encode()).hexdigest()[:12]
+
+    def make(d: Path) -> None:
+        subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=300,
+                       capture_output=True)
+        subprocess.run([*original_network(), str(d / "bin" / "python"), "-m", "pip",
+                        "install", "-q", *DEP_BUILD_BACKENDS],
+                       check=True, capture_output=True, timeout=600)
+    return _cached(f"rpm-build-venv-{key}", make)
 
 
 def source_tarball(sources: Path, name_version: str) -> Path:
@@ -72,12 +128,25 @@ def _check_setuptools(python: str) -> None:
 
 
 def build(topdir: Path, python: str = sys.executable) -> Build:
-    """``rpmbuild -ba`` of the spec; raises with the log's tail if it fails."""
+    """``rpmbuild -ba`` of namesync's spec; raises with the log's tail if it fails."""
     _check_setuptools(python)
     source_tarball(topdir / "SOURCES", f"namesync-{version()}")
+    return rpmbuild(SPEC, topdir, python)
+
+
+def build_dependency(spec: Path, topdir: Path) -> Build:
+    """``rpmbuild -ba`` of a spec in packaging/deps/ from its PyPI sdist."""
+    name = spec_query(spec, "%{name}").removeprefix("python-")
+    sdist = pypi_sdist(name, spec_query(spec, "%{version}"))
+    (topdir / "SOURCES").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sdist, topdir / "SOURCES" / sdist.name)
+    return rpmbuild(spec, topdir, str(build_venv() / "bin" / "python"))
+
+
+def rpmbuild(spec: Path, topdir: Path, python: str) -> Build:
     r = subprocess.run(
         ["rpmbuild", "-ba", "--nodeps", "--load", str(STAND_IN_MACROS),
-         "--define", f"_topdir {topdir}", "--define", f"__python3 {python}", str(SPEC)],
+         "--define", f"_topdir {topdir}", "--define", f"__python3 {python}", str(spec)],
         capture_output=True, text=True, timeout=300)
     log = r.stdout + r.stderr
     (topdir / "build.log").write_text(log)

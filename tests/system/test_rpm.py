@@ -239,3 +239,20 @@ def test_setuptools_floor_is_77(setuptools: str, builds: bool, tmp_path: Path) -
     assert (r.returncode == 0) == builds, r.stdout[-3000:] + r.stderr[-3000:]
     if not builds:
         assert "`project.license` must be valid exactly by one definition" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("spec", sorted(rpm.DEPS_DIR.glob("*.spec")), ids=lambda p: p.stem)
+def test_missing_fedora_dependency_specs_build_and_are_rpmlint_clean(spec: Path,
+                                                                      tmp_path: Path) -> None:
+    """packaging/deps/: python3-structlog (retired after Fedora 36) and
+    python3-asyncinotify (Fedora 45+ only), for Fedora 43/44, from their PyPI sdists."""
+    b = rpm.build_dependency(spec, tmp_path / "rpmbuild")
+    name = spec.stem.replace("python-", "python3-")
+    lint = rpm.rpmlint(b)
+    assert re.search(r" 0 errors, 0 warnings", lint.stdout), lint.stdout
+    module = name.removeprefix("python3-")
+    sitelib = rpm.rpm_eval("%{python3_sitelib}")
+    flags = rpm.query(b.rpms[name], "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]")
+    assert f"{sitelib}/{module}/__init__.py " in "\n".join(flags)
+    assert any("/licenses/" in f and f.endswith(" l") for f in flags), flags  # %license
+    assert any(p.startswith(f"{name} = ") for p in rpm.query(b.rpms[name], "--provides"))
