@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
         prog="namesync-agent",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Lines broken by hand (this formatter keeps them); the man page joins them.
+        epilog="Exit codes: 0 stopped cleanly (or --once synced), 1 a file could not be\n"
+        "written or the control socket is taken, 2 config error, 3 another agent\n"
+        "already serves this socket or these files.",
     )
     p.add_argument(
         "--config",
