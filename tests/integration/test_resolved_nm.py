@@ -10,6 +10,7 @@ list still applies (the drop-in appends with `+=`, it does not replace).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def test_default_network_container_on_the_nm_dnsmasq_path(public_tmp: Path) -> N
         agent.reload()
         assert poller.wait(timeout=30) == 0
     finally:
-        podman.teardown()
-        agent.stop()
-        nm.stop()
+        # Each stop runs even if one before it fails: nothing may outlive the test.
+        with contextlib.ExitStack() as stops:
+            stops.callback(nm.stop)
+            stops.callback(agent.stop)
+            stops.callback(podman.teardown)
