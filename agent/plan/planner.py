@@ -41,6 +41,8 @@ class Planner:
         changed = list(compress(count(), map(is_not, old.entries.values(), entries.values())))
         if not changed:
             return old.lines
+        if len(changed) > len(entries) // 8:  # a reload of new records: walk, not patch
+            return self._walk(entries)
         return _patch(old, entries, changed)
 
     def _walk(self, entries: dict[str, Entry]) -> tuple[bytes, ...]:
