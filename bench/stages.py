@@ -23,7 +23,7 @@ from agent.model.record import ObjectState, Provenance, Record
 from agent.plan.planner import Planner
 from agent.plan.render import host_lines, render_addn_hosts
 from agent.plan.table import Table, plan
-from agent.sources.static import StaticSource
+from agent.sources.static import StaticObjects, StaticSource
 from agent.state.store import StateStore
 from bench.data import ADDR_A, ADDR_B, ZONE, config_text, target_index
 
@@ -94,6 +94,24 @@ def main() -> None:
                                                             store1.rejections()))
     timed("render_addn_hosts + host_lines, same table again",
           lambda: (render_addn_hosts(table_b), host_lines(table_b)))
+
+    # A config reload as the daemon runs it (parsing aside): the static source's
+    # snapshot, made as the store compares it with the running one and keeps the
+    # unchanged objects, then plan + render. Before the planner this was
+    # snapshot + replace + "plan, all records new" + "render ..., new table".
+    store2 = StateStore(lambda: None)
+    store2.replace("static", snap_a)
+    planner2 = Planner()
+    planner2.plan(store2.records(), store2.rejections())
+    configs = [cfg_a, cfg_b]
+
+    def config_reload() -> None:
+        configs.reverse()
+        store2.replace("static", StaticObjects("static", configs[0].static))
+        t = planner2.plan(store2.records(), store2.rejections())
+        render_addn_hosts(t)
+        host_lines(t)
+    timed("config reload: snapshot+replace+plan+render", config_reload)
 
     # The source-update path: one object changes, then plan + render as a sync does.
     i = target_index(n)
