@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import rpm
@@ -68,12 +70,20 @@ def dependency_wheels(python: str = sys.executable) -> Path:
         return target
 
 
-def install(c: Container, main_rpm: Path) -> None:
-    """Lay out ``main_rpm`` (bound at PAYLOAD, unpacked) in ``c`` and run its %post."""
+def _project(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+
+
+def install(c: Container, main_rpm: Path, packaged: Sequence[str] = ()) -> None:
+    """Lay out ``main_rpm`` (bound at PAYLOAD, unpacked) in ``c`` and run its %post.
+
+    ``packaged``: dependencies whose RPMs (packaging/deps/) are unpacked into the
+    same payload, e.g. "structlog": pip installs only the others."""
     sitelib = rpm.rpm_eval("%{python3_sitelib}")
     c.sh(f"cp -a {PAYLOAD}/. / && echo {sitelib} > {SITELIB_PTH}")
+    wanted = [r for r in requirements() if _project(r) not in set(packaged)]
     c.run("python3", "-m", "pip", "install", "-q", "--no-index", "--find-links", WHEELS,
-          "--break-system-packages", "--root-user-action=ignore", *requirements(), timeout=300)
+          "--break-system-packages", "--root-user-action=ignore", *wanted, timeout=300)
     postin = rpm.query(main_rpm, "--qf", "%{POSTIN}")
     c.run("systemctl", "daemon-reload")
     c.run("sh", "-s", "--", "1", input="\n".join(postin) + "\n")  # $1 = 1: first install

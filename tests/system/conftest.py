@@ -25,3 +25,12 @@ def rpm_root(rpm_build: rpm.Build, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("payload")
     rpm.extract(rpm_build.rpms["namesync"], root)
     return root
+
+
+@pytest.fixture(scope="session")
+def dependency_rpms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """python3-structlog and python3-asyncinotify built from packaging/deps/."""
+    out: dict[str, Path] = {}
+    for spec in sorted(rpm.DEPS_DIR.glob("*.spec")):
+        out.update(rpm.build_dependency(spec, tmp_path_factory.mktemp(spec.stem)).rpms)
+    return out

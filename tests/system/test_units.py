@@ -95,17 +95,23 @@ class System:
 
 
 @pytest.fixture(scope="module")
-def system(rpm_build: rpmh.Build, rpm_root: Path,
+def system(rpm_build: rpmh.Build, dependency_rpms: dict[str, Path],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     for why in (rootfs.unavailable(), nspawn.unavailable()):
         if why:
             pytest.skip(why)
     wheels = installed.dependency_wheels()
+    # namesync and the two dependencies Fedora 43/44 lack (packaging/deps/), from
+    # their RPMs; the rest (Fedora's own python3-* packages) from wheels.
+    payload = tmp_path_factory.mktemp("payload")
+    for package in (rpm_build.rpms["namesync"], *dependency_rpms.values()):
+        rpmh.extract(package, payload)
     c = nspawn.Container(rootfs.build(), tmp_path_factory.mktemp("nspawn"),
-                         ro_binds=[(rpm_root, installed.PAYLOAD), (wheels, installed.WHEELS)])
+                         ro_binds=[(payload, installed.PAYLOAD), (wheels, installed.WHEELS)])
     c.boot()
     try:
-        installed.install(c, rpm_build.rpms["namesync"])
+        installed.install(c, rpm_build.rpms["namesync"], packaged=[
+            name.removeprefix("python3-") for name in dependency_rpms])
         c.write("/etc/systemd/system/test-dnsmasq.service", DNSMASQ_UNIT)
         c.run("systemctl", "daemon-reload")
         c.run("systemctl", "start", "test-dnsmasq.service")
@@ -129,6 +135,11 @@ def test_installed_from_the_rpm_enabled_by_preset_and_verified(system: System) -
     assert system.c.run("test", "-f", "/run/namesync/addn-hosts").returncode == 0  # tmpfiles
     verify = system.c.run("systemd-analyze", "verify", "namesync.service", check=False)
     assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    # structlog and asyncinotify come from packaging/deps/' RPMs, in Fedora's sitelib.
+    sitelib = rpmh.rpm_eval("%{python3_sitelib}")
+    where = system.c.run("python3", "-c", "import agent, structlog, asyncinotify\n"
+                         "for m in (agent, structlog, asyncinotify): print(m.__file__)")
+    assert all(line.startswith(sitelib + "/") for line in where.stdout.split()), where.stdout
 
 
 def test_shipped_config_starts_on_a_bare_system_and_says_what_to_start(system: System) -> None:
