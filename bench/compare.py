@@ -369,7 +369,7 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=10)
     p.add_argument("--floor-rounds", type=int, default=7)
     p.add_argument("--timeout", type=float, default=30.0)
-    p.add_argument("--skip", action="append", default=[], choices=("podman", "memory"),
+    p.add_argument("--skip", action="append", default=[], choices=("podman", "memory", "libvirt"),
                    help="leave a group of rows out (repeatable)")
     args = p.parse_args()
     if not isolate("compare", ("dnsmasq", "podman", "runc", "conmon", "busybox")):
@@ -391,6 +391,10 @@ def main() -> int:
                 rows = bench.podman_rows() + rows
             for hook in extra_rows:
                 rows += hook(root)
+            if "libvirt" not in args.skip and shutil.which("libvirtd"):
+                from bench.libvirt_latency import compare_rows  # needs libvirtd, virtlogd
+
+                rows += compare_rows(root)
             if "memory" not in args.skip:
                 rows += memory_rows(root, run_dir, args.timeout)
             print_table(rows)
