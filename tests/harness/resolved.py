@@ -1,15 +1,16 @@
 """A real systemd-resolved (and its own system bus) in a test's network namespace.
 
-systemd-resolved is never installed on the machine: it runs from a cached
-rootfs (resolved_rootfs.py) in a chroot. A *holder* process owns a private
-mount namespace inside the test's netns in which the rootfs is bound
-read-only with fresh proc/sysfs (sysfs of this netns), tmpfs ``/run`` and
-``/tmp``, the test's own ``resolved.conf`` and a directory of the test bound
-on ``/run/dbus``, so the bus socket is reachable from outside the chroot.
-dbus-daemon and systemd-resolved are then started in that namespace as the
-test's children, each stopped by its pid, so a test can restart resolved
-alone. No pid namespace: resolved checks a caller's CAP_NET_ADMIN through
-/proc/PID of the caller, which must be the same pid namespace.
+systemd-resolved is never installed on the machine: it runs from the cached
+rootfs (rootfs.py's SYSTEMD_IMAGE, shared with tests/system) in a chroot. A
+*holder* process owns a private mount namespace inside the test's netns in
+which the rootfs is bound read-only with fresh proc/sysfs (sysfs of this
+netns), tmpfs ``/run`` and ``/tmp``, the test's own ``resolved.conf`` and a
+directory of the test bound on ``/run/dbus``, so the bus socket is reachable
+from outside the chroot. dbus-daemon and systemd-resolved are then started in
+that namespace as the test's children, each stopped by its pid, so a test can
+restart resolved alone. No pid namespace: resolved checks a caller's
+CAP_NET_ADMIN through /proc/PID of the caller, which must be the same pid
+namespace.
 """
 
 from __future__ import annotations

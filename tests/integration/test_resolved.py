@@ -25,7 +25,7 @@ from tests.harness.netns import NetNS, unique_name
 from tests.harness.podman import AARDVARK_DIR, IMAGE, Podman
 from tests.harness.proc import cmdline, kill_and_reap, read_pid, terminate
 from tests.harness.resolved import NetnsAgent, NetnsPodman, Resolved, in_netns
-from tests.harness.resolved_rootfs import build_rootfs
+from tests.harness.rootfs import build as build_rootfs
 from tests.harness.wait import Timeout, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.resolved]

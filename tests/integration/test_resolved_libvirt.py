@@ -24,7 +24,7 @@ from tests.harness.libvirt import Libvirtd
 from tests.harness.libvirt.network import Network
 from tests.harness.proc import terminate
 from tests.harness.resolved import NetnsAgent, Resolved
-from tests.harness.resolved_rootfs import build_rootfs
+from tests.harness.rootfs import build as build_rootfs
 from tests.harness.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.resolved, pytest.mark.libvirt]
