@@ -67,7 +67,7 @@ def test_slow_request_and_idle_connection_are_closed(sock_dir: Path) -> None:
 
     async def main() -> tuple[float, float]:
         server = ControlServer(path, {"status": status},
-                               limits=Limits(idle_timeout_s=1.0, request_timeout_s=0.3))
+                               limits=Limits(idle_timeout_s=3.0, request_timeout_s=0.3))
         await server.start()
         try:
             return await asyncio.to_thread(slowloris)
@@ -75,8 +75,9 @@ def test_slow_request_and_idle_connection_are_closed(sock_dir: Path) -> None:
             await server.close()
 
     slow_closed, idle_closed = asyncio.run(main())
-    assert 0.2 < slow_closed < 0.9  # the request timeout, not the idle one
-    assert 0.8 < idle_closed < 3
+    # Bounds loose enough for a loaded CI machine, still telling the two timeouts apart.
+    assert 0.25 < slow_closed < 2.5  # the request timeout, not the idle one
+    assert 2.9 < idle_closed < 10
 
 
 def test_per_uid_cap_refuses_with_a_reason_and_the_served_ones_keep_working(
