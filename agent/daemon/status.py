@@ -92,6 +92,7 @@ def sink_status(sink: Sink) -> dict[str, Any]:
             "via": r.via,
             "signalled": r.sent,
             "reason": r.reason,
+            "verified": r.verified,
         }
     return {
         "kind": sink.kind,

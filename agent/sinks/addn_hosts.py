@@ -110,6 +110,7 @@ class AddnHostsSink(Sink):
             via=result.via,
             sent=result.sent,
             reason=result.reason,
+            verified=result.verified,
         )
         if result.sent:
             log.info(

@@ -19,6 +19,7 @@ class ReloadInfo:
     via: str
     sent: bool
     reason: str | None
+    verified: str | None = None  # what proved the target to be dnsmasq
 
 
 @dataclass

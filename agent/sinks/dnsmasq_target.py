@@ -119,13 +119,18 @@ def _exe_problem(pid: int, base: Path, executables: frozenset[str]) -> str | Non
     return f"pid {pid} calls itself dnsmasq but runs {target[:200]!r}, not a dnsmasq binary"
 
 
+def _uids(base: Path) -> list[str]:
+    """Real, effective, saved and fs uid of the process (OSError if it cannot be read)."""
+    status = (base / "status").read_text()
+    return next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
+
+
 def _owner_problem(pid: int, base: Path) -> str | None:
     """Without /proc/PID/exe: the process must run as root or as one of dnsmasq's users."""
     try:
-        status = (base / "status").read_text()
+        uids = _uids(base)
     except OSError as e:
         return f"cannot inspect pid {pid}: {e.strerror}"
-    uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
     allowed = {0}
     for name in DNSMASQ_USERS:
         with contextlib.suppress(KeyError):
@@ -166,6 +171,22 @@ def why_not_dnsmasq(
         return _owner_problem(pid, base)
 
 
+def how_verified(pid: int, proc: Path = Path("/proc")) -> str:
+    """What proved ``pid`` to be dnsmasq, for status (after why_not_dnsmasq said None)."""
+    base = proc / str(pid)
+    try:
+        return f"executable {os.readlink(base / 'exe')}"
+    except PermissionError:
+        pass
+    except OSError:
+        return "executable unknown"
+    try:
+        uid = (_uids(base) or ["?"])[0]
+    except OSError:
+        uid = "?"
+    return f"runs as uid {uid} (its executable cannot be read without CAP_SYS_PTRACE)"
+
+
 @dataclass(frozen=True)
 class SignalResult:
     pid: int | None
@@ -174,6 +195,7 @@ class SignalResult:
     reason: str | None  # why nothing was sent
     # Nothing was sent for a passing reason (no descriptors, no memory): try again.
     transient: bool = False
+    verified: str | None = None  # what proved it was dnsmasq (when sent)
 
 
 _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
@@ -201,7 +223,7 @@ def _signal(cand: Candidate, proc: Path, executables: frozenset[str] | None) -> 
             return SignalResult(pid, cand.via, False, f"pid {pid} exited before the signal")
         except PermissionError:
             return SignalResult(pid, cand.via, False, f"not permitted to signal pid {pid}")
-        return SignalResult(pid, cand.via, True, None)
+        return SignalResult(pid, cand.via, True, None, verified=how_verified(pid, proc))
     finally:
         os.close(pidfd)
 

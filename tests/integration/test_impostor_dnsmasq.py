@@ -21,6 +21,7 @@ import pytest
 from tests.harness.agent import Agent
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.users import User
+from tests.harness.wait import until
 from tests.unit.helpers import python_for
 
 from .conftest import WriteConfig
@@ -67,6 +68,11 @@ def impostor(request: pytest.FixtureRequest, public_tmp: Path,
     proc.wait()
 
 
+def uid_of(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+
+
 def dnsmasq_reload(agent: Agent) -> dict[str, object]:
     sink = next(s for s in agent.status()["sinks"] if s["kind"] == "dnsmasq")
     reload: dict[str, object] = sink["last_reload"]
@@ -78,9 +84,6 @@ def test_renamed_process_in_the_pid_file_is_not_signalled(
         dnsmasq: Dnsmasq, agent_dir: Path, write_config: WriteConfig, public_tmp: Path,
         impostor: tuple[int, Path, int], caps: str) -> None:
     pid, record, uid = impostor
-    if caps == "no-ptrace" and uid == 0:
-        pytest.skip("a root process with more capabilities than the agent cannot be inspected "
-                    "without CAP_SYS_PTRACE; root is trusted (it could send SIGHUP itself)")
     pid_file = public_tmp / "impostor.pid"
     pid_file.write_text(f"{pid}\n")
     agent = Agent(agent_dir, wrap=NO_PTRACE if caps == "no-ptrace" else ())
@@ -90,6 +93,15 @@ def test_renamed_process_in_the_pid_file_is_not_signalled(
         r = dnsmasq_reload(agent)
     finally:
         agent.stop()
+    if caps == "no-ptrace" and uid == 0:
+        # A root process with more capabilities than the agent cannot be inspected
+        # without CAP_SYS_PTRACE, and root is trusted (it could send SIGHUP itself):
+        # signalled, and status says what it was taken on.
+        assert r["signalled"] is True and r["pid"] == pid
+        assert r["verified"] == ("runs as uid 0 (its executable cannot be read without "
+                                 "CAP_SYS_PTRACE)")
+        until(lambda: record.read_text() == "HUP\n", what="the root process's SIGHUP")
+        return
     assert r["signalled"] is False and r["pid"] == pid
     reason = str(r["reason"])
     if caps == "all":
@@ -115,4 +127,8 @@ def test_real_dnsmasq_is_still_signalled(
     finally:
         agent.stop()
     assert (r["signalled"], r["pid"], r["reason"]) == (True, dnsmasq.pid, None)
+    assert r["verified"] == (
+        f"executable {Path(f'/proc/{dnsmasq.pid}/exe').readlink()}" if caps == "all" else
+        f"runs as uid {uid_of(dnsmasq.pid)} (its executable cannot be read without "
+        "CAP_SYS_PTRACE)")
     assert dnsmasq.query("a.dns.test").records == ("10.0.0.1",)
