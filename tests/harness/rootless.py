@@ -110,14 +110,14 @@ class Session:
             **extra,
         }
 
-    def argv(self, *command: str) -> list[str]:
+    def argv(self, *command: str, env_extra: dict[str, str] | None = None) -> list[str]:
         """``command`` run as the user (setpriv: its uid, gid and groups; env replaced)."""
-        env = [f"{k}={v}" for k, v in self.env().items()]
+        env = [f"{k}={v}" for k, v in self.env(**(env_extra or {})).items()]
         return ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}",
                 "--init-groups", "env", "-i", *env, *command]
 
-    def python(self, *args: str) -> list[str]:
-        return self.argv(str(SYSTEM_PYTHON), *args)
+    def python(self, *args: str, env_extra: dict[str, str] | None = None) -> list[str]:
+        return self.argv(str(SYSTEM_PYTHON), *args, env_extra=env_extra)
 
     def run(self, *command: str, check: bool = True, input: bytes | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -203,11 +203,14 @@ class Session:
 class UserAgent(Agent):
     """namesync-agent --mode user, run as the session's user with its own environment."""
 
-    def __init__(self, session: Session, workdir: Path) -> None:
+    def __init__(self, session: Session, workdir: Path,
+                 env_extra: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.session = session
+        self.env_extra = env_extra
         self.socket = session.runtime / "namesync" / "control.sock"  # the user default
 
     def command(self, *extra: str) -> list[str]:
         return self.session.python("-m", "agent.daemon.main", "--mode", "user",
-                                   "--config", str(self.config), *extra)
+                                   "--config", str(self.config), *extra,
+                                   env_extra=self.env_extra)

@@ -436,3 +436,23 @@ def test_session_vms_bridged_take_the_system_lease_user_mode_needs_a_forward(
         assert src["state"] == "connected"
     finally:
         agent.stop()
+
+
+def test_user_agent_waits_for_the_session_daemon_it_must_not_start(
+        system: Agent, alice_session: Session, users: tuple[User, User],
+        public_tmp: Path) -> None:
+    """The user unit sets LIBVIRT_AUTOSTART=0 (a session daemon spawned by namesync
+    would die with it, and the user's VMs with it): qemu:///session, the user default,
+    is then awaited on its socket, and the agent is ready meanwhile."""
+    agent = UserAgent(alice_session, public_tmp / "alice-nolibvirt",
+                      env_extra={"LIBVIRT_AUTOSTART": "0"})
+    agent.set_config(f'[peers]\nsocket = "{peer_socket(system)}"\n[podman]\nenabled = false\n')
+    agent.start()
+    try:
+        [src] = [s for s in agent.status()["sources"] if s["kind"] == "libvirt"]
+        assert src["name"] == "libvirt:qemu:///session"
+        sock = alice_session.runtime / "libvirt" / "libvirt-sock"
+        assert src["detail"] is not None and f"waiting for {sock} to appear" in src["detail"]
+        assert not sock.parent.exists()  # nothing started a session daemon
+    finally:
+        agent.stop()

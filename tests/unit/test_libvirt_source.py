@@ -222,7 +222,10 @@ def test_socket_candidates() -> None:
     assert socket_candidates("lxc:///system") == (
         run_dir / "libvirt-sock-ro", run_dir / "virtlxcd-sock-ro")
     assert socket_candidates("qemu+unix:///system?socket=/x/y.sock") == (Path("/x/y.sock"),)
-    assert socket_candidates("qemu:///session") == ()
+    assert socket_candidates("qemu:///session", {}) == ()  # autostarts its daemon
+    user = {"XDG_RUNTIME_DIR": "/run/user/1000", "LIBVIRT_AUTOSTART": "0"}  # the user unit
+    assert socket_candidates("qemu:///session", user) == (
+        Path("/run/user/1000/libvirt/libvirt-sock"), Path("/run/user/1000/libvirt/virtqemud-sock"))
     assert socket_candidates("qemu+ssh://host/system") == ()
     assert socket_candidates("test:///default") == ()
 

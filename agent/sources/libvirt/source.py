@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -69,9 +70,26 @@ _DAEMONS = {"qemu": "virtqemud", "lxc": "virtlxcd", "network": "virtnetworkd"}
 LEASE_FORMAT = FileFormat(key=bridge_of, parse=parse_status)
 
 
-def socket_candidates(uri: str) -> tuple[Path, ...]:
-    """Read-only sockets one of which must exist before connecting to ``uri`` locally
-    is worth trying; () for URIs with nothing to watch (remote, session, test)."""
+def _session_sockets(driver: str, env: Mapping[str, str]) -> tuple[Path, ...]:
+    """A session daemon's sockets, when namesync must not start one itself.
+
+    With LIBVIRT_AUTOSTART=0 (the user unit sets it: a daemon spawned by namesync
+    would die with it, and the user's VMs with it) connecting fails until whoever
+    runs the VMs starts the daemon: wait for its socket instead of retrying.
+    """
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if env.get("LIBVIRT_AUTOSTART") != "0" or not runtime:
+        return ()  # libvirt starts the session daemon on connect
+    run = Path(runtime) / "libvirt"
+    names = ["libvirt-sock"]
+    if driver in _DAEMONS:
+        names.append(f"{_DAEMONS[driver]}-sock")
+    return tuple(run / n for n in names)
+
+
+def socket_candidates(uri: str, env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """Sockets one of which must exist before connecting to ``uri`` locally is worth
+    trying; () for URIs with nothing to watch (remote, test, an autostarted session)."""
     parts = urlsplit(uri)
     driver, _, transport = parts.scheme.partition("+")
     if parts.netloc or transport not in ("", "unix") or driver == "test":
@@ -79,8 +97,10 @@ def socket_candidates(uri: str) -> tuple[Path, ...]:
     explicit = parse_qs(parts.query).get("socket")
     if explicit:
         return (Path(explicit[0]),)
+    if parts.path == "/session":
+        return _session_sockets(driver, os.environ if env is None else env)
     if parts.path != "/system":
-        return ()  # session URIs start their own daemon on connect
+        return ()
     run = Path("/run/libvirt")
     names = ["libvirt-sock-ro"]
     if driver in _DAEMONS:
@@ -139,6 +159,10 @@ class LibvirtSource(ServiceSource[_Conn]):
         paths = socket_candidates(self.uri)
         if not paths:
             return None
+        if self.uri.rstrip("/").endswith("/session"):
+            return Awaited(paths, "the libvirt session daemon's socket",
+                           "start it (virt-manager or `virsh -c qemu:///session list` "
+                           "does), or disable [libvirt]")
         return Awaited(paths, "libvirtd's socket",
                        "start libvirtd (systemctl start libvirtd), or disable [libvirt]")
 
