@@ -18,7 +18,12 @@ from agent.config.load import load_config
 from agent.config.schema import Config, ConfigError, DnsmasqConfig
 from agent.control.server import ControlServer, Limits, Peer
 from agent.resolvers.networkmanager import NetworkManagerWatcher
-from agent.resolvers.path import DnsPathController, PathLocator, RoutedZonesFilter
+from agent.resolvers.path import (
+    AddnHostsAndOwn,
+    DnsPathController,
+    PathLocator,
+    RoutedZonesFilter,
+)
 from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
@@ -59,12 +64,18 @@ def build_sinks(
         # to something else names another dnsmasq, which must get the signal.
         if nm is not None and config.dnsmasq.pid_file == DnsmasqConfig.pid_file:
             locator = NetworkManagerLocator(nm, locator)
-        if paths is not None:
-            # On the systemd-resolved path the file is namesync's own dnsmasq's.
-            locator = PathLocator(paths, locator)
-        sinks.append(
-            AddnHostsSink(config.dnsmasq.addn_hosts, locator, config.dnsmasq.executable)
-        )
+        custom_pid_file = config.dnsmasq.pid_file != DnsmasqConfig.pid_file
+        if paths is not None and custom_pid_file:
+            # The user's dnsmasq keeps its signal; namesync's own gets one too.
+            sinks.append(AddnHostsAndOwn(config.dnsmasq.addn_hosts, locator,
+                                         config.dnsmasq.executable, paths))
+        else:
+            if paths is not None:
+                # On the systemd-resolved path the file is namesync's own dnsmasq's.
+                locator = PathLocator(paths, locator)
+            sinks.append(
+                AddnHostsSink(config.dnsmasq.addn_hosts, locator, config.dnsmasq.executable)
+            )
     if config.hosts_file.enabled:
         hosts: Sink = HostsFileSink(config.hosts_file.path)
         if paths is not None:

@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,8 +27,9 @@ from agent.plan.table import Table
 from agent.resolvers.resolved import ResolvedState, ResolvedWatcher
 from agent.resolvers.route import ResolvedRoute
 from agent.resolvers.view import ResolverView
+from agent.sinks.addn_hosts import AddnHostsSink
 from agent.sinks.base import Sink
-from agent.sinks.dnsmasq_target import Candidate, Locator
+from agent.sinks.dnsmasq_target import Candidate, Locator, reload_dnsmasq
 
 log = structlog.get_logger(component="resolvers.path")
 
@@ -223,3 +225,32 @@ class RoutedZonesFilter(Sink):
             table = Table(entries={n: e for n, e in table.entries.items() if not self._routed(n)},
                           conflicts=table.conflicts, rejections=table.rejections)
         return self.inner.apply(table, changed_at)
+
+
+class _Listed:
+    def __init__(self, found: list[Candidate]) -> None:
+        self._found = found
+
+    def candidates(self) -> list[Candidate]:
+        return self._found
+
+
+class AddnHostsAndOwn(AddnHostsSink):
+    """The addn-hosts sink for a dnsmasq the user named (a non-default pid file), which
+    keeps getting the signal, plus namesync's own dnsmasq while the resolved path runs:
+    both read the same file, and a reload only ever signals one locator's first."""
+
+    def __init__(self, path: Path, locator: Locator, executable: Path | None,
+                 controller: DnsPathController) -> None:
+        super().__init__(path, locator, executable)
+        self._controller = controller
+
+    def apply(self, table: Table, changed_at: float) -> bool:
+        writes = self.status.writes
+        ok = super().apply(table, changed_at)
+        own = self._controller.candidates()
+        if self.status.writes != writes and own and own[0].pid is not None:
+            result = reload_dnsmasq(_Listed(own))
+            if not result.sent:
+                log.warning("namesync's dnsmasq not signalled", reason=result.reason)
+        return ok

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from agent.config.schema import DnsmasqConfig
 from tests.harness.agent import toml_config
 from tests.harness.dns import dig
 from tests.harness.libvirt import Libvirtd
@@ -84,7 +85,7 @@ def test_lxc_guest_resolves_through_resolved(libvirtd: Libvirtd, session_resolve
         net.start()
         agent.set_config(toml_config(
             socket=agent.socket, addn_hosts=public_tmp / "names" / "addn-hosts",
-            pid_file=public_tmp / "none.pid", hosts_file=None, coalesce_ms=0,
+            pid_file=DnsmasqConfig.pid_file, hosts_file=None, coalesce_ms=0,
             static={"web.dns.podman": ["10.89.0.5"]},
             host=f'name = "host.dns.host"\ninterfaces = ["{net.bridge}"]',
             libvirt='uris = ["lxc:///system"]',

@@ -50,6 +50,10 @@ local_zones = ["dns.test"]
 path = "/etc/hosts"
 [networkmanager]
 enabled = false
+# The image runs systemd-resolved: its path (tests/integration/test_resolved.py)
+# would take dns.test off /etc/hosts, which these tests read.
+[resolved]
+enabled = false
 [host]
 enabled = false
 [libvirt]
@@ -69,7 +73,9 @@ name = "mine.dns.test"
 addresses = ["10.7.0.1"]
 """
 # CapabilityBoundingSet=CAP_KILL CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER
-CAP_BND = (1 << 5) | (1 << 1) | (1 << 2) | (1 << 0) | (1 << 3)
+#   CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID
+CAP_BND = ((1 << 5) | (1 << 1) | (1 << 2) | (1 << 0) | (1 << 3)
+           | (1 << 12) | (1 << 10) | (1 << 7) | (1 << 6))
 
 
 def static(names: dict[str, str]) -> str:
