@@ -147,6 +147,24 @@ def make_table(
     )
 
 
+def select(table: Table, keep: Callable[[str], bool]) -> Table:
+    """The entries of ``table`` whose name ``keep`` accepts, with their lines as they are.
+
+    For a sink that writes part of the table: its lines are taken, not formatted
+    again (with 100,000 names that would be most of every sync).
+    """
+    entries: dict[str, Entry] = {}
+    lines: list[bytes] = []
+    pos = 0
+    for name, entry in table.entries.items():
+        n = len(entry.addresses)
+        if keep(name):
+            entries[name] = entry
+            lines.extend(table.lines[pos : pos + n])
+        pos += n
+    return Table(entries, table.conflicts, table.rejections, tuple(lines))
+
+
 def plan(
     records: Iterable[Record],
     rejections: Iterable[Rejection],

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from agent.config.schema import Config
-from agent.plan.table import Table
+from agent.plan.table import Table, select
 from agent.resolvers.resolved import ResolvedState, ResolvedWatcher
 from agent.resolvers.route import ResolvedRoute
 from agent.resolvers.view import ResolverView
@@ -222,8 +222,7 @@ class RoutedZonesFilter(Sink):
 
     def apply(self, table: Table, changed_at: float) -> bool:
         if self._controller.hides_zones():
-            table = Table(entries={n: e for n, e in table.entries.items() if not self._routed(n)},
-                          conflicts=table.conflicts, rejections=table.rejections)
+            table = select(table, lambda n: not self._routed(n))
         return self.inner.apply(table, changed_at)
 
 

@@ -126,3 +126,15 @@ def test_static_objects_are_the_snapshot_made_as_read() -> None:
     running = list(store.records())
     store.replace("static", lazy)  # nothing changed: the running objects stay
     assert all(a is b for a, b in zip(store.records(), running, strict=True))
+
+
+def test_select_keeps_the_lines_it_already_has() -> None:
+    from agent.plan.table import select
+
+    table = Planner().plan([rec("a.dns.test", A, "10.0.0.1", "fd00::1"),
+                            rec("b.other.test", B, "10.0.0.2"),
+                            rec("c.dns.test", B, "10.0.0.3")], [])
+    part = select(table, lambda n: n.endswith(".dns.test"))
+    assert list(part.entries) == ["a.dns.test", "c.dns.test"]
+    assert part.lines == Table(entries=dict(part.entries)).lines
+    assert all(any(line is old for old in table.lines) for line in part.lines)
