@@ -7,10 +7,11 @@ container cannot do like Fedora is bridged, each bridge said here:
 
 - Fedora's python3 reads /usr/lib/python3.X/site-packages; Debian's does
   not: one .pth file in Debian's dist-packages adds it to sys.path.
-- The Python dependencies (Fedora's python3-* packages) are wheels built on
-  this host (`pip wheel`, cached per requirement list and Python version)
-  and installed with pip inside: a venv made on the host does not work in
-  the container (another python).
+- The Python dependencies Fedora has (its python3-* packages) are wheels
+  built on this host (`pip wheel`, cached per requirement list and Python
+  version) and installed with pip inside: a venv made on the host does not
+  work in the container (another python). The two Fedora 43/44 lack come
+  from packaging/deps/' RPMs, unpacked with namesync's (``packaged``).
 - Debian's systemd 252 has no systemd-update-helper, so %post's "install
   system units" step (which runs `systemctl preset`) is a no-op there; it is
   done by hand, exactly as the helper does it.
