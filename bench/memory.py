@@ -65,8 +65,8 @@ def measure(root: Path, n: int) -> tuple[float, float, float, float]:
     """(steady, startup peak, peak during reload, steady after reload) in MiB for n names."""
     agent = Agent(root / f"agent-{n}")
     agent.set_config(_config(root, agent, n, ADDR_A))
-    _start(agent)
     try:
+        _start(agent)
         assert agent.proc is not None
         pid = agent.proc.pid
         time.sleep(SETTLE_S)
