@@ -24,6 +24,7 @@ from agent.resolvers.link import LinkKeeper, delete_link
 from agent.resolvers.own_dnsmasq import DnsmasqSpec, OwnDnsmasq
 from agent.resolvers.resolved import LinkSettings, ResolvedWatcher, push_link, revert_link
 from agent.sinks.dnsmasq_target import Candidate
+from agent.sources.lifecycle import Backoff
 
 log = structlog.get_logger(component="resolvers.route")
 
@@ -112,20 +113,20 @@ class ResolvedRoute:
                  ms=round((time.monotonic() - t0) * 1000, 2))
 
     async def _register_loop(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, RETRY_MAX_S)
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self._register_once()
-                delay = 1.0
+                backoff.reset()
             except Exception as e:
                 self.error = f"{type(e).__name__}: {e}"
                 self.registered = None
+                delay = backoff.next()
                 log.warning("cannot register the zones with systemd-resolved; retrying",
                             error=self.error, retry_s=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
                 self._dirty.set()
 
     def _resolved_changed(self) -> None:
