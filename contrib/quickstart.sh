@@ -15,9 +15,15 @@ PODMAN_SOCK=/run/podman/podman.sock
 say() { printf 'quickstart: %s\n' "$*"; }
 
 # A second quickstart would empty the first one's file under its feet.
-if [ -x .venv/bin/agentctl ] && .venv/bin/agentctl --socket "$Q/control.sock" status >/dev/null 2>&1; then
-  say "already running (agentctl --socket $Q/control.sock status); stop it first" >&2
-  exit 1
+# status exits 3 only when no agent answers; 0 (healthy), 1 (degraded) and 4
+# (cannot tell) all mean one may be running.
+if [ -x .venv/bin/agentctl ]; then
+  rc=0
+  .venv/bin/agentctl --socket "$Q/control.sock" status >/dev/null 2>&1 || rc=$?
+  if [ "$rc" -ne 3 ]; then
+    say "already running (agentctl --socket $Q/control.sock status); stop it first" >&2
+    exit 1
+  fi
 fi
 
 contrib/dev-setup.sh
