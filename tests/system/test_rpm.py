@@ -256,3 +256,19 @@ def test_missing_fedora_dependency_specs_build_and_are_rpmlint_clean(spec: Path,
     assert f"{sitelib}/{module}/__init__.py " in "\n".join(flags)
     assert any("/licenses/" in f and f.endswith(" l") for f in flags), flags  # %license
     assert any(p.startswith(f"{name} = ") for p in rpm.query(b.rpms[name], "--provides"))
+
+
+def test_building_the_rpm_leaves_the_building_environment_alone(rpm_build: rpm.Build) -> None:
+    """%pyproject_install runs the building interpreter's pip with --root: without
+    --ignore-installed pip first uninstalls namesync from that interpreter's own
+    environment (the project's venv), and agentctl and namesync-agent vanish from it."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("namesync")
+    except PackageNotFoundError:
+        pytest.fail("building the RPM uninstalled namesync from the test's environment")
+    scripts = {ep.name for ep in dist.entry_points if ep.group == "console_scripts"}
+    assert scripts == {"agentctl", "namesync-agent"}
+    bindir = Path(sys.executable).parent
+    assert all((bindir / s).exists() for s in scripts), sorted(p.name for p in bindir.iterdir())
