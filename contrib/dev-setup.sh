@@ -13,12 +13,12 @@ rpm_pkgs=(dnsmasq bind-utils iproute python3 util-linux)
 if [ "${1:-}" = "--test" ]; then
   rpm_pkgs+=(NetworkManager dbus-daemon dbus-tools libvirt-daemon libvirt-daemon-driver-lxc
              libvirt-daemon-driver-network libvirt-client libvirt-devel pkgconf-pkg-config gcc
-             python3-devel busybox podman netavark aardvark-dns runc conmon
+             python3-devel busybox podman netavark aardvark-dns runc conmon slirp4netns
              systemd-container mmdebstrap rpm-build rpmlint cpio checkpolicy
              selinux-policy-devel make bzip2 git man-db groff-base zsh fish)
   deb_pkgs+=(dbus busybox-static libvirt-clients libvirt-dev pkg-config gcc python3-dev
              libvirt-daemon libvirt-daemon-driver-lxc podman netavark aardvark-dns runc conmon
-             uidmap catatonit
+             uidmap catatonit slirp4netns   # rootless Podman (the user-session tests)
              golang-github-containers-common
              # tests/system: a real systemd booted with systemd-nspawn in a Debian rootfs
              # (mmdebstrap), the RPM built and linted from the spec, the SELinux module
