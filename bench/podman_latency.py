@@ -23,8 +23,9 @@ one query in flight each, 200 us apart, so an answer that comes before
 ``podman run`` returns counts as negative. Every answer is checked against the
 address ``podman inspect`` reports. Between runs the container is removed, its
 name waited out, and the bench stays idle for a second: each run is a lone
-change, as one ``podman run`` at a terminal is (namesync paces bursts, see
-agent/sources/podman/pace.py). Everything started is stopped by pid on exit.
+change, as one ``podman run`` at a terminal is (bursts are paced by the
+daemon's coalescer, agent/daemon/coalesce.py). Everything started is stopped
+by pid on exit.
 """
 
 from __future__ import annotations

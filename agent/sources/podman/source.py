@@ -180,6 +180,8 @@ class PodmanSource(ServiceSource["Session"]):
         self._ledger.resync(verdicts)
         self._refusals()
         self._conn = conn
+        self._coming.clear()
+        self._expect()  # from now on the pipeline knows what this source expects
         log.debug("Podman listed", socket=str(self.config.socket),
                   running=sum(isinstance(v, Live) for v in verdicts.values()))
         return self._ledger.snapshot()
