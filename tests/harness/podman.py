@@ -100,16 +100,18 @@ def _busybox_rootfs_tar() -> bytes:
     return buf.getvalue()
 
 
-def _cgroup_dirs() -> set[Path]:
+def _cgroup_dirs(ids: set[str] | None = None) -> set[Path]:
+    """Podman's cgroups under CGROUP_PARENT in every hierarchy (libpod-<ID>,
+    libpod-conmon-<ID>); with ``ids``, only those of these containers. The tree is
+    shared with every other test session on the machine, and dirs vanish while it is
+    walked: tolerate both, and never touch another session's containers."""
     found: set[Path] = set()
     for hierarchy in CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ():
         top = hierarchy / CGROUP_PARENT
-        if top.is_dir():
-            found.add(top)
-            # Other suites' containers come and go under the same parent meanwhile:
-            # a directory removed during the walk is simply not there any more.
-            with contextlib.suppress(FileNotFoundError):
-                found.update(p for p in top.rglob("*") if p.is_dir())
+        for dirpath, dirnames, _ in os.walk(top, onerror=lambda _e: None):
+            for d in dirnames:
+                if ids is None or any(cid in d for cid in ids):
+                    found.add(Path(dirpath) / d)
     return found
 
 
@@ -141,6 +143,9 @@ class Podman:
         self._service_log: Any = None
         self._ip_forward: str | None = None
         self._cgroups_before: set[Path] = set()
+        # Every container this instance made: teardown kills and cleans up only
+        # these (another session's Podman shares CGROUP_PARENT on this machine).
+        self._ids: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -208,6 +213,10 @@ class Podman:
                 IP_FORWARD.write_text(self._ip_forward)
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def _remember_ids(self) -> None:
+        out = self.cli("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+        self._ids.update(i for i in out if len(i) == 64)
+
     def _kill_leftovers(self) -> None:
         pids: set[int] = set()
         pid_file = AARDVARK_DIR / "aardvark.pid"
@@ -217,7 +226,7 @@ class Podman:
         # Processes in the cgroups Podman made for our containers, and any conmon
         # whose command line names our private storage root (a conmon is not in
         # its container's cgroup): whatever rm left behind.
-        for cgroup in _cgroup_dirs() - self._cgroups_before:
+        for cgroup in _cgroup_dirs(self._ids) - self._cgroups_before:
             with contextlib.suppress(OSError, ValueError):
                 pids.update(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
         marker = str(self.root)
@@ -227,7 +236,8 @@ class Podman:
 
     def _remove_cgroups(self) -> None:
         # Deepest first; a cgroup that still has a process (not ours) refuses rmdir.
-        for path in sorted(_cgroup_dirs() - self._cgroups_before, key=lambda p: len(p.parts),
+        for path in sorted(_cgroup_dirs(self._ids) - self._cgroups_before,
+                           key=lambda p: len(p.parts),
                            reverse=True):
             with contextlib.suppress(OSError):
                 path.rmdir()
@@ -329,5 +339,6 @@ class Podman:
 
     def remove_all(self) -> None:
         """Every pod and container gone."""
+        self._remember_ids()
         self.cli("pod", "rm", "-a", "-f", "-t", "0", check=False)
         self.cli("rm", "-a", "-f", "-t", "0", check=False)

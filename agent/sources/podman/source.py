@@ -270,6 +270,8 @@ class PodmanSource(ServiceSource["Session"]):
             expect(self.name, len(self._coming))
 
     def _inspected(self, found: Inspected) -> None:
+        log.debug("inspected", container=found.cid[:12], verdict=type(found.verdict).__name__,
+                  state=getattr(found.verdict, "state", None), last=found.last)
         if found.problem is not None:
             self._inspect_problem(found)
         coming = len(self._coming)
