@@ -408,7 +408,7 @@ def forged_refusals(agent: Agent) -> list[dict[str, Any]]:
 
 def assert_forgery_shown(agent: Agent, podman: Podman, evil_id: str) -> None:
     refused = until(lambda: len(forged_refusals(agent)) == 2 and forged_refusals(agent),
-                    what="both halves of the forged line refused in status")
+                    timeout=20, what="both halves of the forged line refused in status")
     by_id = {r["object"]: r for r in refused}
     assert set(by_id) == {evil_id, FAKE_ID}
     assert by_id[FAKE_ID]["value"] == f"{FAKE_ID[:12]} 10.66.6.250 {FORGED},y,{evil_id[:12]}"
