@@ -11,17 +11,15 @@ retrying; nothing here ever signals anything.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
+from agent.resolvers.bus import DBUS, SystemBusWatcher, call, name_has_owner, owner_pid
 from agent.resolvers.view import DnsmasqTarget, ResolverView
-from agent.sources.lifecycle import Awaited, Lifecycle, Problem
 
 if TYPE_CHECKING:
     # Imported where used: a machine without a system bus never loads dbus-fast.
@@ -31,57 +29,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger(component="resolvers.networkmanager")
 
 RESOLVER = "networkmanager"
-DEFAULT_SYSTEM_BUS = "/run/dbus/system_bus_socket"
 
 NM = "org.freedesktop.NetworkManager"
 NM_DNSMASQ = "org.freedesktop.NetworkManager.dnsmasq"
 DNS_MANAGER_PATH = "/org/freedesktop/NetworkManager/DnsManager"
 DNS_MANAGER_IFACE = "org.freedesktop.NetworkManager.DnsManager"
-DBUS = "org.freedesktop.DBus"
-
-
-async def call(
-    bus: MessageBus,
-    destination: str,
-    path: str,
-    interface: str,
-    member: str,
-    signature: str = "",
-    body: list[object] | None = None,
-) -> Message:
-    from dbus_fast import Message
-
-    reply = await bus.call(
-        Message(
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=body or [],
-        )
-    )
-    assert reply is not None  # only None for calls flagged NO_REPLY_EXPECTED
-    return reply
-
-
-async def name_has_owner(bus: MessageBus, name: str) -> bool:
-    from dbus_fast import MessageType
-
-    reply = await call(bus, DBUS, "/org/freedesktop/DBus", DBUS, "NameHasOwner", "s", [name])
-    return reply.message_type != MessageType.ERROR and bool(reply.body[0])
-
-
-async def owner_pid(bus: MessageBus, name: str) -> int | None:
-    from dbus_fast import MessageType
-
-    reply = await call(
-        bus, DBUS, "/org/freedesktop/DBus", DBUS, "GetConnectionUnixProcessID", "s", [name]
-    )
-    if reply.message_type == MessageType.ERROR:
-        return None  # NameHasNoOwner
-    pid = reply.body[0]
-    return int(pid) if isinstance(pid, int) else None
 
 
 async def dns_mode(bus: MessageBus) -> str | None:
@@ -124,21 +76,7 @@ def advise(view: ResolverView) -> str | None:
     return None
 
 
-def system_bus_socket(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """The system bus's socket path, if it is a path (not abstract, not TCP)."""
-    address = environ.get("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={DEFAULT_SYSTEM_BUS}")
-    for part in address.split(";"):
-        transport, _, params = part.partition(":")
-        if transport != "unix":
-            continue
-        for kv in params.split(","):
-            key, _, value = kv.partition("=")
-            if key == "path":
-                return Path(value)
-    return None
-
-
-class NetworkManagerWatcher(Lifecycle["MessageBus", ResolverView]):
+class NetworkManagerWatcher(SystemBusWatcher[ResolverView]):
     """Keeps ``view`` current: NM's DNS mode, and its dnsmasq by bus name."""
 
     kind = "system D-Bus"
@@ -161,18 +99,6 @@ class NetworkManagerWatcher(Lifecycle["MessageBus", ResolverView]):
         await self.supervise()
 
     # --- lifecycle hooks -----------------------------------------------------
-
-    def wait_available(self) -> Awaited | None:
-        path = system_bus_socket()
-        if path is None:
-            return None
-        return Awaited((path,), "the system D-Bus socket", "start dbus (systemctl start dbus)")
-
-    async def connect(self) -> MessageBus:
-        from dbus_fast import BusType
-        from dbus_fast.aio import MessageBus
-
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
 
     async def subscribe(self, conn: MessageBus) -> None:
         self._bus = conn
@@ -211,10 +137,6 @@ class NetworkManagerWatcher(Lifecycle["MessageBus", ResolverView]):
                  mode=view.mode, dnsmasq_pid=pid)
         self._on_change()
 
-    async def follow(self, conn: MessageBus) -> str:
-        await conn.wait_for_disconnect()  # type: ignore[no-untyped-call]
-        return "system bus connection closed"
-
     async def disconnect(self, conn: MessageBus) -> None:
         self._bus = None
         for task in list(self._refreshing):
@@ -224,9 +146,6 @@ class NetworkManagerWatcher(Lifecycle["MessageBus", ResolverView]):
     def on_disconnected(self) -> None:
         # Without the bus, nothing says the cached pid is still NM's dnsmasq.
         self.take(ResolverView(RESOLVER))
-
-    def describe(self, error: BaseException) -> Problem:
-        return Problem(f"system D-Bus: {type(error).__name__}: {error}")
 
     # --- signals ---------------------------------------------------------------
 

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.resolvers.networkmanager import DBUS, call, system_bus_socket
+from agent.resolvers.bus import DBUS, SystemBusWatcher, call
 from agent.resolvers.view import ResolverView
-from agent.sources.lifecycle import Awaited, Lifecycle, Problem
 
 if TYPE_CHECKING:
     from dbus_fast import Message
@@ -87,7 +86,7 @@ class ResolvedState:
     owner: str | None = None  # its unique bus name: a new one means resolved restarted
 
 
-class ResolvedWatcher(Lifecycle["MessageBus", "str | None"]):
+class ResolvedWatcher(SystemBusWatcher["str | None"]):
     """Follow org.freedesktop.resolve1 on the system bus and lend the connection for calls."""
 
     kind = "system D-Bus (systemd-resolved)"
@@ -120,18 +119,6 @@ class ResolvedWatcher(Lifecycle["MessageBus", "str | None"]):
 
     # --- lifecycle hooks -----------------------------------------------------
 
-    def wait_available(self) -> Awaited | None:
-        path = system_bus_socket()
-        if path is None:
-            return None
-        return Awaited((path,), "the system D-Bus socket", "start dbus (systemctl start dbus)")
-
-    async def connect(self) -> MessageBus:
-        from dbus_fast import BusType
-        from dbus_fast.aio import MessageBus
-
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
-
     async def subscribe(self, conn: MessageBus) -> None:
         conn.add_message_handler(self._on_message)
         rule = f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{RESOLVE1}'"
@@ -154,10 +141,6 @@ class ResolvedWatcher(Lifecycle["MessageBus", "str | None"]):
         for listener in list(self._listeners):
             listener()
 
-    async def follow(self, conn: MessageBus) -> str:
-        await conn.wait_for_disconnect()  # type: ignore[no-untyped-call]
-        return "system bus connection closed"
-
     async def disconnect(self, conn: MessageBus) -> None:
         self.bus = None
         conn.disconnect()
@@ -165,9 +148,6 @@ class ResolvedWatcher(Lifecycle["MessageBus", "str | None"]):
     def on_disconnected(self) -> None:
         self.bus = None
         self.take(None)
-
-    def describe(self, error: BaseException) -> Problem:
-        return Problem(f"system D-Bus: {type(error).__name__}: {error}")
 
     def _on_message(self, msg: Message) -> None:
         from dbus_fast import MessageType

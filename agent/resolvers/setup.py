@@ -26,14 +26,8 @@ from dbus_fast import BusType, MessageType
 from dbus_fast.aio import MessageBus
 
 from agent.config.schema import Config
-from agent.resolvers.networkmanager import (
-    NM,
-    NM_DNSMASQ,
-    call,
-    dns_mode,
-    name_has_owner,
-    owner_pid,
-)
+from agent.resolvers.bus import call, name_has_owner, owner_pid
+from agent.resolvers.networkmanager import NM, NM_DNSMASQ, dns_mode
 from agent.resolvers.resolved import RESOLVE1
 from agent.sinks.atomic import read_bytes, replace_file
 
