@@ -82,6 +82,12 @@ path = "$Q/hosts"
 [networkmanager]
 enabled = false   # the quickstart signals its own dnsmasq, not NetworkManager's
 
+[resolved]
+enabled = false   # no namesync0 link, no routing in the machine's systemd-resolved
+
+[peers]
+enabled = false   # /run/namesync/peer.sock belongs to the machine's system agent
+
 [libvirt]
 enabled = $LIBVIRT
 
