@@ -324,6 +324,18 @@ def test_a_line_carrying_another_containers_short_id_is_refused() -> None:
         (3, "bbbb", f"names {A[:12]}, the short id of another container in this file")]
 
 
+def test_a_forged_line_borrowing_its_writers_short_id_as_its_own_is_refused() -> None:
+    # The alias "<short>\n<short + 52 hex> 10.0.0.9  victim": the writer's line then ends
+    # with its own short id, and the forged id starts with it, so the short id netavark
+    # appends after "victim" looks like the forged line's own.
+    forged_id = A[:12] + "c" * 52
+    text = (f"10.0.0.1\n{A} 10.0.0.2  web,{A[:12]}\n"
+            f"{forged_id} 10.0.0.9  victim,{A[:12]}\n{line(C, '10.0.0.4', 'db')}\n")
+    refused = vet(parse_network_file("n", text.encode()))
+    assert sorted(r.entry.line for r in refused) == [2, 3]
+    assert all("also starts with" in r.reason for r in refused)
+
+
 def test_watcher_publishes_nothing_from_a_file_with_a_forged_line(tmp_path: Path) -> None:
     forged = (DATA / "aardvark_forged").read_bytes()
 

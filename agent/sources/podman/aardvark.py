@@ -42,6 +42,7 @@ import fcntl
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -174,11 +175,17 @@ _SHORT_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def _line_problem(e: Entry, lines_of: Mapping[str, int], shorts: Mapping[str, str],
-                  named_by: Mapping[str, int], marked: bool) -> str | None:
+                  named_by: Mapping[str, int], marked: bool,
+                  shared: frozenset[str]) -> str | None:
     if lines_of[e.container_id] > 1:
         return (f"{lines_of[e.container_id]} lines for container {e.container_id[:12]}: "
                 "netavark writes one (a network alias with a newline in it?)")
     own = e.container_id[:12]
+    if own in shared:
+        # A forged line can borrow its writer's short id as the start of its own
+        # id, so the short id netavark appends would look like the line's own.
+        return (f"another line's container id also starts with {own}: one of them "
+                "comes from a network alias with a newline in it")
     for n in e.names:
         if n != own and shorts.get(n, e.container_id) != e.container_id:
             return (f"names {n}, the short id of another container in this file "
@@ -203,6 +210,8 @@ def vet(f: NetworkFile) -> tuple[LineRefusal, ...]:
     for e in f.entries:
         lines_of[e.container_id] = lines_of.get(e.container_id, 0) + 1
     shorts = {cid[:12]: cid for cid in lines_of}
+    prefixes = Counter(cid[:12] for cid in lines_of)
+    shared = frozenset(p for p, n in prefixes.items() if n > 1)
     named_by = {n: e.line for e in f.entries for n in e.names
                 if n in shorts and n != e.container_id[:12]}
     # Podman appends the short id to every line it writes; a file where some line
@@ -211,7 +220,7 @@ def vet(f: NetworkFile) -> tuple[LineRefusal, ...]:
                  for e in f.entries)
     out = []
     for e in f.entries:
-        why = _line_problem(e, lines_of, shorts, named_by, marked)
+        why = _line_problem(e, lines_of, shorts, named_by, marked, shared)
         if why is not None:
             out.append(LineRefusal(f.network, e, why))
     return tuple(out)
