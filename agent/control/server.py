@@ -322,12 +322,14 @@ class ControlServer:
         deadline: float | None = None
         while True:
             nl = buf.find(b"\n")
+            # Measured on the line itself: a newline inside the last chunk read
+            # must not let a line of max_line + one chunk through.
+            if (nl if nl >= 0 else len(buf)) > self.max_line:
+                raise protocol.ProtocolError("too_large", "request line too long")
             if nl >= 0:
                 line = bytes(buf[: nl + 1])
                 del buf[: nl + 1]
                 return line
-            if len(buf) > self.max_line:
-                raise protocol.ProtocolError("too_large", "request line too long")
             now = time.monotonic()
             if buf and deadline is None:
                 deadline = now + lim.request_timeout_s

@@ -174,6 +174,10 @@ class PeerSource(ServiceSource[ControlServer]):
                 state.expiry = loop.call_later(self.config.grace_s, self._expire, peer.uid)
                 log.info("user agent disconnected; keeping its names for the grace period",
                          uid=peer.uid, user=state.user, grace_s=self.config.grace_s)
+            else:
+                # Nothing published, nothing to keep: a user can connect from each
+                # of its 65,536 subordinate uids, and none may leave state behind.
+                del self._peers[peer.uid]
         self._show()
 
     def _expire(self, uid: int) -> None:

@@ -411,3 +411,23 @@ def test_client_messages_are_plain_sentences(sock_dir: Path) -> None:
         assert err.value.message == f"no answer from the agent on {path} within 0.3s"
     finally:
         listener.close()
+
+
+def test_a_line_over_max_line_is_refused_even_when_its_newline_came_in_the_same_read(
+        sock_dir: Path) -> None:
+    """The peer socket's max_message_bytes is this limit: a 1 KiB limit must not let a
+    64 KiB line through because its newline arrived within the last chunk read."""
+    path = sock_dir / "s.sock"
+
+    async def main() -> list[dict[str, Any]]:
+        server = ControlServer(path, HANDLERS, max_line=1024)
+        await server.start()
+        try:
+            pad = " " * 4096
+            payload = ('{"v":1,"id":1,"method":"status"}' + pad + "\n").encode()
+            return await asyncio.to_thread(raw_exchange, path, payload, 1)
+        finally:
+            await server.close()
+
+    reply, = asyncio.run(main())
+    assert reply["error"]["code"] == "too_large"

@@ -160,3 +160,24 @@ def test_a_peers_refusals_are_bounded_in_the_table() -> None:
         assert [r.name for s in snap.values() for r in s.records] == ["ok.root.dns.podman"]
 
     asyncio.run(main())
+
+
+def test_a_uid_that_connects_and_publishes_nothing_leaves_no_state() -> None:
+    """A user can connect from each of its 65,536 subordinate uids: connections that
+    never published must not pile up in root's memory and in status."""
+    import asyncio
+
+    from agent.config.schema import Config
+    from agent.control.server import Peer
+    from agent.sources.peers import PeerSource
+
+    async def main() -> None:
+        [src] = PeerSource.from_config(Config())
+        assert isinstance(src, PeerSource)
+        for uid in range(100_000, 100_000 + 500):
+            peer = Peer(pid=1, uid=uid, gid=uid)
+            src._opened(peer)
+            src._closed(peer)
+        assert src.status_extra()["peers"] == []
+
+    asyncio.run(main())
