@@ -49,7 +49,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "libpod_parent"  # where cgroupfs-managed rootful Podman puts containers
 
 
-def _conf(workdir: Path) -> str:
+def containers_conf(workdir: Path, network: str | None = None) -> str:
+    """containers.conf for a private Podman under ``workdir``; ``network``: the
+    [network] lines after the backend (default: networks kept under ``workdir``)."""
+    if network is None:
+        network = f'network_config_dir = "{workdir}/networks"'
     hard_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard_nofile == resource.RLIM_INFINITY:
         hard_nofile = 1048576
@@ -65,7 +69,7 @@ runtime = "runc"
 tmp_dir = "{workdir}/tmp"
 [network]
 network_backend = "netavark"
-network_config_dir = "{workdir}/networks"
+{network}
 """
 
 
@@ -156,7 +160,7 @@ class Podman:
         self._cgroups_before = _cgroup_dirs()
         for d in ("tmp", "networks"):
             (self.dir / d).mkdir(exist_ok=True)
-        self.conf.write_text(_conf(self.dir))
+        self.conf.write_text(containers_conf(self.dir))
         self.cli("import", "-q", "--change", 'CMD ["/bin/sh"]', "-", IMAGE,
                  input=_busybox_rootfs_tar())
         return self

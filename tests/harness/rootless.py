@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import Agent
-from .podman import IMAGE, _busybox_rootfs_tar, ping
+from .podman import IMAGE, _busybox_rootfs_tar, containers_conf, ping
 from .proc import process_gone, terminate
 from .users import User
 from .wait import until
@@ -54,27 +54,6 @@ def user_python_problem() -> str | None:
         return (f"{SYSTEM_PYTHON} is {out.stdout.strip()}, the venv is "
                 f"{tuple(sys.version_info[:2])}: the venv's packages would not load")
     return None
-
-
-def _conf(workdir: Path) -> str:
-    import resource
-
-    hard_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard_nofile == resource.RLIM_INFINITY:
-        hard_nofile = 1048576
-    return f"""\
-[containers]
-default_ulimits = ["nofile={hard_nofile}:{hard_nofile}", "nproc=32768:32768"]
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{workdir}/events.log"
-runtime = "runc"
-tmp_dir = "{workdir}/tmp"
-[network]
-network_backend = "netavark"
-default_rootless_network_cmd = "slirp4netns"
-"""
 
 
 def _pids_of(uid: int) -> list[int]:
@@ -141,7 +120,7 @@ class Session:
         for d in ("tmp", "root", "runroot"):
             self._mkdir(self.dir / d, 0o700)
         conf = self.dir / "containers.conf"
-        conf.write_text(_conf(self.dir))
+        conf.write_text(containers_conf(self.dir, 'default_rootless_network_cmd = "slirp4netns"'))
         os.chown(conf, self.user.uid, self.user.gid)
         return self
 
