@@ -51,6 +51,7 @@ from bench.data import ADDR_A, ADDR_C, addresses, hosts_bytes, target_name
 from bench.data import ZONE as STATIC_ZONE
 from bench.dnspoll import Poller, _qname, p95
 from bench.memory import measure
+from bench.reload_latency import atomic_write
 from bench.setup import bench_root, isolate
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
@@ -251,20 +252,6 @@ def label_note(label: str) -> str:
 
 
 # --- the floor and memory rows --------------------------------------------------
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.bench-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        done = 0
-        while done < len(data):
-            done += os.write(fd, view[done:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
 
 
 def floor(run_dir: Path, n: int, rounds: int, timeout: float) -> float:
