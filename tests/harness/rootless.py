@@ -76,6 +76,8 @@ class Session:
         self.podman_socket = self.runtime / "podman" / "podman.sock"
         self.service: subprocess.Popen[bytes] | None = None
         self._service_log: Any = None
+        # Prefix for every command of the user (HostView.enter(): its netns and resolv.conf).
+        self.enter: list[str] = []
 
     def env(self, **extra: str) -> dict[str, str]:
         venv_site = [p for p in site.getsitepackages() if p.startswith(sys.prefix)]
@@ -92,7 +94,7 @@ class Session:
     def argv(self, *command: str, env_extra: dict[str, str] | None = None) -> list[str]:
         """``command`` run as the user (setpriv: its uid, gid and groups; env replaced)."""
         env = [f"{k}={v}" for k, v in self.env(**(env_extra or {})).items()]
-        return ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}",
+        return [*self.enter, "setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}",
                 "--init-groups", "env", "-i", *env, *command]
 
     def python(self, *args: str, env_extra: dict[str, str] | None = None) -> list[str]:
@@ -193,3 +195,57 @@ class UserAgent(Agent):
         return self.session.python("-m", "agent.daemon.main", "--mode", "user",
                                    "--config", str(self.config), *extra,
                                    env_extra=self.env_extra)
+
+
+_VIEW = r"""
+set -e
+[ -e "$2" ] || : > "$2"
+mount --bind "$1" "$2"
+echo ready
+exec sleep 86400
+"""
+
+
+class HostView:
+    """A network namespace plus a private mount namespace whose /etc/resolv.conf is the
+    test's: what a user's rootless Podman reads as the host's resolver. Podman builds the
+    container's resolv.conf from it, and slirp4netns forwards the container's 10.0.2.3
+    to its first nameserver (pasta does the same for 169.254.1.1). The machine's own
+    /etc/resolv.conf is never touched: the bind mount lives only in the holder's
+    namespace, and the session's commands enter it with ``enter()``.
+    """
+
+    def __init__(self, workdir: Path, nameservers: tuple[str, ...],
+                 netns_path: Path | None = None) -> None:
+        self.dir = workdir
+        self.nameservers = nameservers
+        self.netns_path = netns_path
+        self.resolv_conf = workdir / "resolv.conf"
+        self.holder: subprocess.Popen[str] | None = None
+
+    def start(self) -> HostView:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.resolv_conf.write_text("".join(f"nameserver {n}\n" for n in self.nameservers)
+                                    + "options edns0 trust-ad\nsearch .\n")
+        self.resolv_conf.chmod(0o644)
+        # A symlinked resolv.conf (Fedora: into /run/systemd/resolve) is bound at its
+        # target, which on the session's private /run may need creating first.
+        target = Path(os.path.realpath("/etc/resolv.conf"))
+        net = ["nsenter", f"--net={self.netns_path}", "--"] if self.netns_path else []
+        self.holder = subprocess.Popen(
+            [*net, "unshare", "-m", "--propagation", "private",
+             "sh", "-c", _VIEW, "view", str(self.resolv_conf), str(target)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.holder.stdout is not None and self.holder.stderr is not None
+        if self.holder.stdout.readline().strip() != "ready":
+            self.holder.wait(10)
+            raise AssertionError(f"host view holder failed: {self.holder.stderr.read()}")
+        return self
+
+    def enter(self) -> list[str]:
+        assert self.holder is not None
+        return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--"]
+
+    def stop(self) -> None:
+        terminate(self.holder)
+        self.holder = None
