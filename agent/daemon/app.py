@@ -334,6 +334,7 @@ class Daemon:
                 "last_sync": st.ts(p.last_sync),
                 "last_sync_ok": p.last_sync_ok,
                 "watchers": self.history.watchers,
+                "libraries": st.libraries_loaded(),
             },
             "sources": [st.source_status(s, p.store, p.table) for s in self.sources.values()],
             "sinks": [st.sink_status(s) for s in p.sinks],

@@ -8,6 +8,7 @@ Times are RFC 3339 UTC strings, durations milliseconds.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from typing import Any
 
 from agent.model.record import Provenance
@@ -18,6 +19,17 @@ from agent.sources.base import Source
 from agent.state.store import StateStore
 
 STATUS_VERSION = 1
+
+# The libraries behind sources that may be off or absent (libvirt-python,
+# podman-py and its requests, dbus-fast), and pyroute2's package __init__
+# (``pyroute2.ndb`` is loaded only by it: agent/sources/netlink.py imports the
+# rtnetlink socket alone). Each costs megabytes of RSS once imported; status shows
+# which are, so a source that is off or waiting for its service visibly costs nothing.
+LIBRARIES = ("libvirt", "podman", "requests", "dbus_fast", "pyroute2", "pyroute2.ndb")
+
+
+def libraries_loaded() -> list[str]:
+    return [name for name in LIBRARIES if name in sys.modules]
 
 
 def ts(t: float | None) -> str | None:

@@ -18,10 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.sources.lifecycle import Lifecycle
+from agent.sources.netlink import async_iproute, netlink_error
 
 log = structlog.get_logger(component="resolvers.link")
 
@@ -63,7 +62,7 @@ async def ensure_link(ipr: Any, name: str, address: Address) -> int:
     if link is None:
         try:
             await ipr.link("add", ifname=name, kind="bridge")
-        except NetlinkError as e:
+        except netlink_error() as e:
             if e.code != EEXIST:  # made by a concurrent event: repair it below
                 raise
         link = await _get_link(ipr, name)
@@ -79,7 +78,7 @@ async def ensure_link(ipr: Any, name: str, address: Address) -> int:
         try:
             await ipr.addr("add", index=index, address=str(address),
                            prefixlen=address.max_prefixlen)
-        except NetlinkError as e:
+        except netlink_error() as e:
             if e.code != EEXIST:
                 raise
     if not link["flags"] & IFF_UP:
@@ -88,7 +87,7 @@ async def ensure_link(ipr: Any, name: str, address: Address) -> int:
 
 
 async def delete_link(name: str) -> None:
-    ipr = AsyncIPRoute()
+    ipr = async_iproute()
     try:
         link = await _get_link(ipr, name)
         if link is not None and _kind(link) == "bridge":
@@ -112,7 +111,7 @@ class LinkKeeper(Lifecycle[tuple[Any, Any], int]):
         self._on_ready = on_ready
 
     async def connect(self) -> tuple[Any, Any]:
-        monitor, ipr = AsyncIPRoute(), AsyncIPRoute()
+        monitor, ipr = async_iproute(), async_iproute()
         try:
             await monitor.bind()  # before the first look: no change in between is lost
         except Exception:

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
 from agent.config.schema import Config, HostConfig
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
 from agent.sources.base import Objects, ServiceSource, Source
 from agent.sources.lifecycle import Awaited, Problem
+from agent.sources.netlink import async_iproute
 
 # Only addresses another machine can use: not link-local (needs a zone
 # index), not loopback, not tentative/deprecated-for-new-use (IFA_F_* bits).
@@ -115,9 +114,7 @@ class HostAddressSource(ServiceSource[Netlink]):
         return Awaited((path,), "network namespace", "create it, or leave [host] netns unset")
 
     async def connect(self) -> Netlink:
-        if self.netns:
-            return Netlink(AsyncIPRoute(netns=self.netns), AsyncIPRoute(netns=self.netns))
-        return Netlink(AsyncIPRoute(), AsyncIPRoute())
+        return Netlink(async_iproute(self.netns), async_iproute(self.netns))
 
     async def subscribe(self, conn: Netlink) -> None:
         await conn.monitor.bind()
