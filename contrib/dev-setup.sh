@@ -3,8 +3,9 @@
 # dnsmasq, dig, iproute2 from the distribution; Python packages from PyPI.
 # Debian/Ubuntu (apt) or Fedora (dnf); run as root. Idempotent.
 #   --test  also what the integration tests run for real: NetworkManager,
-#           dbus-daemon, libvirtd with the LXC driver, Podman (they only ever run
-#           inside the tests' private namespaces), and libvirt-python.
+#           dbus-daemon, libvirtd with the LXC driver, QEMU (session VMs under TCG),
+#           Podman (they only ever run inside the tests' private namespaces), and
+#           libvirt-python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,8 @@ if [ "${1:-}" = "--test" ]; then
              libvirt-daemon-driver-network libvirt-client libvirt-devel pkgconf-pkg-config gcc
              python3-devel busybox podman netavark aardvark-dns runc conmon slirp4netns
              systemd-container mmdebstrap rpm-build rpmlint cpio checkpolicy
-             selinux-policy-devel make bzip2 git man-db groff-base zsh fish)
+             selinux-policy-devel make bzip2 git man-db groff-base zsh fish
+             qemu-system-x86-core libvirt-daemon-driver-qemu)
   deb_pkgs+=(dbus busybox-static libvirt-clients libvirt-dev pkg-config gcc python3-dev
              libvirt-daemon libvirt-daemon-driver-lxc podman netavark aardvark-dns runc conmon
              uidmap catatonit slirp4netns   # rootless Podman (the user-session tests)
@@ -24,7 +26,10 @@ if [ "${1:-}" = "--test" ]; then
              # (mmdebstrap), the RPM built and linted from the spec, the SELinux module
              # compiled, man pages rendered, completions run.
              systemd-container mmdebstrap rpm rpmlint cpio checkpolicy selinux-policy-dev make
-             bzip2 git man-db groff-base zsh fish)
+             bzip2 git man-db groff-base zsh fish
+             # a real qemu:///session guest under TCG (tests/integration/test_qemu_session.py;
+             # its kernel is apt-get download'ed and cached on first use)
+             qemu-system-x86 libvirt-daemon-driver-qemu)
   # These two start a system service on install (network-manager becomes the
   # machine's network manager; libvirt-daemon-system starts libvirtd with its
   # default network). Install them only where that cannot happen (policy-rc.d

@@ -1,0 +1,158 @@
+"""Session VMs on a real QEMU: a TCG guest on a real user's qemu:///session, end to end.
+
+A real unprivileged user (tests/harness/users.py) runs its own libvirtd
+(``qemu:///session``, tests/harness/qemu_session.py). Its guest is Debian's
+cloud kernel with a busybox initramfs (tests/harness/qemu_image.py, cached per
+machine) whose init runs ``udhcpc -i eth0 -x hostname:NAME``. The NIC is
+``<interface type='bridge'>`` onto the bridge of a NAT network of the test's
+private system libvirtd, plugged in by the real qemu-bridge-helper: the
+system network's real dnsmasq hands out the lease and writes
+``<bridge>.status``. The user's real namesync agent (``--mode user``, on
+qemu:///session) matches the guest's MAC in that lease file and pushes
+``<vm>.<user>.dns.libvirt`` to the real system agent, whose addn-hosts file a
+real dnsmasq answers from.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import qemu_image
+from tests.harness.agent import Agent, toml_config
+from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.libvirt import Network
+from tests.harness.qemu_image import GuestImage
+from tests.harness.qemu_session import SessionLibvirtd, unavailable
+from tests.harness.rootless import Session, UserAgent, user_python_problem
+from tests.harness.users import User
+from tests.harness.wait import until
+
+pytestmark = [
+    pytest.mark.integration, pytest.mark.libvirt, pytest.mark.timeout(300),
+    pytest.mark.skipif(unavailable() is not None, reason=unavailable() or ""),
+]
+
+BRIDGE = "nsqhost0"  # what [host] interfaces names: host.dns.host's address
+HOST_IP = "10.78.0.1"
+BOOT_TIMEOUT_S = 90  # TCG on a loaded 2-CPU machine; ~5 s when quiet
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _user_python() -> None:
+    why = user_python_problem()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def image() -> GuestImage:
+    """The cached kernel + initramfs (built once per machine: ~3 s and a 27 MB download)."""
+    why = qemu_image.unavailable()
+    if why:
+        pytest.skip(f"no guest kernel: {why}")
+    return qemu_image.build()
+
+
+@pytest.fixture
+def host_bridge() -> Iterator[str]:
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{HOST_IP}/24", "dev", BRIDGE], check=True)
+    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+    yield BRIDGE
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+
+
+@pytest.fixture
+def system(public_tmp: Path, dnsmasq: Dnsmasq, host_bridge: str) -> Iterator[Agent]:
+    agent = Agent(public_tmp / "system")
+    agent.set_config(toml_config(
+        socket=agent.socket, addn_hosts=dnsmasq.addn_hosts, pid_file=dnsmasq.pid_file,
+        hosts_file=None, host=f'name = "host.dns.host"\ninterfaces = ["{BRIDGE}"]',
+        peers=f'socket = "{agent.dir / "peer.sock"}"\ngrace_s = 2\nmax_names = 50\n'))
+    agent.start()
+    until(lambda: dnsmasq.query("host.dns.host").records == (HOST_IP,), what="host.dns.host")
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def alice(unix_user: Any, public_tmp: Path) -> Iterator[Session]:
+    user: User = unix_user("qalice")
+    s = Session(user, public_tmp / "alice").setup()
+    yield s
+    s.teardown()
+
+
+@pytest.fixture
+def session_libvirtd(alice: Session, libvirt_network: Network,
+                     public_tmp: Path) -> Iterator[SessionLibvirtd]:
+    daemon = SessionLibvirtd(alice, public_tmp / "session-libvirt", [libvirt_network.bridge])
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def user_agent(alice: Session, system: Agent, session_libvirtd: SessionLibvirtd,
+               public_tmp: Path) -> Iterator[UserAgent]:
+    # Everything else is the user-mode default: qemu:///session, the system's
+    # lease directory, zones <user>.dns.libvirt. LIBVIRT_AUTOSTART=0 as the user unit.
+    agent = UserAgent(alice, public_tmp / "alice-agent", env_extra={"LIBVIRT_AUTOSTART": "0"})
+    agent.set_config(f'[daemon]\ncoalesce_ms = 20\nlog_level = "debug"\n'
+                     f'[peers]\nsocket = "{system.dir / "peer.sock"}"\n'
+                     f"[podman]\nenabled = false\n")
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+def libvirt_source(agent: Agent) -> dict[str, Any]:
+    [src] = [s for s in agent.status()["sources"] if s["kind"] == "libvirt"]
+    found: dict[str, Any] = src
+    return found
+
+
+def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
+        image: GuestImage, libvirt_network: Network, session_libvirtd: SessionLibvirtd,
+        user_agent: UserAgent, system: Agent, dnsmasq: Dnsmasq, alice: Session,
+        record_property: Any) -> None:
+    name = f"vm1.{alice.user.name}.dns.libvirt"
+    until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=20,
+          what="the user agent on qemu:///session")
+    assert libvirt_source(user_agent)["name"] == "libvirt:qemu:///session"
+    guest = session_libvirtd.guest("vm1", image, libvirt_network.bridge)
+    assert dnsmasq.query(name).status == "NXDOMAIN"  # defined, not running: no name
+
+    started = guest.start()
+    qemu = guest.qemu_pid()
+    assert qemu is not None
+    lease = until(lambda: libvirt_network.lease_for(guest.mac) or {}, timeout=BOOT_TIMEOUT_S,
+                  interval=0.02, what=f"a lease for vm1 ({guest.mac}) in "
+                                      f"{libvirt_network.status_path}")
+    leased = time.monotonic()
+    ip = str(lease["ip-address"])
+    assert lease.get("hostname") == "vm1"  # udhcpc -x hostname:vm1, through the bridge
+    until(lambda: dnsmasq.query(name).records == (ip,), timeout=15, interval=0.01,
+          what=f"{name} -> the lease {ip}")
+    answered = time.monotonic()
+    # The guest itself configured that address (its udhcpc hook said so on the console).
+    until(lambda: guest.bound_address() == ip, timeout=15, what=f"vm1 to configure {ip}")
+    for key, value in (("start_to_lease_s", leased - started),
+                       ("lease_to_answer_s", answered - leased)):
+        record_property(key, round(value, 3))
+    print(f"\nqemu session guest: start->lease {leased - started:.2f} s, "
+          f"lease->answer {(answered - leased) * 1000:.0f} ms")
+
+    guest.destroy()
+    until(lambda: dnsmasq.query(name).status == "NXDOMAIN", timeout=15,
+          what=f"{name} gone after destroy")
+    # The lease outlives the guest (until expiry): the name goes because the domain stopped.
+    assert libvirt_network.lease_for(guest.mac) is not None
+    until(lambda: guest.qemu_pid() is None, timeout=15, what="QEMU to exit")
