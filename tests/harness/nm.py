@@ -89,6 +89,7 @@ class NetworkManager:
     address = "10.77.0.2/24"
     upstream_address = "10.77.0.1"
     connection = "t0"
+    launch = LAUNCH  # the shell that sets up NM's mount namespace, then execs NM
 
     def __init__(self, workdir: Path, bus: SystemBus | None = None,
                  name: str | None = None, dns: str = "dnsmasq") -> None:
@@ -250,7 +251,7 @@ class NetworkManager:
         assert not self.running(), "NetworkManager already running"
         stale = self.dnsmasq_pid()
         argv = self.netns.exec_argv(
-            "sh", "-c", LAUNCH, "nm-launch", str(self.etc_dir), str(self.state_dir),
+            "sh", "-c", self.launch, "nm-launch", str(self.etc_dir), str(self.state_dir),
             "NetworkManager", "--no-daemon", "--debug",
             f"--system-config-dir={self.system_conf_dir}")
         with self.log.open("ab") as log:
@@ -331,3 +332,64 @@ class NetworkManager:
             shutil.rmtree(RUN_DIR, ignore_errors=True)
         if self._own_bus:
             self.bus.stop()
+
+
+class SessionNS:
+    """The test session's own network namespace, shaped like a NetNS for the harness.
+
+    For daemons that must share the session's loopback with libvirtd (which runs
+    there, tests/harness/libvirt): each command gets a private mount namespace of
+    its own (as ``ip netns exec`` would), and ``delete()`` removes only ``links``.
+    """
+
+    name = "session"
+
+    def __init__(self, *links: str) -> None:
+        self.links = links
+
+    @property
+    def path(self) -> Path:
+        return Path(f"/proc/{os.getpid()}/ns/net")
+
+    def add(self) -> SessionNS:
+        return self
+
+    def exec_argv(self, *argv: str) -> list[str]:
+        return ["unshare", "-m", "--propagation", "private", *argv]
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", *args], check=check, capture_output=True, text=True,
+                              timeout=30)
+
+    def delete(self) -> None:
+        for link in self.links:
+            self.ip("link", "del", link, check=False)
+
+
+# The session's /sys is shared with everything else in the session: a read-only
+# *bind* remount changes this mount only (a plain remount would make the sysfs
+# superblock, and with it the session's /sys, read-only).
+SESSION_LAUNCH = """\
+set -e
+mount --bind /sys /sys
+mount -o remount,bind,ro /sys
+mount --bind "$1" /etc/NetworkManager
+mount --bind "$2" /var/lib/NetworkManager
+shift 2
+exec "$@"
+"""
+
+
+class SessionNetworkManager(NetworkManager):
+    """NetworkManager in the session's network namespace, beside libvirtd: its dnsmasq on
+    127.0.0.1:53 is what libvirt's dnsmasq forwards to on a dns=dnsmasq host. It manages
+    only its own veth (peer in a netns of its own); every other link stays unmanaged."""
+
+    device = "nsnmveth0"
+    address = "10.78.53.2/24"
+    upstream_address = "10.78.53.1"
+    launch = SESSION_LAUNCH
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, name=unique_name("nsync-nms"))
+        self.netns = SessionNS(self.device)  # type: ignore[assignment]

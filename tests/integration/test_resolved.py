@@ -337,13 +337,17 @@ def _restart_aardvark() -> None:
 
 
 @pytest.mark.podman
-def test_rootful_containers_see_the_names(agent: NetnsAgent, resolved: Resolved,
+def test_rootful_containers_see_the_names(agent: NetnsAgent, resolved: Resolved, netns: NetNS,
                                           podman_ns: NetnsPodman, public_tmp: Path) -> None:
     """A rootful container on the default `podman` network (DNS disabled) and one on a
     DNS-enabled network both resolve namesync's names and the rest of the world, through
     namesync's dnsmasq on the link's address (given by the containers.conf drop-in)."""
+    netns.ip("link", "add", "hostbr", "type", "bridge")
+    netns.ip("addr", "add", "10.77.0.1/24", "dev", "hostbr")
+    netns.ip("link", "set", "hostbr", "up")
     agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"],
-                                                             "vm1.dns.libvirt": ["10.213.0.7"]}))
+                                                             "vm1.dns.libvirt": ["10.213.0.7"]},
+                                  host='name = "host.dns.host"\ninterfaces = ["hostbr"]'))
     agent.start()
     wait_routed(agent)
     podman_ns.use_dns_servers(render_containers_conf(parse_config(
@@ -352,7 +356,7 @@ def test_rootful_containers_see_the_names(agent: NetnsAgent, resolved: Resolved,
     timings = {}
     for network in ("podman", "dnsnet"):
         for name, want in (("web.dns.podman", "10.89.0.5"), ("vm1.dns.libvirt", "10.213.0.7"),
-                           ("www.up.example", "192.0.2.99")):
+                           ("host.dns.host", "10.77.0.1"), ("www.up.example", "192.0.2.99")):
             out, took = _lookup(podman_ns, network, name)
             assert want in out, f"{name} on {network}:\n{out}"
             timings[f"{network}/{name}"] = took

@@ -9,7 +9,7 @@ a netns of their own; each is stopped by its pid, and namesync0 goes with the ag
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 
 from agent.config.schema import DnsmasqConfig
-from tests.harness.agent import toml_config
+from agent.resolvers.route import NM_DNSMASQ_ADDRESS
+from tests.harness.agent import agentctl, toml_config
 from tests.harness.dns import dig
 from tests.harness.libvirt import Libvirtd
 from tests.harness.libvirt.network import Network
+from tests.harness.nm import SessionNetworkManager, SessionNS
+from tests.harness.podman import AARDVARK_DIR, IMAGE, Podman
 from tests.harness.proc import terminate
 from tests.harness.resolved import NetnsAgent, Resolved
 from tests.harness.rootfs import build as build_rootfs
@@ -32,23 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.resolved, pytest.mark.libvirt
 
 CONTRIB = Path(__file__).parents[2] / "contrib" / "libvirt" / "network-dns-forwarders.xml"
 UPSTREAM, UPSTREAM_PORT = "127.0.0.9", 5300
-
-
-class SessionNS:
-    """The session's own network namespace, shaped like a NetNS for the harness."""
-
-    name = "session"
-
-    @property
-    def path(self) -> Path:
-        return Path(f"/proc/{os.getpid()}/ns/net")
-
-    def exec_argv(self, *argv: str) -> list[str]:
-        return list(argv)
-
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", *args], check=check, capture_output=True, text=True,
-                              timeout=30)
 
 
 class ForwardingNetwork(Network):
@@ -111,3 +97,102 @@ def test_lxc_guest_resolves_through_resolved(libvirtd: Libvirtd, session_resolve
         assert dig("web.dns.podman", server="127.0.0.53").records == ("10.89.0.5",)
     finally:
         agent.stop()
+
+
+class NMForwardingNetwork(Network):
+    """contrib/libvirt/network-dns-forwarders.xml with its NM dns=dnsmasq address."""
+
+    @property
+    def xml(self) -> str:
+        dns = re.sub(r"<!--.*?-->", "", CONTRIB.read_text(), flags=re.S).strip()
+        return super().xml.replace("</network>", "  " + dns.replace(
+            "addr='127.0.0.53'", f"addr='{NM_DNSMASQ_ADDRESS}'") + "\n</network>")
+
+
+def _sys_mount_options() -> str:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/sys":
+            return fields[5]
+    raise AssertionError("no /sys in the session's mount table")
+
+
+def use_dns_servers(podman: Podman, dropin: str) -> None:
+    # CONTAINERS_CONF names one file (drop-in dirs are not read then): merge the line in.
+    line = next(ln for ln in dropin.splitlines() if ln.startswith("dns_servers"))
+    podman.conf.write_text(podman.conf.read_text().replace("[containers]\n",
+                                                           f"[containers]\n{line}\n", 1))
+
+
+@pytest.mark.podman
+@pytest.mark.networkmanager
+@pytest.mark.timeout(300)
+def test_matrix_on_the_nm_dnsmasq_path(libvirtd: Libvirtd, public_tmp: Path) -> None:
+    """NetworkManager in dns=dnsmasq mode, beside libvirtd in the session's netns: from the
+    host, from an LXC guest (libvirt's dnsmasq -> 127.0.0.1, NM's dnsmasq), from a rootful
+    container on the default `podman` network and one on a DNS-enabled network (both via
+    setup's containers.conf drop-in: namesync's forwarder on 198.18.53.53 -> NM's dnsmasq),
+    host.dns.host, <vm>.dns.libvirt and <ctr>.dns.podman all answer, each from its real
+    source (netlink, libvirt lease, Podman)."""
+    nm = SessionNetworkManager(public_tmp / "nm")
+    agent = NetnsAgent(public_tmp / "agent", SessionNS(),  # type: ignore[arg-type]
+                       {"DBUS_SYSTEM_BUS_ADDRESS": nm.bus_address})
+    podman = Podman(public_tmp / "podman")
+    with contextlib.ExitStack() as stops:
+        stops.callback(nm.stop)
+        stops.callback(agent.stop)
+        stops.callback(podman.teardown)
+        nm.start()
+        net = libvirtd.network(persistent=False, start=False)
+        net.__class__ = NMForwardingNetwork
+        net.start()
+        podman.setup().start_service()
+        podman.network_create("dnsnet", "10.89.62.0/24")
+        agent.set_config(toml_config(
+            socket=agent.socket, addn_hosts=public_tmp / "names" / "addn-hosts",
+            pid_file=nm.pid_file, hosts_file=None, coalesce_ms=0,
+            host=f'name = "host.dns.host"\ninterfaces = ["{net.bridge}"]',
+            libvirt='uris = ["lxc:///system"]',
+            podman=f'socket = "{podman.socket}"\naardvark_dir = "{AARDVARK_DIR}"',
+            networkmanager=f'enabled = true\ndnsmasq_dir = "{nm.dnsmasq_d}"',
+            resolved="enabled = true"))
+        run = agentctl("setup", "--config", str(agent.config), check=False,
+                       env={"DBUS_SYSTEM_BUS_ADDRESS": nm.bus_address})
+        assert run.returncode == 0, run.stdout + run.stderr
+        agent.start()
+        path = until(lambda: (p := agent.status()["dns_path"])["route"]
+                     and p["route"]["dnsmasq_pid"] and p, timeout=20, what="the forwarder")
+        assert path["path"] == "networkmanager-dnsmasq", path
+        assert nm.dns_mode() == "dnsmasq"
+        # NM's read-only /sys is its own bind mount: the session's stays writable.
+        assert _sys_mount_options().split(",")[0] == "rw"
+
+        guest = libvirtd.guest("vmnm", [net])
+        vm_ip = guest.wait_for_lease()
+        podman.run("web", "--network", "dnsnet")
+        web_ip = podman.addresses("web")["dnsnet"][0]
+        want = {"host.dns.host": net.gateway, "vmnm.dns.libvirt": vm_ip,
+                "web.dns.podman": web_ip}
+
+        # From the host: NM's dnsmasq, as the host's resolv.conf names it.
+        for name, address in want.items():
+            until(lambda n=name, a=address: nm.query(n).records == (a,), timeout=15,  # type: ignore[misc]
+                  what=f"{name} from NM's dnsmasq")
+
+        # From the LXC guest: libvirt's dnsmasq -> NM's dnsmasq.
+        for name, address in want.items():
+            until(lambda n=name, a=address: a in guest.exec(  # type: ignore[misc]
+                "nslookup", n, net.gateway, check=False).stdout, timeout=15,
+                what=f"{name} from inside the guest")
+
+        # From rootful containers, default network and DNS-enabled network.
+        use_dns_servers(podman, (agent.dir / "containers.conf.d" /
+                                 "90-namesync-dns.conf").read_text())
+        script = "; ".join(f"echo '== {n}'; nslookup {n}" for n in want)
+        for network in ("podman", "dnsnet"):
+            out = podman.cli("run", "--rm", "--network", network, IMAGE, "sh", "-c",
+                             f"cat /etc/resolv.conf; {script}", check=False,
+                             timeout=60).stdout
+            got = {p.split("\n", 1)[0]: p for p in out.split("== ")[1:]}
+            for name, address in want.items():
+                assert f"Address: {address}" in got.get(name, ""), (network, name, out)
