@@ -333,8 +333,9 @@ refused and shown in `agentctl status` with the peer's uid."""
     socket: Path = setting(DEFAULT_PEER_SOCKET, PATH,
                            "The peer socket (mode 0666; each peer identified by SO_PEERCRED).")
     trusted_users: tuple[str, ...] = setting(
-        (), Strings(_user_name_item, "user names"),
-        "Users who may publish <name>.<zone> directly, not only <name>.<user>.<zone>.")
+        (), Strings(_user_name_item, "user names or uids"),
+        "Users who may publish <name>.<zone> directly, not only <name>.<user>.<zone>: "
+        "logins exactly as passwd spells them (j.smith), or numeric uids.")
     max_names: int = setting(512, Int(1, 100_000),
                              "Names one user may publish; a push with more is refused whole.")
     max_message_bytes: int = setting(1 << 20, Int(1024, 64 << 20),

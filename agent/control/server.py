@@ -5,7 +5,13 @@ Every local user may be able to connect (``allow_uids`` makes the socket
 client does may cost the daemon more than a bounded share of itself:
 
 - the uid is checked the moment a connection is accepted; a uid that is not
-  allowed gets one error line and is closed before anything is read;
+  allowed gets one error line and is closed before anything is read. An
+  ``identify`` hook (the peer socket: a uid with no passwd entry is refused)
+  runs after accept and before anything is read; connections waiting for it
+  are capped on their own (``max_identifying``), so slow passwd lookups
+  cannot take the slots of identified users;
+- an ``on_line`` hook sees each request line's size before it is parsed and
+  may refuse it (the peer socket's push rate: a flood costs no JSON parse);
 - connections are capped per uid and overall, below the descriptor limit;
   root has a reserve of its own, so ``agentctl status`` as root answers
   however many connections others hold;
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import os
 import resource
 import socket
@@ -59,6 +66,7 @@ Reply = dict[str, Any] | AsyncIterator[dict[str, Any]]
 # A handler returns one result, or an async iterator whose items are sent as
 # {"v":1,"id":..,"event":{...}} lines until it ends or the client goes away.
 Handler = Callable[[Peer, dict[str, Any]], Awaitable[Reply]]
+Refusal = tuple[str, str]  # (protocol error code, message)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class Limits:
     max_connections: int = 256  # all uids but root together
     max_per_uid: int = 16
     root_reserve: int = 32  # root's own connections, beyond everyone else's
+    max_identifying: int = 16  # connections accepted but not yet through ``identify``
     idle_timeout_s: float = 60.0
     request_timeout_s: float = 10.0
 
@@ -112,6 +121,7 @@ def effective_limits(limits: Limits, nofile: int | None = None) -> Limits:
         max_connections=others,
         max_per_uid=max(1, min(limits.max_per_uid, others)),
         root_reserve=root,
+        max_identifying=max(1, min(limits.max_identifying, others)),
         idle_timeout_s=limits.idle_timeout_s,
         request_timeout_s=limits.request_timeout_s,
     )
@@ -156,6 +166,8 @@ class ControlServer:
         on_open: Callable[[Peer], None] | None = None,
         on_close: Callable[[Peer], None] | None = None,
         on_refused: Callable[[Peer, str, str], None] | None = None,
+        identify: Callable[[Peer], Refusal | Awaitable[Refusal | None] | None] | None = None,
+        on_line: Callable[[Peer, int], Refusal | None] | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
@@ -166,6 +178,9 @@ class ControlServer:
         self._on_open = on_open
         self._on_close = on_close
         self._on_refused = on_refused  # (peer, code, message) of a line refused unread
+        self._identify = identify
+        self._on_line = on_line
+        self._identifying = 0
         self.limits = effective_limits(limits or Limits())
         self._listener: socket.socket | None = None
         self._per_uid: Counter[int] = Counter()
@@ -173,6 +188,8 @@ class ControlServer:
         self._paused: asyncio.TimerHandle | None = None
         self._episodes = _Episodes()
         self.refused = 0  # connections closed at accept (uid not allowed, over a cap)
+        # The last of them: (when, uid, reason), for status.
+        self.last_refused: tuple[float, int, str] | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -263,7 +280,26 @@ class ControlServer:
             return "too_many_connections", f"uid {peer.uid} already holds {lim.max_per_uid}"
         if others >= lim.max_connections:
             return "too_many_connections", f"{others} connections open; try again later"
+        if self._identify is not None and self._identifying >= lim.max_identifying:
+            return "too_many_connections", (f"{self._identifying} connections are being "
+                                            "identified; try again later")
         return None
+
+    def _turn_away(self, conn: socket.socket, peer: Peer, refusal: Refusal) -> None:
+        """One error line, nothing read; the caller closes ``conn``."""
+        self.refused += 1
+        self.last_refused = (time.time(), peer.uid, refusal[1])
+        self._episodes.note(
+            f"refused:{peer.uid}:{refusal[0]}",
+            "control connection refused",
+            uid=peer.uid,
+            pid=peer.pid,
+            reason=refusal[1],
+        )
+        # One short line fits any fresh socket's buffer: this never blocks.
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(protocol.error(None, *refusal))
 
     def _admit(self, conn: socket.socket) -> None:
         try:
@@ -273,38 +309,58 @@ class ControlServer:
             return
         refusal = self._refusal(peer)
         if refusal is not None:
-            self.refused += 1
-            self._episodes.note(
-                f"refused:{peer.uid}:{refusal[0]}",
-                "control connection refused",
-                uid=peer.uid,
-                pid=peer.pid,
-                reason=refusal[1],
-            )
-            # One short line fits any fresh socket's buffer: this never blocks.
-            with contextlib.suppress(OSError):
-                conn.setblocking(False)
-                conn.send(protocol.error(None, *refusal))
+            self._turn_away(conn, peer, refusal)
             conn.close()
             return
+        pending: Awaitable[Refusal | None] | None = None
+        if self._identify is not None:
+            # A uid known already is decided here; an unknown one is looked up in the
+            # connection's task, counted among those being identified from now on (one
+            # accept batch must see the count).
+            verdict = self._identify(peer)
+            if inspect.isawaitable(verdict):
+                pending = verdict
+                self._identifying += 1
+            elif verdict is not None:
+                self._turn_away(conn, peer, verdict)
+                conn.close()
+                return
         self._per_uid[peer.uid] += 1
-        if self._on_open is not None:
-            self._on_open(peer)
-        task = asyncio.create_task(self._connection(conn, peer), name=f"control:{peer.pid}")
+        task = asyncio.create_task(self._connection(conn, peer, pending),
+                                   name=f"control:{peer.pid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # --- serving one connection ---------------------------------------------
 
-    async def _connection(self, conn: socket.socket, peer: Peer) -> None:
-        writer: asyncio.StreamWriter | None = None
+    async def _identified(self, peer: Peer, pending: Awaitable[Refusal | None]
+                          ) -> Refusal | None:
         try:
+            return await asyncio.wait_for(pending, self.limits.request_timeout_s)
+        except TimeoutError:
+            return "unavailable", f"uid {peer.uid} could not be identified in time"
+        finally:
+            self._identifying -= 1
+
+    async def _connection(self, conn: socket.socket, peer: Peer,
+                          pending: Awaitable[Refusal | None] | None = None) -> None:
+        writer: asyncio.StreamWriter | None = None
+        opened = False
+        try:
+            if pending is not None:
+                refusal = await self._identified(peer, pending)
+                if refusal is not None:
+                    self._turn_away(conn, peer, refusal)
+                    return
+            if self._on_open is not None:
+                self._on_open(peer)
+            opened = True
             reader, writer = await asyncio.open_unix_connection(sock=conn, limit=self.max_line)
             await self._serve(reader, writer, peer)
         except (ConnectionError, OSError, TimeoutError):
             pass
         finally:
-            if self._on_close is not None:
+            if opened and self._on_close is not None:
                 self._on_close(peer)
             self._per_uid[peer.uid] -= 1
             if self._per_uid[peer.uid] <= 0:
@@ -357,6 +413,11 @@ class ControlServer:
                 return
             if line is None:
                 return
+            if self._on_line is not None:
+                refused = self._on_line(peer, len(line))
+                if refused is not None:
+                    await self._send(writer, protocol.error(None, *refused))
+                    continue
             reply = await self._dispatch(peer, line)
             if isinstance(reply, bytes):
                 await self._send(writer, reply)

@@ -1,14 +1,17 @@
 """What a peer may publish: confinement to its sub-zone, and the per-user quotas.
 
-Pure (no I/O besides passwd lookups), so every rule is tested directly. The
-peer's uid comes from SO_PEERCRED; nothing in the message says who it is.
+Pure (no I/O at all: who owns which sub-zone comes in with the Scope, from
+identity.py), so every rule is tested directly and a push costs no passwd
+lookup however many names it has. The peer's uid comes from SO_PEERCRED;
+nothing in the message says who it is.
 
 * A peer publishes only names strictly under ``<user>.<zone>`` for the peer
   zones (the system agent's [podman] and [libvirt] zones), where ``<user>``
   is its login name as one DNS label: ``web.alice.dns.podman``,
   ``vm1.alice.dns.libvirt``, ``nic0.vm1.alice.dns.libvirt``.
 * A user in ``[peers] trusted_users`` may also publish directly in the zones
-  (``web.dns.podman``), but never in another user's sub-zone.
+  (``web.dns.podman``), but never in another user's sub-zone: any label that
+  is some uid's sub-zone label (identity.py: uid -> login -> label).
 * Never: a zone apex, the host's name, anything outside the peer zones.
 * Addresses are parsed like every source's; loopback, link-local and the
   like are refused (they would point other machines at themselves).
@@ -18,9 +21,8 @@ peer's uid comes from SO_PEERCRED; nothing in the message says who it is.
 
 from __future__ import annotations
 
-import pwd
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +65,19 @@ class Push:
     reported: tuple[Refusal, ...]  # what the peer's own sources refused (shown, never published)
 
 
+def _printable(ch: str) -> str:
+    return ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else (
+        f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+
+
 def _text(raw: object, limit: int = MAX_TEXT) -> str:
+    """A peer's string as status may show it: cut, and with no control, format or
+    other unprintable character left raw (``agentctl status`` is read on root's
+    terminal, and an escape sequence there is the peer writing to it)."""
     text = raw if isinstance(raw, str) else ""
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(map(_printable, text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -77,11 +90,11 @@ class Scope:
     """Where one peer may publish."""
 
     def __init__(self, label: str, zones: tuple[str, ...], trusted: bool,
-                 is_user_label: Callable[[str], bool] | None = None) -> None:
+                 owned: Container[str] = frozenset()) -> None:
         self.label = label
         self.zones = zones
         self.trusted = trusted
-        self._is_user_label = is_user_label or _is_login_name
+        self._owned = owned  # every label that is some uid's sub-zone (identity.py)
 
     @property
     def subzones(self) -> tuple[str, ...]:
@@ -98,22 +111,14 @@ class Scope:
             inside = name[: -len(zone) - 1].rsplit(".", 1)
             # Only a name *inside* <owner>.<zone> is that user's; a trusted
             # user's container named like a system account is just a name.
-            if len(inside) == 2 and inside[1] != self.label and self._is_user_label(inside[1]):
-                return f"{inside[1]}.{zone} is user {inside[1]}'s sub-zone"
+            if len(inside) == 2 and inside[1] != self.label and inside[1] in self._owned:
+                return f"{inside[1]}.{zone} is another user's sub-zone"
             if self.trusted:
                 return None
         where = " or ".join(f"*.{s}" for s in self.subzones)
         if self.trusted:
             where += " or " + " or ".join(f"*.{z}" for z in self.zones)
         return f"outside what this user may publish ({where})"
-
-
-def _is_login_name(label: str) -> bool:
-    try:
-        pwd.getpwnam(label)
-    except KeyError:
-        return False
-    return True
 
 
 def _claim(item: object, i: int) -> Claim | Refusal:
@@ -126,7 +131,7 @@ def _claim(item: object, i: int) -> Claim | Refusal:
     try:
         name = parse_fqdn(raw_name)
     except InvalidName as e:
-        return Refusal(_text(raw_name), e.reason, what)
+        return Refusal(_text(raw_name), _text(e.reason), what)
     if item.get("via") == "host":
         return Claim(name, (), True, what)
     raw_addrs = item.get("addresses")
@@ -137,7 +142,7 @@ def _claim(item: object, i: int) -> Claim | Refusal:
         try:
             addr = parse_address(raw)
         except AddressError as e:
-            return Refusal(name, f"address {_text(e.value, 60)}: {e.reason}", what)
+            return Refusal(name, _text(f"address {_text(e.value, 60)}: {e.reason}"), what)
         if not usable(addr):
             return Refusal(name, f"address {addr} is not reachable from other hosts", what)
         addrs.append(addr)
@@ -189,6 +194,10 @@ class TokenBucket:
         self.tokens = float(burst)
         self._clock = clock
         self._at = clock()
+
+    def full(self) -> bool:
+        """Refilled to its burst: no different from a new bucket."""
+        return self.tokens + (self._clock() - self._at) * self.rate >= self.burst
 
     def take(self) -> float:
         """0 if a token was taken, else the seconds until one is available."""

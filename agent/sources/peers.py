@@ -6,6 +6,13 @@ whoever SO_PEERCRED says; policy.py decides what of the push it may publish.
 Each peer's accepted names are one snapshot in the state store, under
 ``peer:<uid>``, replaced by every push (level-triggered, like every source).
 
+Who a peer is comes from agent/peer/identity.py (uid -> login -> label),
+resolved once per connection (cached briefly), before anything is read: a
+uid with no passwd entry is turned away at accept, so the subordinate uids
+a rootless user can become cannot hold connection slots. Every request line
+is charged to its uid's rate bucket before it is parsed; the bucket outlives
+the connection (a reconnect does not refill it).
+
 A peer whose last connection closes keeps its names for ``grace_s`` (a
 user-agent restart must not blink); then its snapshot is dropped. A push
 refused whole (over quota, too fast) changes nothing that is published; the
@@ -20,20 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from agent.config.modes import user_label
 from agent.config.schema import Config, HostConfig, PeersConfig
 from agent.control import protocol
 from agent.control.server import ControlServer, Limits, Peer
+from agent.control.server import Refusal as Refused
 from agent.daemon.status import ts
-from agent.model.names import InvalidName
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
-from agent.peer.policy import Push, PushRefused, Scope, TokenBucket, decode_push
+from agent.peer.identity import Directory, Identity
+from agent.peer.policy import Push, PushRefused, Refusal, Scope, TokenBucket, decode_push
 from agent.sources.base import Objects, ServiceSource, SnapshotSink, Source
 from agent.sources.host_addresses import HostAddressSource
 
@@ -53,10 +61,7 @@ PER_UID = 4
 
 @dataclass
 class PeerState:
-    uid: int
-    user: str | None  # the sub-zone label; None: this uid may not publish at all
-    why_not: str | None = None
-    identified: bool = False
+    ident: Identity  # as of its newest connection
     started: int = 0  # pushes begun: the newest applied wins, whatever finishes first
     applied: int = 0
     pid: int | None = None
@@ -70,18 +75,16 @@ class PeerState:
     last_refusal: str | None = None
     last_refusal_at: float | None = None
     push: Push | None = None  # the last accepted push
-    bucket: TokenBucket | None = None
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
+    @property
+    def uid(self) -> int:
+        return self.ident.uid
 
-def _identity(uid: int) -> tuple[str | None, str | None]:
-    """(sub-zone label, None) or (None, why this uid may not publish)."""
-    try:
-        return user_label(uid), None
-    except KeyError:
-        return None, f"uid {uid} has no user name (passwd)"
-    except InvalidName as e:
-        return None, f"user name {e.value!r} has no DNS spelling: {e.reason}"
+    @property
+    def user(self) -> str | None:
+        """The sub-zone label, if this uid may publish."""
+        return self.ident.label if self.ident.why_not is None else None
 
 
 class _HostCapture:
@@ -116,6 +119,14 @@ class PeerSource(ServiceSource[ControlServer]):
         self.zones = zones
         self.host = host
         self._peers: dict[int, PeerState] = {}
+        # Rate buckets by uid, kept after a peer's state goes: a reconnect must not
+        # refill one. A full bucket is the same as a new one, so those are dropped.
+        self._buckets: dict[int, TokenBucket] = {}
+        self._dir = Directory()
+        # passwd lookups get a thread of their own: a slow directory must not take
+        # the threads every other source's blocking calls run in.
+        self._lookups: ThreadPoolExecutor | None = None
+        self._server: ControlServer | None = None
         self._store: SnapshotSink | None = None
         self._host = _HostCapture(self._republish_all)
 
@@ -130,30 +141,101 @@ class PeerSource(ServiceSource[ControlServer]):
 
     # --- identity ----------------------------------------------------------
 
+    def _identify(self, peer: Peer) -> Refused | Awaitable[Refused | None] | None:
+        """At accept, before anything is read: who the uid is, or why it is turned away;
+        decided at once for a uid looked up lately, else once passwd answered (it may be
+        LDAP/sssd: in a thread, never on the loop)."""
+        if self._dir.needs_lookup(peer.uid):
+            return self._look_up(peer)
+        return self._verdict(peer)
+
+    async def _look_up(self, peer: Peer) -> Refused | None:
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self._lookups, self._dir.lookup, peer.uid)
+        if self._dir.learn(found):
+            self._owners_changed()
+        return self._verdict(peer)
+
+    def _verdict(self, peer: Peer) -> Refused | None:
+        ident = self._dir.identity(peer.uid)
+        if not ident.admitted:
+            return "permission_denied", (f"{ident.why_not}: it cannot publish, so it may "
+                                         "not connect")
+        return None
+
     def _peer(self, peer: Peer) -> PeerState:
         state = self._peers.get(peer.uid)
         if state is None:
-            state = PeerState(peer.uid, None)
-            state.bucket = TokenBucket(self.config.push_rate, self.config.push_burst)
+            state = PeerState(self._dir.identity(peer.uid))
             self._peers[peer.uid] = state
         state.pid = peer.pid
         return state
 
-    async def _identify(self, state: PeerState) -> None:
-        """Who the uid is, once: passwd may be LDAP/sssd, so never on the loop."""
-        if state.identified:
-            return
-        state.user, state.why_not = await asyncio.to_thread(_identity, state.uid)
-        state.identified = True
+    def _trusted(self, ident: Identity) -> bool:
+        trusted = self.config.trusted_users
+        return ident.login in trusted or str(ident.uid) in trusted
 
     def _scope(self, state: PeerState) -> Scope:
         assert state.user is not None
-        return Scope(state.user, self.zones, state.user in self.config.trusted_users)
+        return Scope(state.user, self.zones, self._trusted(state.ident),
+                     self._dir.owned_labels())
+
+    def _withdraw(self, state: PeerState) -> None:
+        state.push = None
+        if self._store is not None:
+            self._store.replace(self._key(state.uid), {})
+
+    def _owners_changed(self) -> None:
+        """Someone's sub-zone label appeared (or now collides): nobody keeps a name there
+        that is no longer theirs to have."""
+        owned = self._dir.owned_labels()
+        for state in self._peers.values():
+            state.ident = self._dir.identity(state.uid)
+            if state.push is None:
+                continue
+            if state.user is None:
+                log.warning("peer's names withdrawn", uid=state.uid, reason=state.ident.why_not)
+                self._withdraw(state)
+                continue
+            scope = Scope(state.user, self.zones, self._trusted(state.ident), owned)
+            keep = tuple(c for c in state.push.claims if scope.confine(c.name) is None)
+            if len(keep) != len(state.push.claims):
+                lost = tuple(Refusal(c.name, scope.confine(c.name) or "", c.what)
+                             for c in state.push.claims if c not in keep)
+                state.push = Push(keep, state.push.refused + lost, state.push.reported)
+                self._publish(state)
+
+    def _bucket(self, uid: int) -> TokenBucket:
+        bucket = self._buckets.get(uid)
+        if bucket is None:
+            bucket = self._buckets[uid] = TokenBucket(self.config.push_rate,
+                                                      self.config.push_burst)
+        return bucket
+
+    def _charge(self, peer: Peer, size: int) -> Refused | None:
+        """Every request line, before it is parsed: the push rate applies to all of them."""
+        wait = self._bucket(peer.uid).take()
+        if not wait:
+            return None
+        state = self._peer(peer)
+        refused = self._refuse(state, "rate_limited",
+                              f"more than {self.config.push_rate:g} requests per second "
+                              f"([peers] push_rate); retry in {wait * 1000:.0f} ms")
+        return refused.code, refused.message
 
     # --- connections -------------------------------------------------------
 
     def _opened(self, peer: Peer) -> None:
+        for uid in [u for u, b in self._buckets.items() if b.full() and u not in self._peers]:
+            del self._buckets[uid]
         state = self._peer(peer)
+        ident = self._dir.identity(peer.uid)
+        if ident != state.ident:
+            # Renamed (or now colliding) since its last connection: its names were
+            # confined to the old label and go.
+            state.ident = ident
+            if state.push is not None:
+                self._withdraw(state)
         state.connections += 1
         if state.connections == 1:
             state.connected_since = time.time()
@@ -203,14 +285,14 @@ class PeerSource(ServiceSource[ControlServer]):
 
     async def _h_hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
         state = self._peer(peer)
-        await self._identify(state)
         scope = None if state.user is None else self._scope(state)
         return {
             "protocol": PROTOCOL,
             "methods": ["hello", "push"],
             "uid": peer.uid,
+            "login": state.ident.login,
             "user": state.user,
-            "refused": state.why_not,
+            "refused": state.ident.why_not,
             "subzones": list(scope.subzones) if scope else [],
             "trusted": bool(scope and scope.trusted),
             "limits": self._limits(),
@@ -236,23 +318,20 @@ class PeerSource(ServiceSource[ControlServer]):
 
     async def _h_push(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
         state = self._peer(peer)
-        await self._identify(state)
         if state.user is None:
-            raise self._refuse(state, "permission_denied", state.why_not or "refused")
-        assert state.bucket is not None
-        wait = state.bucket.take()
-        if wait:
-            raise self._refuse(state, "rate_limited",
-                               f"more than {self.config.push_rate:g} pushes per second "
-                               f"([peers] push_rate); retry in {wait * 1000:.0f} ms")
+            raise self._refuse(state, "permission_denied", state.ident.why_not or "refused")
         state.started += 1
         ticket = state.started
+        ident = state.ident
         try:
-            # Bounded work, but it asks passwd about sub-zone owners: in a thread.
+            # No I/O (owners come with the scope), but up to max_names records: a thread.
             push = await asyncio.to_thread(decode_push, params, self._scope(state),
                                            self.config.max_names)
         except PushRefused as e:
             raise self._refuse(state, e.code, e.reason) from None
+        if state.ident != ident:
+            raise self._refuse(state, "permission_denied",
+                               state.ident.why_not or "this uid's sub-zone changed meanwhile")
         if ticket < state.applied:
             # A later push (another connection of this uid) was applied meanwhile.
             return {"accepted": 0, "refused": [], "superseded": True}
@@ -270,7 +349,7 @@ class PeerSource(ServiceSource[ControlServer]):
 
     def _objects(self, state: PeerState) -> dict[str, ObjectState]:
         assert state.push is not None
-        source, who = self._key(state.uid), f"uid {state.uid} ({state.user})"
+        source, who = self._key(state.uid), f"uid {state.uid} ({state.ident.login})"
         objects: dict[str, ObjectState] = {}
         for claim in state.push.claims:
             prov = Provenance(source, claim.name, "peer", f"{who}: {claim.what}")
@@ -328,7 +407,7 @@ class PeerSource(ServiceSource[ControlServer]):
             if s.expiry is not None and s.disconnected_at is not None:
                 expires = ts(s.disconnected_at + self.config.grace_s)
             peers.append({
-                "uid": s.uid, "user": s.user, "pid": s.pid,
+                "uid": s.uid, "login": s.ident.login, "user": s.user, "pid": s.pid,
                 "connected": s.connections > 0, "connections": s.connections,
                 "since": ts(s.connected_since), "disconnected_at": ts(s.disconnected_at),
                 "names_expire": expires,
@@ -339,9 +418,15 @@ class PeerSource(ServiceSource[ControlServer]):
                 "pushes": s.pushes, "last_push": ts(s.last_push),
                 "refused_pushes": s.refused_pushes, "last_refusal": s.last_refusal,
                 "last_refusal_at": ts(s.last_refusal_at),
-                "not_allowed": s.why_not,
+                "not_allowed": s.ident.why_not,
             })
-        return {"socket": str(self.config.socket), "limits": self._limits(), "peers": peers}
+        server = self._server
+        turned_away: dict[str, Any] = {"connections": server.refused if server else 0}
+        if server is not None and server.last_refused is not None:
+            at, uid, why = server.last_refused
+            turned_away.update(last_at=ts(at), last_uid=uid, last_reason=why)
+        return {"socket": str(self.config.socket), "limits": self._limits(), "peers": peers,
+                "turned_away": turned_away}
 
     # --- the lifecycle: "connected" is "listening" ---------------------------
 
@@ -349,11 +434,15 @@ class PeerSource(ServiceSource[ControlServer]):
         # Every local user may connect: one user agent needs one connection (two
         # while it restarts); idle ones heartbeat well within the idle timeout.
         limits = Limits(max_per_uid=PER_UID, idle_timeout_s=HEARTBEAT_S * 3)
+        if self._lookups is None:
+            self._lookups = ThreadPoolExecutor(1, thread_name_prefix="peer-passwd")
         server = ControlServer(
             self.config.socket, {"hello": self._h_hello, "push": self._h_push}, (), limits,
             open_to_all=True, max_line=self.config.max_message_bytes,
-            on_open=self._opened, on_close=self._closed, on_refused=self._line_refused)
+            on_open=self._opened, on_close=self._closed, on_refused=self._line_refused,
+            identify=self._identify, on_line=self._charge)
         await server.start()
+        self._server = server
         return server
 
     async def list_all(self, conn: ControlServer) -> Objects:
@@ -386,3 +475,7 @@ class PeerSource(ServiceSource[ControlServer]):
                     state.expiry.cancel()
                 sink.replace(self._key(uid), {})
             self._peers.clear()
+            if self._lookups is not None:
+                # A lookup stuck in a directory must not hold up the agent's exit.
+                self._lookups.shutdown(wait=False, cancel_futures=True)
+                self._lookups = None

@@ -3,6 +3,8 @@
 /etc/passwd is the machine's, not the test namespace's: every name made here
 is unique to this run (``nst<tag><pid>``), creation is serialised by a host-
 wide flock (concurrent ``useradd`` runs fail with "cannot lock /etc/passwd"),
+``sep``/``capital`` spell a name that needs normalising to be a DNS label
+(``nst.coll123``, ``nst_coll123``, ``Nst.coll123`` all spell ``nst-coll123``),
 asking twice for the same tag returns the same user, and users left behind by
 a killed run (their pid no longer alive) are removed the next time anyone
 creates one. ``remove()`` deletes the user and its home by name.
@@ -22,7 +24,8 @@ from pathlib import Path
 
 PREFIX = "nst"
 LOCK = Path("/var/cache/namesync-tests/users.lock")
-_NAME = re.compile(rf"^{PREFIX}([a-z]+)(\d+)$")
+_NAME = re.compile(rf"^{PREFIX}[-._]?([a-z]+)(\d+)$", re.IGNORECASE)
+SEPARATORS = ("", ".", "_", "-")
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,15 @@ def _locked() -> Iterator[None]:
         yield
 
 
-def user_name(tag: str, pid: int | None = None) -> str:
+def user_name(tag: str, pid: int | None = None, *, sep: str = "", capital: bool = False
+              ) -> str:
     """The name of this run's user for ``tag`` (lowercase letters only, <= 12 of them)."""
     if not re.fullmatch(r"[a-z]{1,12}", tag):
         raise ValueError(f"tag must be 1-12 lowercase letters, got {tag!r}")
-    return f"{PREFIX}{tag}{os.getpid() if pid is None else pid}"
+    if sep not in SEPARATORS:
+        raise ValueError(f"sep must be one of {SEPARATORS}, got {sep!r}")
+    prefix = PREFIX.capitalize() if capital else PREFIX
+    return f"{prefix}{sep}{tag}{os.getpid() if pid is None else pid}"
 
 
 def _lookup(name: str) -> User | None:
@@ -79,12 +86,12 @@ def _reap_stale() -> None:
             _userdel(pw.pw_name)
 
 
-def ensure_user(tag: str, *, home: bool = True) -> User:
+def ensure_user(tag: str, *, home: bool = True, sep: str = "", capital: bool = False) -> User:
     """This run's user for ``tag``, created if needed (with a home and subuid/subgid ranges).
 
-    Needs root. Idempotent: the same tag in the same process is the same user.
+    Needs root. Idempotent: the same tag (and spelling) in the same process is the same user.
     """
-    name = user_name(tag)
+    name = user_name(tag, sep=sep, capital=capital)
     with _locked():
         found = _lookup(name)
         if found is not None:
@@ -98,6 +105,16 @@ def ensure_user(tag: str, *, home: bool = True) -> User:
         created = _lookup(name)
         assert created is not None, f"useradd {name} succeeded but getpwnam does not find it"
         return created
+
+
+def subuid_range(user: User) -> tuple[int, int]:
+    """(first, count) of the user's /etc/subuid range (useradd makes one)."""
+    for line in Path("/etc/subuid").read_text().splitlines():
+        owner, _, rest = line.partition(":")
+        if owner in (user.name, str(user.uid)):
+            first, _, count = rest.partition(":")
+            return int(first), int(count)
+    raise LookupError(f"{user.name} has no /etc/subuid range")
 
 
 def remove(user: User) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +22,17 @@ from typing import Any
 
 import pytest
 
-from tests.harness.agent import Agent, agentctl, toml_config
+from tests.harness.agent import Agent, agentctl, status_text, toml_config
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network
 from tests.harness.proc import terminate
 from tests.harness.rootless import Session, UserAgent, user_python_problem
-from tests.harness.users import User, ensure_user, remove
+from tests.harness.users import User, ensure_user, remove, subuid_range
 from tests.harness.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman, pytest.mark.timeout(300)]
 
+REPO = Path(__file__).resolve().parents[2]
 BRIDGE = "nsuhost0"
 HOST_IP = "10.77.0.1"
 GRACE_S = 2
@@ -163,7 +165,7 @@ def test_a_hostile_user_gets_only_its_own_subzone_within_quota(
         assert set(refused) == {"web.dns.podman", f"web.{alice.name}.dns.podman",
                                 "host.dns.host", f"lo.{bob.name}.dns.podman"}
         assert refused[f"web.{alice.name}.dns.podman"] == (
-            f"{alice.name}.dns.podman is user {alice.name}'s sub-zone")
+            f"{alice.name}.dns.podman is another user's sub-zone")
 
         until(lambda: dnsmasq.query(mine).records == ("10.77.0.50",), what=mine)
         for name in refused:
@@ -241,6 +243,145 @@ def test_trusted_user_publishes_directly_in_the_zone(
         assert dnsmasq.query("host.dns.host").records == (HOST_IP,)
     finally:
         client.close()
+
+
+# --- who a peer is: subordinate uids, logins that spell one label ------------------
+
+
+def test_subordinate_uids_cannot_fill_the_peer_sockets_slots(
+        system: Agent, alice_session: Session, bob_session: Session,
+        users: tuple[User, User]) -> None:
+    """Bob becomes 64 uids of his /etc/subuid range (as newuidmap lets a rootless user;
+    here a root helper setuid()s in forked children) and connects 4 times from each:
+    256 connections, the socket's whole share for non-root uids. None of those uids
+    has a passwd entry, so each is turned away at accept, before anything is read,
+    and alice's user agent still gets in."""
+    alice, bob = users
+    first, count = subuid_range(bob)
+    assert count >= 64
+    flood = subprocess.Popen(
+        [sys.executable, "-m", "tests.harness.subuid_flood", str(peer_socket(system)),
+         str(first), "64", "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO)
+    try:
+        assert flood.stdout is not None
+        replies = []
+        for line in flood.stdout:
+            got = json.loads(line)
+            if got.get("done"):
+                break
+            replies.append(got)
+        assert len(replies) == 256
+        errors = [json.loads(r["reply"])["error"] if r["reply"] else None for r in replies]
+        # Turned away, every one: as a uid with no passwd entry, or (while passwd is
+        # being asked about 16 of them) as one too many waiting to be identified.
+        assert all(e is not None and e["code"] in ("permission_denied", "too_many_connections")
+                   for e in errors), {e["message"] if e else None for e in errors}
+        assert any("has no passwd entry" in e["message"] for e in errors if e)
+
+        # While bob's subordinate uids hold on, another user's agent gets in and publishes.
+        client = PeerClient(alice_session, peer_socket(system))
+        try:
+            hello = client.call("hello")
+            assert hello.get("result", {}).get("uid") == alice.uid, hello
+        finally:
+            client.close()
+        src = peers_source(system)
+        assert src["turned_away"]["connections"] >= 256
+        assert "no passwd entry" in src["turned_away"]["last_reason"]
+        assert all(p["uid"] < first or p["uid"] >= first + 64 for p in src["peers"])
+    finally:
+        if flood.stdin is not None:
+            flood.stdin.close()
+        terminate(flood)
+
+
+@pytest.fixture
+def spellings(public_tmp: Path) -> Iterator[dict[str, User]]:
+    """Real users whose logins need normalising: nst.coll<pid> and nst_coll<pid> both
+    spell the label nst-coll<pid>; Nst.trust<pid> spells nst-trust<pid>, nst.own<pid>
+    nst-own<pid> (no collision for those two)."""
+    made = {"dot": ensure_user("coll", home=False, sep="."),
+            "underscore": ensure_user("coll", home=False, sep="_"),
+            "trusted": ensure_user("trust", home=False, sep=".", capital=True),
+            "owner": ensure_user("own", home=False, sep=".")}
+    yield made
+    for user in made.values():
+        remove(user)
+
+
+def bare_session(user: User, public_tmp: Path) -> Session:
+    return Session(user, public_tmp / user.name.replace(".", "-"))  # only setpriv is used
+
+
+def test_logins_that_spell_one_label_are_refused_to_both_and_trust_is_by_login(
+        system: Agent, dnsmasq: Dnsmasq, spellings: dict[str, User],
+        users: tuple[User, User], public_tmp: Path) -> None:
+    dot, underscore = spellings["dot"], spellings["underscore"]
+    trusted, owner = spellings["trusted"], spellings["owner"]
+    label = dot.name.replace(".", "-")
+    system.set_config(system_config(system, dnsmasq,
+                                    f'trusted_users = ["{trusted.name}"]\n'))
+    system.reload()
+    until(lambda: peers_source(system)["state"] == "connected", what="peer socket back")
+
+    # Neither spelling gets the shared sub-zone, whoever comes first.
+    for user, other in ((dot, underscore), (underscore, dot)):
+        client = PeerClient(bare_session(user, public_tmp), peer_socket(system))
+        try:
+            hello = client.call("hello")["result"]
+            assert f"(uid {other.uid})" in (hello["refused"] or ""), hello
+            assert hello["login"] == user.name and hello["subzones"] == []
+            err = client.call("push", push(rec(f"web.{label}.dns.podman", "10.77.0.52")))
+            assert err["error"]["code"] == "permission_denied"
+            assert "refused to each of them" in err["error"]["message"]
+        finally:
+            client.close()
+    assert dnsmasq.query(f"web.{label}.dns.podman").status == "NXDOMAIN"
+
+    # trusted_users names the login as passwd spells it (Nst.trust<pid>, not its label);
+    # another user's sub-zone is found from that user's uid -> login -> label, so
+    # nst.own<pid>'s (label nst-own<pid>: no login of that spelling exists) is refused.
+    owned = owner.name.replace(".", "-")
+    client = PeerClient(bare_session(owner, public_tmp), peer_socket(system))
+    try:
+        assert client.call("hello")["result"]["subzones"][0] == f"{owned}.dns.podman"
+    finally:
+        client.close()
+    client = PeerClient(bare_session(trusted, public_tmp), peer_socket(system))
+    try:
+        hello = client.call("hello")["result"]
+        assert hello["trusted"] is True and hello["refused"] is None, hello
+        reply = client.call("push", push(rec("direct.dns.podman", "10.77.0.53"),
+                                         rec(f"x.{owned}.dns.podman", "10.77.0.53"),
+                                         rec(f"x.{label}.dns.podman", "10.77.0.53")))["result"]
+        assert reply["accepted"] == 1
+        assert {r["name"]: r["reason"] for r in reply["refused"]} == {
+            f"x.{owned}.dns.podman": f"{owned}.dns.podman is another user's sub-zone",
+            f"x.{label}.dns.podman": f"{label}.dns.podman is another user's sub-zone"}
+        until(lambda: dnsmasq.query("direct.dns.podman").records == ("10.77.0.53",),
+              what="direct.dns.podman")
+        assert dnsmasq.query(f"x.{owned}.dns.podman").status == "NXDOMAIN"
+    finally:
+        client.close()
+
+
+def test_a_peers_text_cannot_write_escape_sequences_to_roots_terminal(
+        system: Agent, bob_session: Session, users: tuple[User, User]) -> None:
+    bob = users[1]
+    client = PeerClient(bob_session, peer_socket(system))
+    try:
+        reply = client.call("push", {
+            "records": [{"name": f"\x1b]0;owned\x07.{bob.name}.dns.podman",
+                         "addresses": ["10.77.0.54"], "what": "\x1b[2J\u202ewhat"}],
+            "rejected": [{"value": "v\x1b[31m", "reason": "\x1b[8mhidden", "what": "\x07"}]})
+        assert reply["result"]["accepted"] == 0
+    finally:
+        client.close()
+    text = until(lambda: (t := status_text(system.socket)) and "hidden" in t and t,
+                 what="the refusals in agentctl status")
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "\\x1b[8mhidden" in text  # shown, spelled out
 
 
 # --- the real user agent over real rootless Podman ----------------------------------

@@ -1,0 +1,116 @@
+"""The system agent's peer source on a real socket, in this process: what a push costs.
+
+In-process so that the costs can be counted (passwd lookups, JSON parses);
+tests/integration/test_user_session.py runs the same socket in a real agent
+with real users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pwd
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config.schema import Config, PeersConfig
+from agent.control import protocol
+from agent.sources.peers import PeerSource
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="namesync-peers-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[object]:
+    calls: list[object] = []
+    real: Callable[..., Any] = getattr(module, name)
+
+    def wrapper(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+async def exchange(path: Path, lines: list[bytes]) -> list[dict[str, Any]]:
+    """Send every line at once, then read one reply per line."""
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=4 << 20)
+    try:
+        writer.write(b"".join(lines))
+        await writer.drain()
+        return [json.loads(await asyncio.wait_for(reader.readline(), 20)) for _ in lines]
+    finally:
+        writer.close()
+
+
+def request(method: str, params: dict[str, Any], n: int = 1) -> bytes:
+    return json.dumps({"v": 1, "id": n, "method": method, "params": params}).encode() + b"\n"
+
+
+def source(sock_dir: Path, **peers: Any) -> PeerSource:
+    cfg = Config(peers=PeersConfig(socket=sock_dir / "peer.sock", **peers))
+    [src] = PeerSource.from_config(cfg)
+    assert isinstance(src, PeerSource)
+    return src
+
+
+def test_a_push_costs_no_passwd_lookup_per_name(
+        sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """500 names that each look like another user's sub-zone, from an untrusted peer:
+    refused from what is known of the uid side, never by asking passwd about a label."""
+    calls = [counting(monkeypatch, pwd, f) for f in ("getpwnam", "getpwuid", "getpwall")]
+    src = source(sock_dir, max_names=1000)
+
+    async def main() -> list[dict[str, Any]]:
+        server = await src.connect()
+        try:
+            names = [{"name": f"n{i}.u{i}.dns.podman", "addresses": ["10.0.0.1"]}
+                     for i in range(500)]
+            return await exchange(src.config.socket, [
+                request("hello", {}), request("push", {"records": names}, 2)])
+        finally:
+            await server.close()
+
+    hello, pushed = asyncio.run(main())
+    assert hello["result"]["user"] == "root"
+    assert pushed["result"]["accepted"] == 0 and len(pushed["result"]["refused"]) == 500
+    getpwnam, getpwuid, getpwall = map(len, calls)
+    assert getpwnam == 0  # root's login is its label: no same-spelling lookup either
+    assert (getpwuid, getpwall) == (1, 1)  # once for the connection
+
+
+def test_the_rate_limit_applies_before_parsing_and_survives_a_reconnect(
+        sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parses = counting(monkeypatch, protocol, "decode_request")
+    src = source(sock_dir, push_rate=1, push_burst=5)
+    big = request("push", {"records": "x" * 200_000})  # refused whole: bad_request
+
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        server = await src.connect()
+        try:
+            first = await exchange(src.config.socket, [big] * 30)
+            # A fresh connection of the same uid: the bucket is the uid's, not the
+            # connection's (the push refused whole left no peer state to hang it on).
+            again = await exchange(src.config.socket, [big] * 10)
+            return first, again
+        finally:
+            await server.close()
+
+    first, again = asyncio.run(main())
+    codes = [r.get("error", {}).get("code") for r in first + again]
+    assert codes[:5] == ["bad_request"] * 5
+    assert codes.count("rate_limited") >= 30
+    assert len(parses) <= 8  # the burst and what refilled meanwhile, not all 40
+    assert "push_rate" in first[-1]["error"]["message"]
