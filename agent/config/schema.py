@@ -235,6 +235,18 @@ class ResolvedConfig:
         PATH,
         "Written by `agentctl setup`: gives containers link_address as DNS server.",
     )
+    static_records: str = setting(
+        "auto",
+        Choice("auto", "no"),
+        "auto: with the routing path off (enabled = false) and systemd-resolved >= 261, "
+        "serve the names as resolved's static records (static_records_file) instead of "
+        "the hosts file: instant, but names not in it go to resolved's DNS servers.",
+    )
+    static_records_file: Path = setting(
+        Path("/run/systemd/resolve/static.d/namesync.rr"),
+        PATH,
+        "The static records file (systemd.rr(5)); removed while another path serves.",
+    )
 
     def cross_check(self) -> list[tuple[str, str]]:
         problems = []

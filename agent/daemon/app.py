@@ -29,6 +29,7 @@ from agent.sinks.base import Sink
 from agent.sinks.dnsmasq_target import Locator, NetworkManagerLocator, PidFileLocator
 from agent.sinks.hosts_file import HostsFileSink
 from agent.sinks.peer_push import PeerPushSink
+from agent.sinks.static_rr import StaticRecordsSink
 from agent.sources.base import Source
 from agent.sources.lifecycle import Backoff, Observed
 from agent.sources.registry import build_sources
@@ -81,6 +82,8 @@ def build_sinks(
         if paths is not None:
             hosts = RoutedZonesFilter(hosts, paths, config.dnsmasq.local_zones)
         sinks.append(hosts)
+    if paths is not None and config.resolved.static_records != "no" and config.mode != "user":
+        sinks.append(StaticRecordsSink(config.resolved.static_records_file, paths))
     if config.mode == "user" and config.peers.enabled:
         # A user agent publishes through the system agent (agent/peer).
         sinks.append(PeerPushSink(config.peers.socket))
@@ -94,6 +97,8 @@ def managed_paths(config: Config) -> list[Path]:
         paths.append(config.dnsmasq.addn_hosts)
     if config.hosts_file.enabled:
         paths.append(config.hosts_file.path)
+    if config.resolved.static_records != "no" and config.mode != "user":
+        paths.append(config.resolved.static_records_file)
     return paths
 
 

@@ -4,6 +4,9 @@
   file (``agentctl setup`` points it there); namesync signals it.
 - systemd-resolved on the bus (and NM not in dnsmasq mode): namesync's own
   dnsmasq, routed through resolved on namesync's link (route.py).
+- systemd-resolved >= 261 with the routing path off (resolved.enabled = false, or
+  no dnsmasq): resolved's static records, a static.d ``.rr`` file
+  (agent/sinks/static_rr.py), resolved signalled after each change.
 - neither: the hosts-file block, plus any dnsmasq the user points at the file.
 
 The choice follows the watchers live: NM switching modes, resolved appearing
@@ -24,7 +27,9 @@ import structlog
 
 from agent.config.schema import Config
 from agent.plan.table import Table, select
-from agent.resolvers.resolved import ResolvedState, ResolvedWatcher
+from agent.resolvers.bus import owner_pid
+from agent.resolvers.resolved import RESOLVE1, ResolvedState, ResolvedWatcher
+from agent.resolvers.resolved_version import STATIC_RECORDS_SINCE, resolved_version
 from agent.resolvers.route import ResolvedRoute
 from agent.resolvers.view import ResolverView
 from agent.sinks.addn_hosts import AddnHostsSink
@@ -40,6 +45,7 @@ class DnsPath(StrEnum):
     NM_DNSMASQ = "networkmanager-dnsmasq"
     RESOLVED = "systemd-resolved"
     HOSTS = "hosts-file"
+    STATIC_RECORDS = "systemd-resolved-static-records"
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,40 @@ class PathChoice:
     reason: str
 
 
+@dataclass(frozen=True)
+class StaticRecordsProbe:
+    """What the running systemd-resolved is: static.d needs >= 261."""
+
+    version: int | None = None
+    found: str = "not probed"  # how the version was found, or why it was not
+    pid: int | None = None
+    owner: str | None = None  # the bus owner this was probed for
+
+    @property
+    def available(self) -> bool:
+        return self.version is not None and self.version >= STATIC_RECORDS_SINCE
+
+
+def _static_records_path(config: Config, resolved: ResolvedState | None,
+                         static: StaticRecordsProbe | None) -> PathChoice | None:
+    r = config.resolved
+    if (resolved is None or not resolved.running or static is None or not static.available
+            or r.static_records == "no" or (r.enabled and config.dnsmasq.enabled)):
+        return None
+    off = "resolved.enabled = false" if not r.enabled else "dnsmasq.enabled = false"
+    return PathChoice(DnsPath.STATIC_RECORDS,
+                      f"systemd-resolved {static.version} reads static records "
+                      f"({r.static_records_file}) and the routing path is off ({off})")
+
+
 def choose_path(config: Config, nm: ResolverView | None,
-                resolved: ResolvedState | None) -> PathChoice:
+                resolved: ResolvedState | None,
+                static: StaticRecordsProbe | None = None) -> PathChoice:
     if nm is not None and nm.running and nm.mode == "dnsmasq":
         return PathChoice(DnsPath.NM_DNSMASQ, "NetworkManager runs its dnsmasq (dns=dnsmasq)")
+    by_static = _static_records_path(config, resolved, static)
+    if by_static is not None:
+        return by_static
     if not config.dnsmasq.enabled:
         return PathChoice(DnsPath.HOSTS, "the dnsmasq sink is disabled (dnsmasq.enabled)")
     if resolved is not None and resolved.running:
@@ -75,16 +111,23 @@ class DnsPathController:
         self.route: ResolvedRoute | None = None
         self._route_task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self.static = StaticRecordsProbe()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._stopped = False
         self.choice = choose_path(config, None, None)
 
     async def start(self) -> None:
         c = self.config
         # A user agent serves nothing itself (it pushes to the system agent).
-        if c.resolved.enabled and c.dnsmasq.enabled and c.mode != "user":
+        route = c.resolved.enabled and c.dnsmasq.enabled
+        if (route or c.resolved.static_records != "no") and c.mode != "user":
             self.watcher = ResolvedWatcher(self.update)
             self._watcher_task = asyncio.create_task(self.watcher.supervise(), name="resolved")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.watcher.synced.wait(), STARTUP_SYNC_TIMEOUT_S)
+            if c.resolved.static_records != "no" and self.watcher.owner is not None:
+                # Probed before the first choice: the first sync goes to the right path.
+                await self._probe(self.watcher.owner)
         self.update()
         if self.route is not None:
             # The first sync must already signal namesync's dnsmasq, not find it missing.
@@ -94,7 +137,8 @@ class DnsPathController:
     def update(self) -> None:
         """Recompute the path; start or stop the resolved route to match."""
         resolved = self.watcher.state if self.watcher else None
-        choice = choose_path(self.config, self._nm_state(), resolved)
+        self._probe_if_new(resolved)
+        choice = choose_path(self.config, self._nm_state(), resolved, self.static)
         if (self.choice.path == DnsPath.RESOLVED and choice.path == DnsPath.HOSTS
                 and resolved is not None and not resolved.running):
             # resolved restarting (or briefly off the bus) forgets the link's settings, not
@@ -104,7 +148,11 @@ class DnsPathController:
                                 "returns (the hosts file serves meanwhile)")
         if choice != self.choice:
             log.info("names served through", path=str(choice.path), reason=choice.reason)
+        moved = (choice.path != self.choice.path
+                 and DnsPath.STATIC_RECORDS in (choice.path, self.choice.path))
         self.choice = choice
+        if moved:
+            self._on_route_change()  # the static records sink writes or removes its file
         want = self._wanted_route(choice.path)
         have = None if self.route is None else ("forwarder" if self.route.forward_only
                                                 else "resolved")
@@ -119,6 +167,39 @@ class DnsPathController:
                                        self._on_route_change)
             self._route_task = asyncio.get_running_loop().create_task(
                 self._run_route(self.route, self._stopping), name="resolved:route")
+
+    def _probe_if_new(self, resolved: ResolvedState | None) -> None:
+        """A new resolved owner (a restart may be an upgrade): probe its version and pid."""
+        if (self.config.resolved.static_records == "no" or resolved is None
+                or resolved.owner == self.static.owner or self._stopped):
+            return
+        if resolved.owner is None:
+            self.static = StaticRecordsProbe(found="systemd-resolved is not on the bus")
+            return
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.get_running_loop().create_task(
+                self._probe_and_update(resolved.owner), name="resolved:probe")
+
+    async def _probe_and_update(self, owner: str) -> None:
+        await self._probe(owner)
+        self.update()
+
+    async def _probe(self, owner: str) -> None:
+        bus = self.watcher.bus if self.watcher is not None else None
+        pid = None
+        if bus is not None:
+            with contextlib.suppress(Exception):  # gone again: the next owner is probed
+                pid = await owner_pid(bus, RESOLVE1)
+        version, found = await asyncio.to_thread(resolved_version)
+        self.static = StaticRecordsProbe(version, found, pid, owner)
+        log.info("systemd-resolved probed", version=version, found=found, pid=pid,
+                 static_records=self.static.available)
+
+    def static_records_serving(self) -> bool:
+        return self.choice.path == DnsPath.STATIC_RECORDS and not self._stopped
+
+    def resolved_pid(self) -> int | None:
+        return self.static.pid
 
     def _wanted_route(self, path: DnsPath) -> str | None:
         """resolved: the full route; forwarder: containers only, on NM's dnsmasq path."""
@@ -148,6 +229,12 @@ class DnsPathController:
         self._stopping = None
 
     async def stop(self) -> None:
+        # The static records go with namesync (the sync after stop removes the file).
+        self._stopped = True
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
         # The route first: withdrawing it still needs the watcher's bus connection.
         await self._stop_route()
         if self._watcher_task is not None:
@@ -159,6 +246,8 @@ class DnsPathController:
     def hides_zones(self) -> bool:
         """True while resolved routes the zones to namesync: the hosts block must not
         carry them then (resolved answers /etc/hosts first, re-read only every 2 s)."""
+        if self.static_records_serving():
+            return True  # resolved reads /etc/hosts first: a removed name would linger 2 s
         route = self.route
         return route is not None and not route.forward_only and route.registered is not None
 
@@ -177,6 +266,13 @@ class DnsPathController:
                 "running": w.state.running,
             },
             "route": self.route.status() if self.route is not None else None,
+            "static_records": None if self.config.resolved.static_records == "no" else {
+                "available": self.static.available,
+                "version": self.static.version,
+                "found": self.static.found,
+                "pid": self.static.pid,
+                "serving": self.static_records_serving(),
+            },
         }
 
 

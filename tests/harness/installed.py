@@ -75,16 +75,35 @@ def _project(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
 
 
-def install(c: Container, main_rpm: Path, packaged: Sequence[str] = ()) -> None:
+# Unpacks the pure-Python wheels (py3-none-any) in argv[1] not named in argv[2:] into
+# Debian's dist-packages: for a pure wheel, that is all pip's install does.
+_UNPACK = """\
+import pathlib, re, sys, zipfile
+skip = {re.sub(r"[-_.]+", "_", a.lower()) for a in sys.argv[2:]}
+for w in sorted(pathlib.Path(sys.argv[1]).glob("*-none-any.whl")):
+    if w.name.split("-")[0].lower() not in skip:
+        zipfile.ZipFile(w).extractall("/usr/lib/python3/dist-packages")
+"""
+
+
+def install(c: Container, main_rpm: Path, packaged: Sequence[str] = (),
+            from_image: Sequence[str] = ()) -> None:
     """Lay out ``main_rpm`` (bound at PAYLOAD, unpacked) in ``c`` and run its %post.
 
     ``packaged``: dependencies whose RPMs (packaging/deps/) are unpacked into the
-    same payload, e.g. "structlog": pip installs only the others."""
+    same payload, e.g. "structlog": pip installs only the others. ``from_image``:
+    dependencies the image's own Debian packages provide (the sid image's
+    python3-dbus-fast: the host's wheel is built for the host's Python); an image
+    without pip gets the remaining pure-Python wheels unpacked instead."""
     sitelib = rpm.rpm_eval("%{python3_sitelib}")
     c.sh(f"cp -a {PAYLOAD}/. / && echo {sitelib} > {SITELIB_PTH}")
-    wanted = [r for r in requirements() if _project(r) not in set(packaged)]
-    c.run("python3", "-m", "pip", "install", "-q", "--no-index", "--find-links", WHEELS,
-          "--break-system-packages", "--root-user-action=ignore", *wanted, timeout=300)
+    skip = {*packaged, *from_image}
+    if c.run("python3", "-c", "import pip", check=False).returncode != 0:
+        c.run("python3", "-c", _UNPACK, WHEELS, *skip)
+    else:
+        wanted = [r for r in requirements() if _project(r) not in skip]
+        c.run("python3", "-m", "pip", "install", "-q", "--no-index", "--find-links", WHEELS,
+              "--break-system-packages", "--root-user-action=ignore", *wanted, timeout=300)
     postin = rpm.query(main_rpm, "--qf", "%{POSTIN}")
     c.run("systemctl", "daemon-reload")
     c.run("sh", "-s", "--", "1", input="\n".join(postin) + "\n")  # $1 = 1: first install

@@ -71,7 +71,7 @@ def sweep_stale_cgroups() -> None:
 class Container:
     def __init__(self, rootfs: Path, workdir: Path,
                  binds: Sequence[tuple[Path, str]] = (), ro_binds: Sequence[tuple[Path, str]] = (),
-                 ) -> None:
+                 unified: bool = False) -> None:
         self.rootfs = rootfs
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +79,8 @@ class Container:
         self.console = self.dir / "console.log"
         self.binds = list(binds)
         self.ro_binds = list(ro_binds)
+        # systemd >= 258 (sid) has no cgroup v1: nspawn must give it the unified hierarchy.
+        self.unified = unified
         self.cgroups = [CGROUP_ROOT / h / f"namesync-test-{self.name}" for h in HIERARCHIES]
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid1: int | None = None
@@ -105,7 +107,11 @@ class Container:
         for cg in self.cgroups:
             cg.mkdir()
         with self.console.open("ab") as log:
+            env = dict(os.environ)
+            if self.unified:
+                env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                         env=env,
                                          stderr=log, start_new_session=True,
                                          preexec_fn=self._enter_own_cgroups)
         try:

@@ -42,6 +42,9 @@ class Image:
     packages: tuple[str, ...]
     # Empty directories made after the install (mount points for the tests' binds).
     dirs: tuple[str, ...] = ()
+    # None: the machine's own release; else another suite of the same mirrors ("sid").
+    suite: str | None = None
+    apt_options: tuple[str, ...] = ()  # mmdebstrap --aptopt
 
 
 # One image for both: a bootable systemd with a user manager (tests/system) and
@@ -58,6 +61,24 @@ SYSTEMD_IMAGE = Image(
         "python3", "python3-pip", "libvirt0",
     ),
     dirs=("/etc/systemd/resolved.conf.d", "/namesync-test"),
+)
+
+# Debian sid: the newest systemd (>= 261, whose resolved reads static.d/*.rr), for
+# the static-records sink's tests. Kept small, it is built on every fresh CI
+# machine: no pip (namesync's pure-Python dependencies are unpacked from the
+# host's wheels, tests/harness/installed.py), dbus-fast from Debian (the host's
+# wheel is built for the host's Python), no dnsutils (resolvectl asks resolved).
+SID_IMAGE = Image(
+    name="sid",
+    suite="sid",
+    # The mirror here can be a frozen snapshot, and sid's Release is valid for a week
+    # only ("Release file ... is expired"); signatures are still checked.
+    apt_options=('Acquire::Check-Valid-Until "false"',),
+    packages=(
+        "systemd", "systemd-sysv", "dbus", "systemd-resolved", "libnss-resolve",
+        "dnsmasq-base", "iproute2", "procps", "python3", "python3-dbus-fast",
+    ),
+    dirs=("/namesync-test",),
 )
 
 
@@ -103,15 +124,31 @@ def base_suite(mirrors: list[str]) -> str:
     return plain[0]
 
 
+def mirrors_for(image: Image, mirrors: list[str]) -> tuple[str, list[str]]:
+    """The suite to build and its mirror lines: the machine's own, or ``image.suite``
+    from the same archives (its -updates/-security lines belong to the machine's release)."""
+    base = base_suite(mirrors)
+    if image.suite is None:
+        return base, mirrors
+    lines = []
+    for line in mirrors:
+        words = line.split()
+        if len(words) > 2 and words[2] == base:
+            lines.append(" ".join([*words[:2], image.suite, *words[3:]]))
+    return image.suite, lines
+
+
 def cache_key(image: Image, suite: str, mirrors: list[str]) -> str:
     parts = [suite, *mirrors, "packages:", *sorted(image.packages), "dirs:", *sorted(image.dirs)]
+    if image.apt_options:
+        parts += ["aptopt:", *image.apt_options]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def path_for(image: Image) -> Path:
     """Where ``image`` is (or will be) cached on this machine."""
-    mirrors = apt_mirrors()
-    return CACHE / f"rootfs-{image.name}-{cache_key(image, base_suite(mirrors), mirrors)}"
+    suite, mirrors = mirrors_for(image, apt_mirrors())
+    return CACHE / f"rootfs-{image.name}-{cache_key(image, suite, mirrors)}"
 
 
 def unavailable() -> str | None:
@@ -128,8 +165,7 @@ def build(image: Image = SYSTEMD_IMAGE) -> Path:
     why = unavailable()
     if why:
         raise FileNotFoundError(why)
-    mirrors = apt_mirrors()
-    suite = base_suite(mirrors)
+    suite, mirrors = mirrors_for(image, apt_mirrors())
     target = CACHE / f"rootfs-{image.name}-{cache_key(image, suite, mirrors)}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(target.name + ".lock"), "w") as lock:
@@ -142,6 +178,7 @@ def build(image: Image = SYSTEMD_IMAGE) -> Path:
         # "$1" is the new root, expanded by the hook's shell
         made = " ".join(f'"$1"{shlex.quote(d)}' for d in image.dirs)
         hooks = [f"--customize-hook=mkdir -p {made}"] if image.dirs else []
+        hooks += [f"--aptopt={o}" for o in image.apt_options]
         r = subprocess.run(
             [*original_network(), "mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
              f"--include={','.join(image.packages)}", *hooks, suite, str(tmp), *mirrors],
