@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from agent.sources.libvirt.domain_xml import parse_domain
 from agent.sources.libvirt.leases import Lease
 from agent.sources.libvirt.records import USER_MODE_NO_FORWARD, Naming, snapshot
@@ -66,5 +68,76 @@ def test_user_mode_vm_without_a_forward_is_refused_with_the_reason() -> None:
                                     report_unmatched=False)
         [state] = objects.values()
         assert state.records == ()
-        assert [(r.value, r.reason) for r in state.rejections] == [("vm2", USER_MODE_NO_FORWARD)]
+        [rej] = state.rejections
+        assert rej.value == "vm2" and rej.reason.startswith(USER_MODE_NO_FORWARD)
         assert summary.published == 0
+
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+def slirp(name: str, *args: str, ifaces: str = "") -> str:
+    """A session domain whose NIC is QEMU's slirp given by hand: libvirt's own slirp
+    backend has no port forwards, so this is how such a VM gets `hostfwd=`."""
+    argv = "".join(f"<qemu:arg value='{a}'/>" for a in args)
+    return (f"<domain type='qemu' xmlns:qemu='{QEMU_NS}'><name>{name}</name>"
+            f"<uuid>aaaaaaaa-2222-3333-4444-555555555556</uuid><devices>{ifaces}</devices>"
+            f"<qemu:commandline>{argv}</qemu:commandline></domain>")
+
+
+def test_slirp_hostfwd_in_the_qemu_commandline_answers_the_hosts_addresses() -> None:
+    xml = slirp("boxes", "-netdev", "user,id=n0,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:53-:53",
+                "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:AA:00:09")
+    dom = parse_domain(xml, active=True)
+    [nic] = dom.nics
+    assert (nic.kind, nic.mac, nic.index) == ("user", "52:54:00:aa:00:09", 0)
+    assert nic.forwards == ("tcp 0.0.0.0:2222->22", "udp 127.0.0.1:53->53")
+    objects, summary = snapshot([dom], SESSION, {}, [], {}, NOW, report_unmatched=False)
+    [state] = objects.values()
+    [rec] = state.records
+    assert (rec.name, rec.addresses, rec.provenance.kind) == (
+        "boxes.alice.dns.libvirt", (), "via-host")
+    assert "forwards tcp 0.0.0.0:2222->22" in rec.provenance.display
+    assert "127.0.0.1" not in rec.provenance.display
+    assert summary.published == 1
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    (("-nic", "user,hostfwd=tcp:[::1]:2222-:22"), "tcp [::1]:2222->22"),
+    (("-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22"),
+     "tcp 127.0.0.1:2222->10.0.2.15:22"),
+    # ",," is a literal comma: one (unparsable) hostfwd value, not a second forward
+    (("-net", "user,hostfwd=tcp::2222-:22,,hostfwd=tcp::80-:80"), None),
+])
+def test_slirp_without_a_reachable_forward_is_refused_with_the_reason(
+        args: tuple[str, str], shown: str | None) -> None:
+    dom = parse_domain(slirp("vm3", *args), active=True)
+    objects, _ = snapshot([dom], SESSION, {}, [], {}, NOW, report_unmatched=False)
+    [state] = objects.values()
+    [rej] = state.rejections
+    assert state.records == () and rej.value == "vm3"
+    assert rej.reason == USER_MODE_NO_FORWARD + (f" (only on loopback: {shown})" if shown
+                                                 else "")
+
+
+@pytest.mark.parametrize("rule", ["tcp::0-:22", "tcp::70000-:22", "tcp:evil.example:22-:22",
+                                  "sctp::22-:22", "tcp::22-:22;x", "tcp::22"])
+def test_a_hostfwd_that_does_not_parse_does_not_count(rule: str) -> None:
+    dom = parse_domain(slirp("vm4", "-netdev", f"user,id=n0,hostfwd={rule}"), active=True)
+    assert dom.nics[0].forwards == ()
+
+
+def test_a_bridged_nic_beside_a_commandline_slirp_takes_the_lease() -> None:
+    xml = slirp("vm5", "-netdev", "user,id=n0,hostfwd=tcp::2222-:22", ifaces=bridged())
+    dom = parse_domain(xml, active=True)
+    assert [n.kind for n in dom.nics] == ["bridge", "user"]
+    objects, _ = snapshot([dom], SESSION, {}, [lease(MAC, "192.168.122.51")], {}, NOW,
+                          report_unmatched=False)
+    [state] = objects.values()
+    assert [str(a) for r in state.records[:1] for a in r.addresses] == ["192.168.122.51"]
+
+
+def test_other_netdevs_and_arguments_are_not_nics() -> None:
+    xml = slirp("vm6", "-netdev", "tap,id=t0,ifname=tap0", "-device", "virtio-net,netdev=t0",
+                "-smbios", "type=1,serial=user", "-object", "user,id=x")
+    assert parse_domain(xml, active=True).nics == ()

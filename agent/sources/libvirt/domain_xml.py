@@ -1,16 +1,38 @@
 """What namesync needs from a domain's XML: its identity and its NICs, in XML order.
 
-The XML comes from libvirtd (the host owner's definitions), but it is still
-parsed into typed values here and nothing from it is written anywhere raw.
+The XML comes from libvirtd (the host owner's definitions; on qemu:///session
+the user's), but it is still parsed into typed values here and nothing from it
+is written anywhere raw.
+
+User-mode NICs and their port forwards come in two shapes:
+
+* libvirt's own ``<interface type='user'>`` with ``<portForward>`` (the passt
+  backend; libvirt >= 9.2: the 9.0 here refuses to define it, so only the XML
+  is tested, not a running passt);
+* QEMU's slirp given directly, ``<qemu:commandline>`` arguments such as
+  ``-netdev user,id=n0,hostfwd=tcp::2222-:22`` (also ``-nic user,...`` and
+  ``-net user,...``): what GNOME Boxes-style setups and hand-written session
+  domains use, since libvirt's slirp backend has no port forwards. Each
+  ``user`` netdev becomes one user-mode NIC after the ``<interface>`` ones.
+
+A forward counts (makes the VM reachable) only when its host address is not
+loopback; forwards that do not parse are left out.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+_NETDEV_OPTIONS = frozenset({"-netdev", "--netdev", "-nic", "--nic", "-net", "--net"})
+# hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport (hostaddr may be [v6]).
+_HOSTFWD = re.compile(r"^(?:(tcp|udp):)?(\[[0-9a-fA-F:.]*\]|[0-9.]*):(\d{1,5})-"
+                      r"([0-9.]*):(\d{1,5})$")
 # libvirt requires user-chosen device aliases to start with "ua-"; the rest
 # (net0, ...) are assigned by the hypervisor and say nothing a user chose.
 USER_ALIAS_PREFIX = "ua-"
@@ -42,8 +64,31 @@ class Nic:
 
     @property
     def reachable_forwards(self) -> tuple[str, ...]:
-        return tuple(f for f in self.forwards if not f.split(" ", 1)[1].startswith(
-            ("127.", "[::1]", "localhost")))
+        return tuple(f for f in self.forwards if not _loopback_forward(f))
+
+    @property
+    def loopback_forwards(self) -> tuple[str, ...]:
+        return tuple(f for f in self.forwards if _loopback_forward(f))
+
+
+def _loopback_forward(forward: str) -> bool:
+    host = forward.split(" ", 1)[1].split("->", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return ipaddress.ip_address(host).is_loopback
+
+
+def _host(address: str | None) -> str | None:
+    """A forward's host address as shown ("0.0.0.0" for all), None if it is no address."""
+    if not address:
+        return "0.0.0.0"
+    try:
+        addr = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return None
+    return f"[{addr}]" if addr.version == 6 else str(addr)
+
+
+def _port(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 65536 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +106,64 @@ def _forwards(iface: ET.Element) -> tuple[str, ...]:
     out = []
     for fwd in iface.findall("portForward"):
         proto = fwd.get("proto", "tcp")
-        address = fwd.get("address") or "0.0.0.0"
-        host = f"[{address}]" if ":" in address else address
+        host = _host(fwd.get("address"))
+        if proto not in ("tcp", "udp") or host is None:
+            continue
         for rng in fwd.findall("range"):
-            start, end, to = rng.get("start"), rng.get("end"), rng.get("to")
-            if not start or rng.get("exclude") == "yes":
+            start, end = _port(rng.get("start")), _port(rng.get("end"))
+            to = _port(rng.get("to")) or start
+            if start is None or rng.get("exclude") == "yes":
                 continue
-            ports = f"{start}-{end}" if end else start
-            out.append(f"{proto} {host}:{ports}->{to or start}")
+            ports = f"{start}-{end}" if end else str(start)
+            out.append(f"{proto} {host}:{ports}->{to}")
     return tuple(out)
+
+
+def _qemu_options(value: str) -> list[str]:
+    """QEMU's "a,b=c" option syntax; ",," is a literal comma."""
+    return [part.replace("\0", ",") for part in value.replace(",,", "\0").split(",")]
+
+
+def _fields(parts: list[str]) -> list[tuple[str, str]]:
+    return [(key, val) for key, _, val in (p.partition("=") for p in parts)]
+
+
+def _hostfwd(rule: str) -> str | None:
+    m = _HOSTFWD.match(rule)
+    if m is None:
+        return None
+    proto, host_raw, hport, gaddr, gport = m.groups()
+    host = _host(host_raw)
+    if host is None or _port(hport) is None or _port(gport) is None:
+        return None
+    guest = f"{gaddr}:{int(gport)}" if gaddr else str(int(gport))
+    return f"{proto or 'tcp'} {host}:{int(hport)}->{guest}"
+
+
+def _commandline_nics(root: ET.Element, first_index: int) -> list[Nic]:
+    """QEMU user-mode (slirp) netdevs given in ``<qemu:commandline>``, with their hostfwd."""
+    args = [a.get("value") or "" for a in root.findall(f"{QEMU_NS}commandline/{QEMU_NS}arg")]
+    macs: dict[str, str] = {}  # netdev id -> the MAC of the -device using it
+    for opt, value in itertools.pairwise(args):
+        if opt in ("-device", "--device"):
+            device = dict(_fields(_qemu_options(value)[1:]))
+            mac = normalise_mac(device.get("mac"))
+            if device.get("netdev") and mac:
+                macs[device["netdev"]] = mac
+    nics: list[Nic] = []
+    for opt, value in itertools.pairwise(args):
+        parts = _qemu_options(value)
+        if opt not in _NETDEV_OPTIONS or parts[0] not in ("user", "type=user"):
+            continue
+        fields = _fields(parts[1:])
+        ident = next((v for k, v in fields if k == "id"), "")
+        mac = next((normalise_mac(v) for k, v in fields if k == "mac"), None)
+        forwards = tuple(f for k, v in fields if k == "hostfwd"
+                         for f in (_hostfwd(v),) if f is not None)
+        nics.append(Nic(index=first_index + len(nics), mac=mac or macs.get(ident),
+                        kind="user", network=None, bridge=None, alias=None,
+                        forwards=forwards))
+    return nics
 
 
 def parse_domain(xml: str, *, active: bool) -> Domain:
@@ -107,4 +201,5 @@ def parse_domain(xml: str, *, active: bool) -> Domain:
                 forwards=_forwards(iface),
             )
         )
+    nics += _commandline_nics(root, len(nics))
     return Domain(uuid=uuid, name=name, active=active, nics=tuple(nics))

@@ -64,7 +64,10 @@ def user_mode_state(dom: Domain, naming: Naming) -> ObjectState | None:
     display = f"domain {dom.name!r} on {naming.uri}"
     if not forwards:
         prov = Provenance(naming.source, dom.uuid, "domain", display)
-        return ObjectState(rejections=(Rejection(prov, dom.name, USER_MODE_NO_FORWARD),))
+        loopback = [f for nic in dom.nics for f in nic.loopback_forwards]
+        why = USER_MODE_NO_FORWARD + (f" (only on loopback: {', '.join(loopback)})"
+                                      if loopback else "")
+        return ObjectState(rejections=(Rejection(prov, dom.name, why),))
     prov = Provenance(naming.source, dom.uuid, VIA_HOST,
                       f"{display} (user-mode network; the host's addresses, forwards "
                       f"{', '.join(forwards)})")
