@@ -565,10 +565,16 @@ def test_session_vms_bridged_take_the_system_lease_user_mode_needs_a_forward(
         zone = f"{alice.name}.dns.libvirt"
         until(lambda: dnsmasq.query(f"vm1.{zone}").records == (ip,), timeout=15,
               what=f"vm1.{zone} -> the lease {ip}")
-        until(lambda: dnsmasq.query(f"boxes.{zone}").records == (HOST_IP,), timeout=15,
-              what=f"boxes.{zone} -> the host")
+        # boxes' <portForward> has no passt backend (which libvirt 9.0 refuses to
+        # define): libvirt keeps it in the XML but applies none of it, so it is not a
+        # way in; a forward that works (slirp hostfwd in <qemu:commandline>) needs a
+        # real QEMU domain (the test driver drops <qemu:commandline>): see
+        # test_qemu_session.py and tests/unit/test_libvirt_session.py.
+        reasons = until(lambda: (r := user_rejected(agent)) and "boxes" in r and r,
+                        what="boxes refused")
+        assert "is not applied by libvirt without <backend type='passt'/>" in reasons["boxes"]
+        assert dnsmasq.query(f"boxes.{zone}").status == "NXDOMAIN"
         assert dnsmasq.query(f"closed.{zone}").status == "NXDOMAIN"
-        reasons = user_rejected(agent)
         assert reasons["closed"].startswith("user-mode network (slirp/passt) and no port forward")
         shown = {r["value"]: r["reason"] for r in system.status()["table"]["rejected"]
                  if r["source"] == f"peer:{alice.uid}"}

@@ -141,3 +141,18 @@ def test_other_netdevs_and_arguments_are_not_nics() -> None:
     xml = slirp("vm6", "-netdev", "tap,id=t0,ifname=tap0", "-device", "virtio-net,netdev=t0",
                 "-smbios", "type=1,serial=user", "-object", "user,id=x")
     assert parse_domain(xml, active=True).nics == ()
+
+
+def test_a_port_forward_without_the_passt_backend_does_not_count() -> None:
+    """libvirt 9.0 keeps <portForward> on a plain type='user' NIC but starts QEMU's slirp
+    without hostfwd (seen on a real QEMU 7.2 guest): nothing listens on the host port."""
+    fwd = "<portForward proto='tcp'><range start='2222' to='22'/></portForward>"
+    xml = domain("vm7", f"<interface type='user'><mac address='{MAC}'/>{fwd}</interface>")
+    dom = parse_domain(xml, active=True)
+    assert (dom.nics[0].forwards, dom.nics[0].unapplied) == ((), ("tcp 0.0.0.0:2222->22",))
+    objects, _ = snapshot([dom], SESSION, {}, [], {}, NOW, report_unmatched=False)
+    [state] = objects.values()
+    [rej] = state.rejections
+    assert state.records == ()
+    assert rej.reason == (USER_MODE_NO_FORWARD + " (<portForward> tcp 0.0.0.0:2222->22 is not "
+                          "applied by libvirt without <backend type='passt'/>)")

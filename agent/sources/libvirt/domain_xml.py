@@ -6,9 +6,13 @@ is written anywhere raw.
 
 User-mode NICs and their port forwards come in two shapes:
 
-* libvirt's own ``<interface type='user'>`` with ``<portForward>`` (the passt
-  backend; libvirt >= 9.2: the 9.0 here refuses to define it, so only the XML
-  is tested, not a running passt);
+* libvirt's own ``<interface type='user'>`` with ``<portForward>``, which
+  libvirt applies only with ``<backend type='passt'/>`` (libvirt >= 9.2: the
+  9.0 here refuses to define it, so only the XML is tested, not a running
+  passt). Without that backend libvirt 9.0 accepts ``<portForward>`` and keeps
+  it in the live XML, yet starts QEMU's slirp with no hostfwd (seen on a real
+  QEMU 7.2 guest): nothing listens on the host port, so such a forward does
+  not count (``Nic.unapplied``, named in the refusal);
 * QEMU's slirp given directly, ``<qemu:commandline>`` arguments such as
   ``-netdev user,id=n0,hostfwd=tcp::2222-:22`` (also ``-nic user,...`` and
   ``-net user,...``): what GNOME Boxes-style setups and hand-written session
@@ -61,6 +65,8 @@ class Nic:
     # User-mode networking (type='user', passt): <portForward> rules that the host
     # publishes, e.g. "tcp 0.0.0.0:2222->22"; what makes such a VM reachable.
     forwards: tuple[str, ...] = ()
+    # <portForward> on a NIC without the passt backend: libvirt does not apply them.
+    unapplied: tuple[str, ...] = ()
 
     @property
     def reachable_forwards(self) -> tuple[str, ...]:
@@ -97,6 +103,11 @@ class Domain:
     name: str
     active: bool
     nics: tuple[Nic, ...]
+
+
+def _passt(iface: ET.Element) -> bool:
+    backend = iface.find("backend")
+    return backend is not None and backend.get("type") == "passt"
 
 
 def _forwards(iface: ET.Element) -> tuple[str, ...]:
@@ -190,6 +201,8 @@ def parse_domain(xml: str, *, active: bool) -> Domain:
         )
         kind = iface.get("type", "")
         bridge = src.get("bridge") if src is not None else None
+        forwards = _forwards(iface)
+        applied = _passt(iface)
         nics.append(
             Nic(
                 index=index,
@@ -198,7 +211,8 @@ def parse_domain(xml: str, *, active: bool) -> Domain:
                 network=src.get("network") if src is not None and kind == "network" else None,
                 bridge=bridge,
                 alias=user_alias,
-                forwards=_forwards(iface),
+                forwards=forwards if applied else (),
+                unapplied=() if applied else forwards,
             )
         )
     nics += _commandline_nics(root, len(nics))

@@ -65,8 +65,12 @@ def user_mode_state(dom: Domain, naming: Naming) -> ObjectState | None:
     if not forwards:
         prov = Provenance(naming.source, dom.uuid, "domain", display)
         loopback = [f for nic in dom.nics for f in nic.loopback_forwards]
-        why = USER_MODE_NO_FORWARD + (f" (only on loopback: {', '.join(loopback)})"
-                                      if loopback else "")
+        unapplied = [f for nic in dom.nics for f in nic.unapplied]
+        notes = [f"only on loopback: {', '.join(loopback)}"] if loopback else []
+        if unapplied:
+            notes.append(f"<portForward> {', '.join(unapplied)} is not applied by libvirt "
+                         "without <backend type='passt'/>")
+        why = USER_MODE_NO_FORWARD + (f" ({'; '.join(notes)})" if notes else "")
         return ObjectState(rejections=(Rejection(prov, dom.name, why),))
     prov = Provenance(naming.source, dom.uuid, VIA_HOST,
                       f"{display} (user-mode network; the host's addresses, forwards "
