@@ -40,6 +40,28 @@ class TooManyWatchers(Exception):
     pass
 
 
+class HeldSince:
+    """Per published name, since when its current holder has it.
+
+    Every name of the first table got its holder at that one time: those are not
+    stored one by one (a dict entry a name, 3.7 MB at 100,000 names); only names
+    that arrived or moved later are. Asked only for names in the current table.
+    """
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self._later: dict[str, float] = {}
+
+    def get(self, name: str) -> float | None:
+        return self._later.get(name, self.first)
+
+    def set(self, name: str, at: float) -> None:
+        self._later[name] = at
+
+    def pop(self, name: str) -> float | None:
+        return self._later.pop(name, self.first)
+
+
 def entry_event(kind: str, e: Entry, at: float, since: float | None = None) -> dict[str, Any]:
     return {
         "event": kind,
@@ -68,16 +90,19 @@ class _Watcher:
 class NameHistory:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self.since: dict[str, float] = {}
+        self.since = HeldSince()
         self.gone: OrderedDict[str, Gone] = OrderedDict()
         self._watchers: set[_Watcher] = set()
 
     def observe(self, old: Table, new: Table) -> None:
         now = self._clock()
+        first = self.since.first is None
+        if first:  # every name of the first table is held since now: kept once, not per name
+            self.since.first = now
         # Events are made only for watchers: at startup every name "appears", and a
         # dict per name nobody reads would set the daemon's RSS for good.
         events: list[dict[str, Any]] | None = [] if self._watchers else None
-        self._arrivals(old.entries, new.entries, now, events)
+        self._arrivals(old.entries, new.entries, now, events, keep_since=not first)
         self._departures(old.entries, new.entries, now, events)
         while len(self.gone) > GONE_KEPT:
             self.gone.popitem(last=False)
@@ -91,7 +116,7 @@ class NameHistory:
                 w.put(ev)
 
     def _arrivals(self, before: Mapping[str, Entry], after: Mapping[str, Entry], now: float,
-                  events: list[dict[str, Any]] | None) -> None:
+                  events: list[dict[str, Any]] | None, keep_since: bool) -> None:
         for name, e in after.items():
             o = before.get(name)
             if o is e:  # an unchanged record is the same entry object: the usual case
@@ -99,7 +124,8 @@ class NameHistory:
             if o is None or (o.provenance.source, o.provenance.object_id) != (
                 e.provenance.source, e.provenance.object_id
             ):
-                self.since[name] = now
+                if keep_since:
+                    self.since.set(name, now)
                 self.gone.pop(name, None)
                 if events is not None:
                     events.append(entry_event("appeared" if o is None else "moved", e, now, now))
@@ -110,7 +136,8 @@ class NameHistory:
                     events: list[dict[str, Any]] | None) -> None:
         for name, o in before.items():
             if name not in after:
-                since = self.since.pop(name, now)
+                held = self.since.pop(name)
+                since = now if held is None else held
                 self.gone[name] = Gone(name, o.addresses, o.provenance, since, now)
                 self.gone.move_to_end(name)
                 if events is not None:

@@ -17,6 +17,7 @@ from agent.control.server import SocketInUse
 
 from . import logging as nlogging
 from .app import Daemon
+from .heap import tune_malloc
 from .instance import AlreadyRunning, CannotLock
 
 # Distinct from a failed sync (1) and a config error (2): nothing was wrong
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_default_config:
         sys.stdout.write(default_toml())
         return 0
+    tune_malloc()  # before the config is read: a large one is the first big allocation
     try:
         config = load_config(args.config, mode=None if args.mode == "auto" else args.mode)
     except ConfigError as e:

@@ -93,7 +93,18 @@ class Provenance:
     source: str  # source instance, e.g. "static", "libvirt:qemu:///system"
     object_id: str  # stable id within the source (domain UUID, container id, ...)
     kind: str  # "static", "domain", "nic", "container", ...
-    display: str = field(default="", compare=False)  # human label for status
+    label: str = field(default="", compare=False)  # human label for status; see display
+
+    @property
+    def display(self) -> str:
+        """The human label for status: ``label``, or for a [[static]] entry, made here.
+
+        Configs hold up to 100,000 [[static]] names, and a label string stored with
+        each costs 75 bytes a name (issue 11's memory budget is 800 all in).
+        """
+        if self.label or self.kind != "static":
+            return self.label
+        return f"[[static]] {self.object_id}"
 
 
 @dataclass(frozen=True, slots=True)

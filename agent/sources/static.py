@@ -12,8 +12,7 @@ from agent.sources.base import Objects, ServiceSource, Source
 
 def _state(source: str, entry: StaticEntry) -> ObjectState:
     name = entry.name
-    return ObjectState((Record(name, entry.addresses, Provenance(source, name, "static",
-                                                                 f"[[static]] {name}")),))
+    return ObjectState((Record(name, entry.addresses, Provenance(source, name, "static")),))
 
 
 class StaticObjects(Mapping[str, ObjectState]):
@@ -78,7 +77,7 @@ class StaticSource(ServiceSource[None]):
         source = self.name
         for entry in self.entries:
             name = entry.name
-            prov = Provenance(source, name, "static", f"[[static]] {name}")
+            prov = Provenance(source, name, "static")  # its display is made when asked
             objects[name] = ObjectState((Record(name, entry.addresses, prov),))
         return objects
 
