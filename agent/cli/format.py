@@ -131,8 +131,11 @@ def _reload_line(r: dict[str, Any] | None, now: float) -> str | None:
         return None
     if not r["signalled"]:
         return f"    last reload {age(r['at'], now)}: not signalled (see PROBLEMS)"
-    return (f"    last reload {age(r['at'], now)}: SIGHUP to pid {r['pid']} ({r['via']}), "
+    line = (f"    last reload {age(r['at'], now)}: SIGHUP to pid {r['pid']} ({r['via']}), "
             f"{r['latency_ms']:.1f} ms after the change")
+    if r.get("reread_ms") is not None:
+        line += f"; dnsmasq re-read it in {r['reread_ms']:.1f} ms of CPU"
+    return line
 
 
 def _sink(k: dict[str, Any], now: float, last_sync_ok: bool) -> tuple[list[str], list[str]]:

@@ -1,15 +1,14 @@
 """State store -> plan -> sinks, batched by coalesce.py, with retry of failed sinks.
 
-A sync that wrote measures what it cost: the CPU time of planning and of
-each sink's render, write and signal (proportional to the table, as the
-resolver's re-read is). CPU time, not wall time: on a busy machine a sync
-waits for a CPU, and that wait is no cost of ours to pace by. The coalescer
-paces the next sync by it.
+Each sink that signals a resolver tells what the re-read cost it (from any
+thread: ``Sink.on_reread``); the pipeline hands that to the coalescer on the
+loop, which paces reloads by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ import structlog
 from agent.plan.planner import Planner
 from agent.plan.table import Table
 from agent.sinks.base import Sink
+from agent.sinks.reread import Reread
 from agent.sources.lifecycle import Backoff
 from agent.state.store import StateStore
 
@@ -32,16 +32,17 @@ RETRY_MAX_S = 60.0
 class Pipeline:
     def __init__(self, sinks: list[Sink], coalesce_s: float) -> None:
         self.sinks = sinks
+        for sink in sinks:
+            sink.on_reread = self._reread
         self.store = StateStore(on_change=self._on_change)
         self.planner = Planner()
         self.table = Table()
-        self.coalescer = Coalescer(coalesce_s, self.coalesced_sync,
-                                   more_coming=self.store.more_coming)
+        self.coalescer = Coalescer(coalesce_s, self.sync, more_coming=self.store.more_coming)
+        self._loop: asyncio.AbstractEventLoop | None = None  # known from the first sync on
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
         self.syncs = 0
-        self.last_cost_s = 0.0  # CPU seconds the last sync took (plan + sinks)
         self.last_sync: float | None = None
         self.last_sync_ok = True
         # Called with (old, new) after every sync's plan, on the loop: watchers
@@ -51,8 +52,15 @@ class Pipeline:
     def _on_change(self) -> None:
         self.coalescer.poke()
 
+    def _reread(self, reread: Reread) -> None:
+        # From the sink's thread, after a sync (so the loop is known).
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the daemon stops
+                self._loop.call_soon_threadsafe(self.coalescer.charge, reread.cpu_s)
+
     def set_sinks(self, sinks: list[Sink]) -> None:
         for sink in sinks:
+            sink.on_reread = self._reread
             sink.prepare()
         for old in self.sinks:
             if old not in sinks:
@@ -79,39 +87,24 @@ class Pipeline:
                     losers=[p.display or p.object_id for p in c.losers],
                 )
 
-    async def coalesced_sync(self, first_change_at: float) -> float:
-        """One batch; returns what it cost in seconds if it wrote anything, else 0."""
-        writes = sum(s.status.writes for s in self.sinks)
-        await self.sync(first_change_at)
-        if sum(s.status.writes for s in self.sinks) == writes:
-            return 0.0  # identical output: no write, no signal, nothing to pace
-        return self.last_cost_s
-
     async def sync(self, first_change_at: float | None = None) -> bool:
         """Recompute the table from all snapshots and apply it to every sink."""
         first = time.monotonic() if first_change_at is None else first_change_at
+        self._loop = asyncio.get_running_loop()
         async with self._lock:
             self.store.take_batch()
-            cpu = time.thread_time()
             table = self.planner.plan(self.store.records(), self.store.rejections())
             self._log_differences(self.table, table)
             old, self.table = self.table, table
             for observe in self.observers:
                 observe(old, table)
-            cost = time.thread_time() - cpu
             sinks = list(self.sinks)
             results = await asyncio.gather(
-                *(asyncio.to_thread(_timed_apply, s, table, first) for s in sinks),
+                *(asyncio.to_thread(s.apply, table, first) for s in sinks),
                 return_exceptions=True,
             )
             ok = True
-            for sink, timed in zip(sinks, results, strict=True):
-                result: bool | BaseException
-                if isinstance(timed, BaseException):
-                    result = timed
-                else:
-                    result, spent = timed
-                    cost += spent
+            for sink, result in zip(sinks, results, strict=True):
                 if isinstance(result, BaseException):
                     sink.status.error(f"internal error: {result!r}")
                     log.error("sink failed", sink=sink.kind, error=repr(result), exc_info=result)
@@ -119,7 +112,6 @@ class Pipeline:
                 elif result is False:
                     ok = False
             self.syncs += 1
-            self.last_cost_s = cost
             self.last_sync = time.time()
             self.last_sync_ok = ok
             self._schedule_retry(ok)
@@ -142,10 +134,3 @@ class Pipeline:
             self._retry.cancel()
         for sink in self.sinks:
             sink.close()
-
-
-def _timed_apply(sink: Sink, table: Table, first: float) -> tuple[bool, float]:
-    """``sink.apply`` in a worker thread, and the CPU time it took there."""
-    cpu = time.thread_time()
-    result = sink.apply(table, first)
-    return result, time.thread_time() - cpu

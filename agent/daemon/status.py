@@ -105,6 +105,8 @@ def sink_status(sink: Sink) -> dict[str, Any]:
             "signalled": r.sent,
             "reason": r.reason,
             "verified": r.verified,
+            "reread_ms": _ms(r.reread_ms),
+            "reread_wall_ms": _ms(r.reread_wall_ms),
         }
     return {
         "kind": sink.kind,

@@ -8,6 +8,7 @@ still empties the cache of every other name dnsmasq holds.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from agent.plan.render import host_lines, render_addn_hosts
 from agent.plan.table import Table
 from agent.sinks.atomic import cleanup_stale_temps, read_bytes, replace_file
 from agent.sinks.base import ReloadInfo, Sink
-from agent.sinks.dnsmasq_target import Locator, dnsmasq_executables, reload_dnsmasq
+from agent.sinks.dnsmasq_target import (
+    Locator,
+    SignalResult,
+    dnsmasq_executables,
+    reload_dnsmasq,
+)
+from agent.sinks.reread import LIMIT_S, wait_reread
 
 log = structlog.get_logger(component="sinks.addn_hosts")
 
@@ -33,6 +40,7 @@ class AddnHostsSink(Sink):
         self.locator = locator
         self.executable = executable  # a dnsmasq binary to accept besides the one on PATH
         self._signal_owed = False
+        self._rereading: threading.Thread | None = None
 
     def prepare(self) -> None:
         for tmp in cleanup_stale_temps(self.path):
@@ -101,9 +109,13 @@ class AddnHostsSink(Sink):
 
     def _reload(self, changed_at: float) -> bool:
         """SIGHUP dnsmasq; False (retried by the pipeline) if it failed for a passing reason."""
+        # Never while it still re-reads the last file: the signal would only queue a
+        # second whole re-read behind the first, and the new name come no sooner.
+        if self._rereading is not None:
+            self._rereading.join(LIMIT_S)
         result = reload_dnsmasq(self.locator, executables=dnsmasq_executables(self.executable))
         latency = (time.monotonic() - changed_at) * 1000
-        self.status.last_reload = ReloadInfo(
+        info = self.status.last_reload = ReloadInfo(
             at=time.time(),
             latency_ms=latency,
             pid=result.pid,
@@ -113,6 +125,7 @@ class AddnHostsSink(Sink):
             verified=result.verified,
         )
         if result.sent:
+            self._time_reread(result, info)
             log.info(
                 "dnsmasq reloaded",
                 path=str(self.path),
@@ -130,3 +143,25 @@ class AddnHostsSink(Sink):
         self._signal_owed = False
         self._succeeded()
         return True
+
+    def _time_reread(self, result: SignalResult, info: ReloadInfo) -> None:
+        """Watch, in a thread of its own, what the re-read this signal started costs.
+
+        The sync does not wait for it: the next batch is planned and written
+        while dnsmasq re-reads, and only its signal waits (``_reload``).
+        """
+        if result.pid is None or result.cpu_before is None:
+            return  # dnsmasq's /proc cannot be read: nothing to pace by
+        pid, cpu_before, at = result.pid, result.cpu_before, result.signalled_at
+
+        def watch() -> None:
+            reread = wait_reread(pid, cpu_before, at)
+            info.reread_ms = reread.cpu_s * 1000
+            info.reread_wall_ms = reread.wall_s * 1000
+            log.debug("dnsmasq re-read", pid=pid, cpu_ms=round(info.reread_ms, 2),
+                      wall_ms=round(info.reread_wall_ms, 2), complete=reread.complete)
+            if self.on_reread is not None:
+                self.on_reread(reread)
+
+        self._rereading = threading.Thread(target=watch, name="dnsmasq-reread", daemon=True)
+        self._rereading.start()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.plan.table import Table
+from agent.sinks.reread import Reread
 
 
 @dataclass
@@ -20,6 +22,9 @@ class ReloadInfo:
     sent: bool
     reason: str | None
     verified: str | None = None  # what proved the target to be dnsmasq
+    # What the re-read this signal started cost dnsmasq (sinks/reread.py), once seen.
+    reread_ms: float | None = None  # CPU time
+    reread_wall_ms: float | None = None
 
 
 @dataclass
@@ -63,6 +68,9 @@ class Sink(ABC):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.status = SinkStatus(path=path)
+        # Told, from any thread, what each re-read this sink's signals started
+        # cost the resolver: the pipeline paces reloads by it (coalesce.py).
+        self.on_reread: Callable[[Reread], None] | None = None
 
     def prepare(self) -> None:  # noqa: B027 - optional hook, most sinks need nothing
         """Startup work before the first apply (e.g. removing a killed writer's temp files)."""

@@ -18,11 +18,13 @@ import os
 import pwd
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from agent.resolvers.view import Resolver
+from agent.sinks.reread import cpu_time
 
 LIBVIRT_DNSMASQ_DIR = b"/var/lib/libvirt/dnsmasq/"
 
@@ -196,6 +198,9 @@ class SignalResult:
     # Nothing was sent for a passing reason (no descriptors, no memory): try again.
     transient: bool = False
     verified: str | None = None  # what proved it was dnsmasq (when sent)
+    # Taken just before the signal, to time the re-read it starts (reread.py).
+    cpu_before: float | None = None
+    signalled_at: float = 0.0  # time.monotonic()
 
 
 _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
@@ -217,13 +222,16 @@ def _signal(cand: Candidate, proc: Path, executables: frozenset[str] | None) -> 
         why = why_not_dnsmasq(pid, proc, executables)
         if why:
             return SignalResult(pid, cand.via, False, why)
+        cpu_before = cpu_time(pid, proc)
+        signalled_at = time.monotonic()
         try:
             signal.pidfd_send_signal(pidfd, signal.SIGHUP)
         except ProcessLookupError:
             return SignalResult(pid, cand.via, False, f"pid {pid} exited before the signal")
         except PermissionError:
             return SignalResult(pid, cand.via, False, f"not permitted to signal pid {pid}")
-        return SignalResult(pid, cand.via, True, None, verified=how_verified(pid, proc))
+        return SignalResult(pid, cand.via, True, None, verified=how_verified(pid, proc),
+                            cpu_before=cpu_before, signalled_at=signalled_at)
     finally:
         os.close(pidfd)
 

@@ -1,0 +1,108 @@
+"""Timing dnsmasq's re-read from /proc: deterministic, on a /proc made by the test.
+
+The real thing (a real dnsmasq re-reading 10,000 names) is checked in
+tests/integration/test_signal_target.py; here the states and CPU counters are
+scripted, and the clock is the test's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.sinks.reread import cpu_time, wait_reread
+
+PID = 4242
+
+
+class FakeProc:
+    """/proc/PID/stat and schedstat that change on each look, as the script says."""
+
+    def __init__(self, root: Path, script: list[tuple[str, int]]) -> None:
+        self.dir = root / str(PID)
+        self.dir.mkdir(parents=True)
+        self.script = script  # (state, schedstat ns) per sleep of the watcher
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._show(0)
+
+    def _show(self, i: int) -> None:
+        state, ns = self.script[min(i, len(self.script) - 1)]
+        # comm with a space and a paren, as a hostile process could name itself
+        (self.dir / "stat").write_text(f"{PID} (dns) masq) {state} 1 1 1 0 -1 0 0 0 0 0 "
+                                       f"{ns // 10_000_000} 0 0 0 20 0 1 0\n")
+        (self.dir / "schedstat").write_text(f"{ns} 0 1\n")
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self._show(len(self.sleeps))
+
+
+def test_the_reread_ends_when_dnsmasq_sleeps_and_costs_its_cpu_time(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path, [("R", 1_000_000_000), ("R", 1_004_000_000),
+                               ("R", 1_008_000_000), ("S", 1_009_500_000)])
+    r = wait_reread(PID, 1.0, 0.0, proc=tmp_path, clock=proc.clock, sleep=proc.sleep)
+    assert r.complete
+    assert r.cpu_s == pytest.approx(0.0095)
+    assert len(proc.sleeps) == 3
+    assert r.wall_s == pytest.approx(sum(proc.sleeps))
+
+
+def test_a_reread_already_over_at_the_first_look_costs_what_the_counter_says(
+        tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path, [("S", 2_000_400_000)])
+    r = wait_reread(PID, 2.0, 0.0, proc=tmp_path, clock=proc.clock, sleep=proc.sleep)
+    assert r.complete and proc.sleeps == []
+    assert r.cpu_s == pytest.approx(0.0004)
+
+
+def test_the_poll_interval_grows_with_the_wait(tmp_path: Path) -> None:
+    """A 300 ms re-read (100,000 names) is looked at some 70 times, not 1500."""
+    script = [("R", 0)] * 200 + [("S", 300_000_000)]
+    proc = FakeProc(tmp_path, script)
+
+    def sleep(seconds: float) -> None:
+        proc.sleep(seconds)
+        if proc.now >= 0.3:  # dnsmasq is done at 300 ms
+            proc.script = [("S", 300_000_000)]
+            proc._show(0)
+
+    r = wait_reread(PID, 0.0, 0.0, proc=tmp_path, clock=proc.clock, sleep=sleep)
+    assert r.complete
+    assert r.cpu_s == pytest.approx(0.3)
+    assert len(proc.sleeps) < 100
+    assert 0.3 <= r.wall_s <= 0.3 * 1.1 + 0.001  # seen within a tenth of the wait
+
+
+def test_a_dnsmasq_that_never_goes_back_to_sleep_is_given_up_on(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path, [("R", 5_000_000_000)])
+    r = wait_reread(PID, 4.0, 0.0, proc=tmp_path, clock=proc.clock, sleep=proc.sleep,
+                    limit_s=2.0)
+    assert not r.complete
+    assert r.wall_s >= 2.0
+    assert r.cpu_s == pytest.approx(1.0)  # what it used meanwhile: a lower bound
+
+
+def test_a_dnsmasq_that_exits_ends_the_wait(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path, [("R", 0)])
+
+    def sleep(seconds: float) -> None:
+        proc.sleep(seconds)
+        for f in proc.dir.iterdir():
+            f.unlink()
+
+    r = wait_reread(PID, 0.0, 0.0, proc=tmp_path, clock=proc.clock, sleep=sleep)
+    assert not r.complete
+    assert r.cpu_s == 0.0
+
+
+def test_cpu_time_falls_back_to_clock_ticks_without_schedstat(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path, [("S", 120_000_000)])
+    (proc.dir / "schedstat").unlink()
+    assert cpu_time(PID, tmp_path) == pytest.approx(0.12)  # 12 ticks of utime, at 100 Hz
+    assert cpu_time(PID + 1, tmp_path) is None
