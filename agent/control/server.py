@@ -289,8 +289,12 @@ class ControlServer:
         """One error line, nothing read; the caller closes ``conn``."""
         self.refused += 1
         self.last_refused = (time.time(), peer.uid, refusal[1])
+        # On a socket open to all, one episode per kind of refusal, whatever the uid: a
+        # rootless user can come from each of 65,536 subordinate uids, and one log line
+        # (and one remembered episode) per uid would be theirs to multiply.
+        who = "any" if self.open_to_all else peer.uid
         self._episodes.note(
-            f"refused:{peer.uid}:{refusal[0]}",
+            f"refused:{who}:{refusal[0]}",
             "control connection refused",
             uid=peer.uid,
             pid=peer.pid,

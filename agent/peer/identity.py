@@ -137,6 +137,8 @@ class Directory:
             self._listed_at = now
         if found.login is not None:
             self._seen[found.uid] = found.login
+        else:
+            self._seen.pop(found.uid, None)  # removed from passwd: its label is free
         if found.same_spelling is not None:
             uid, login = found.same_spelling
             self._spelled[uid] = login
@@ -157,6 +159,10 @@ class Directory:
         yield from self._listed.items()
         yield from self._spelled.items()
         yield from self._seen.items()
+
+    def seen(self, uid: int) -> bool:
+        """``uid`` connected before with a login (the login may be out of date)."""
+        return uid in self._seen
 
     def login_of(self, uid: int) -> str | None:
         found = self._logins.get(uid)

@@ -127,6 +127,8 @@ class PeerSource(ServiceSource[ControlServer]):
         # the threads every other source's blocking calls run in.
         self._lookups: ThreadPoolExecutor | None = None
         self._server: ControlServer | None = None
+        # uids looked up again behind their connection (held: the loop keeps only weak refs)
+        self._refreshing: dict[int, asyncio.Future[Refused | None]] = {}
         self._store: SnapshotSink | None = None
         self._host = _HostCapture(self._republish_all)
 
@@ -145,9 +147,18 @@ class PeerSource(ServiceSource[ControlServer]):
         """At accept, before anything is read: who the uid is, or why it is turned away;
         decided at once for a uid looked up lately, else once passwd answered (it may be
         LDAP/sssd: in a thread, never on the loop)."""
-        if self._dir.needs_lookup(peer.uid):
-            return self._look_up(peer)
-        return self._verdict(peer)
+        if not self._dir.needs_lookup(peer.uid):
+            return self._verdict(peer)
+        if self._dir.seen(peer.uid):
+            # A user that connected before is decided from its last known login and
+            # looked up again behind it: a flood of unknown uids filling the lookups
+            # must not keep a known user's agent from reconnecting.
+            if peer.uid not in self._refreshing:
+                task = asyncio.ensure_future(self._look_up(peer))
+                self._refreshing[peer.uid] = task
+                task.add_done_callback(lambda _: self._refreshing.pop(peer.uid, None))
+            return self._verdict(peer)
+        return self._look_up(peer)
 
     async def _look_up(self, peer: Peer) -> Refused | None:
         loop = asyncio.get_running_loop()
@@ -475,6 +486,8 @@ class PeerSource(ServiceSource[ControlServer]):
                     state.expiry.cancel()
                 sink.replace(self._key(uid), {})
             self._peers.clear()
+            for task in self._refreshing.values():
+                task.cancel()
             if self._lookups is not None:
                 # A lookup stuck in a directory must not hold up the agent's exit.
                 self._lookups.shutdown(wait=False, cancel_futures=True)

@@ -290,6 +290,10 @@ def test_subordinate_uids_cannot_fill_the_peer_sockets_slots(
         assert src["turned_away"]["connections"] >= 256
         assert "no passwd entry" in src["turned_away"]["last_reason"]
         assert all(p["uid"] < first or p["uid"] >= first + 64 for p in src["peers"])
+        # One log line per kind of refusal, not one per uid: 64 uids here, 65,536 for
+        # the taking, each of them one more line in root's journal otherwise.
+        logged = system.log.read_text().count("control connection refused")
+        assert 1 <= logged <= 2, logged
     finally:
         if flood.stdin is not None:
             flood.stdin.close()

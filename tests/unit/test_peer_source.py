@@ -114,3 +114,29 @@ def test_the_rate_limit_applies_before_parsing_and_survives_a_reconnect(
     assert codes.count("rate_limited") >= 30
     assert len(parses) <= 8  # the burst and what refilled meanwhile, not all 40
     assert "push_rate" in first[-1]["error"]["message"]
+
+
+def test_a_known_uid_is_decided_at_accept_while_its_lookup_is_renewed_behind_it(
+        sock_dir: Path) -> None:
+    """A flood of never-seen uids may fill the lookups; a user that connected before
+    is admitted from its last known login, without waiting in that queue."""
+    from agent.control.server import Peer
+    from agent.peer.identity import LISTING_TTL_S, LOGIN_TTL_S, Directory
+
+    now = [0.0]
+    src = source(sock_dir)
+    src._dir = Directory(clock=lambda: now[0])
+    root = Peer(pid=1, uid=0, gid=0)
+
+    async def main() -> None:
+        first = src._identify(root)
+        assert asyncio.iscoroutine(first)  # never seen: looked up before anything is read
+        assert await first is None
+        assert src._identify(root) is None  # fresh: decided at once
+        now[0] += max(LOGIN_TTL_S, LISTING_TTL_S) + 1
+        assert src._identify(root) is None  # due again, but known: decided at once...
+        assert list(src._refreshing) == [0]  # ...and looked up behind the connection
+        await asyncio.gather(*src._refreshing.values())
+        assert not src._dir.needs_lookup(0)
+
+    asyncio.run(main())
