@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
+from agent.peer.identity import Directory
 
 T = TypeVar("T")
 
@@ -143,3 +146,39 @@ def run_as(uid: int, code: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )
+
+
+def entry(login: str, uid: int) -> pwd.struct_passwd:
+    return pwd.struct_passwd((login, "x", uid, uid, "", "/", "/bin/sh"))
+
+
+class Passwd:
+    """A passwd that lists only ``listed`` (a directory without enumeration lists less
+    than it knows) and counts every lookup."""
+
+    def __init__(self, known: dict[int, str], listed: set[int] | None = None) -> None:
+        self.known = known
+        self.listed = set(known) if listed is None else listed
+        self.calls: list[str] = []
+
+    def getpwuid(self, uid: int) -> pwd.struct_passwd:
+        self.calls.append(f"uid:{uid}")
+        if uid not in self.known:
+            raise KeyError(uid)
+        return entry(self.known[uid], uid)
+
+    def getpwnam(self, name: str) -> pwd.struct_passwd:
+        self.calls.append(f"nam:{name}")
+        for uid, login in self.known.items():
+            if login == name:
+                return entry(login, uid)
+        raise KeyError(name)
+
+    def getpwall(self) -> list[pwd.struct_passwd]:
+        self.calls.append("all")
+        return [entry(self.known[u], u) for u in sorted(self.listed)]
+
+    def directory(self, clock: list[float] | None = None) -> Directory:
+        now = clock or [0.0]
+        return Directory(getpwuid=self.getpwuid, getpwall=self.getpwall,
+                         getpwnam=self.getpwnam, clock=lambda: now[0])

@@ -140,3 +140,65 @@ def test_a_known_uid_is_decided_at_accept_while_its_lookup_is_renewed_behind_it(
         assert not src._dir.needs_lookup(0)
 
     asyncio.run(main())
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.snapshots: dict[str, dict[str, Any]] = {}
+
+    def replace(self, source: str, objects: Any) -> None:
+        self.snapshots[source] = dict(objects)
+
+    def update(self, source: str, object_id: str, state: Any) -> None:
+        raise AssertionError("peers replace whole snapshots")
+
+
+def names_of(store: _Store, key: str) -> set[str]:
+    return {r.name for s in store.snapshots.get(key, {}).values() for r in s.records}
+
+
+def test_a_sub_zone_that_appears_later_takes_back_what_a_trusted_user_published_there(
+        sock_dir: Path) -> None:
+    """In a directory that does not enumerate, user "newbie" is unknown until its uid
+    connects: a trusted user's x.newbie.<zone> is withdrawn then, and a uid whose login
+    collides with a publishing user's loses the sub-zone for both."""
+    from agent.control.server import Peer
+
+    from .helpers import Passwd
+
+    pw = Passwd({0: "root", 2001: "newbie", 2002: "j.smith", 2003: "j_smith"}, listed={0})
+    src = source(sock_dir, trusted_users=("0",))  # trusted by uid
+    src._dir = pw.directory()
+    store = _Store()
+    src._store = store
+    root, newbie = Peer(1, 0, 0), Peer(2, 2001, 2001)
+    smith, smith2 = Peer(3, 2002, 2002), Peer(4, 2003, 2003)
+
+    async def connect(peer: Peer) -> None:
+        verdict = src._identify(peer)
+        assert (await verdict if asyncio.iscoroutine(verdict) else verdict) is None
+        src._opened(peer)
+
+    def rec(name: str) -> dict[str, Any]:
+        return {"name": name, "addresses": ["10.0.0.9"]}
+
+    async def main() -> None:
+        await connect(root)
+        reply = await src._h_push(root, {"records": [rec("x.newbie.dns.podman"),
+                                                     rec("web.dns.podman")]})
+        assert reply["accepted"] == 2  # trusted (by uid "0"), and newbie is not known yet
+        await connect(newbie)
+        assert names_of(store, "peer:0") == {"web.dns.podman"}
+        [shown] = next(r for r in src.status_extra()["peers"] if r["uid"] == 0)["refused_names"]
+        assert shown == {"name": "x.newbie.dns.podman",
+                         "reason": "newbie.dns.podman is another user's sub-zone"}
+
+        await connect(smith)
+        await src._h_push(smith, {"records": [rec("web.j-smith.dns.podman")]})
+        assert names_of(store, "peer:2002") == {"web.j-smith.dns.podman"}
+        await connect(smith2)  # j_smith spells j-smith too: neither keeps it
+        assert names_of(store, "peer:2002") == set()
+        hello = await src._h_hello(smith, {})
+        assert hello["user"] is None and "(uid 2003)" in hello["refused"]
+
+    asyncio.run(main())
