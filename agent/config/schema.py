@@ -350,6 +350,10 @@ refused and shown in `agentctl status` with the peer's uid."""
         "logins exactly as passwd spells them (j.smith), or numeric uids.")
     max_names: int = setting(512, Int(1, 100_000),
                              "Names one user may publish; a push with more is refused whole.")
+    max_addresses: int = setting(
+        2048, Int(1, 1_000_000),
+        "Addresses one user's names may have together (one addn-hosts line each); a push "
+        "with more is refused whole.")
     max_message_bytes: int = setting(1 << 20, Int(1024, 64 << 20),
                                      "Bytes one push may take on the wire.")
     push_rate: int = setting(5, Int(1, 1000), "Pushes per second per user, after a burst.")

@@ -15,7 +15,10 @@ nothing in the message says who it is.
 * Never: a zone apex, the host's name, anything outside the peer zones.
 * Addresses are parsed like every source's; loopback, link-local and the
   like are refused (they would point other machines at themselves).
-* A push over ``max_names`` is refused whole: nothing of it is published,
+* A push over ``max_names``, or whose names have more than ``max_addresses``
+  addresses together (each one a line of the addn-hosts file dnsmasq re-reads
+  on every change: 512 names of 64 addresses were 32,768 lines from one
+  user), is refused whole: nothing of it is published,
   the peer keeps what it had, and status says why.
 """
 
@@ -159,7 +162,8 @@ def _list(params: Mapping[str, Any], key: str, limit: int) -> list[Any]:
     return value
 
 
-def decode_push(params: Mapping[str, Any], scope: Scope, max_names: int) -> Push:
+def decode_push(params: Mapping[str, Any], scope: Scope, max_names: int,
+                max_addresses: int | None = None) -> Push:
     """Validate and confine one push; raise PushRefused to refuse it whole."""
     items = _list(params, "records", max_names)
     reported_raw = _list(params, "rejected", max_names)
@@ -177,6 +181,11 @@ def decode_push(params: Mapping[str, Any], scope: Scope, max_names: int) -> Push
             refused.append(Refusal(got.name, "listed twice in one push", got.what))
         else:
             claims[got.name] = got
+    # A "via host" name is as many lines as the host has addresses: a few; counted as one.
+    lines = sum(len(c.addresses) or 1 for c in claims.values())
+    if max_addresses is not None and lines > max_addresses:
+        raise PushRefused("quota", f"{lines} addresses, the limit per user is {max_addresses} "
+                          "([peers] max_addresses)")
     reported = tuple(
         Refusal(_text(r.get("value")), _text(r.get("reason")), _text(r.get("what")))
         for r in reported_raw if isinstance(r, Mapping)

@@ -291,7 +291,8 @@ class PeerSource(ServiceSource[ControlServer]):
 
     def _limits(self) -> dict[str, Any]:
         c = self.config
-        return {"max_names": c.max_names, "max_message_bytes": c.max_message_bytes,
+        return {"max_names": c.max_names, "max_addresses": c.max_addresses,
+                "max_message_bytes": c.max_message_bytes,
                 "push_rate": c.push_rate, "push_burst": c.push_burst, "grace_s": c.grace_s}
 
     async def _h_hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +338,7 @@ class PeerSource(ServiceSource[ControlServer]):
         try:
             # No I/O (owners come with the scope), but up to max_names records: a thread.
             push = await asyncio.to_thread(decode_push, params, self._scope(state),
-                                           self.config.max_names)
+                                           self.config.max_names, self.config.max_addresses)
         except PushRefused as e:
             raise self._refuse(state, e.code, e.reason) from None
         if state.ident != ident:

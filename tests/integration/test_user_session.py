@@ -192,6 +192,13 @@ def test_a_hostile_user_gets_only_its_own_subzone_within_quota(
         assert entry is not None and "10000 records" in entry["last_refusal"]
         assert dnsmasq.query(f"n1.{bob.name}.dns.podman").status == "NXDOMAIN"
 
+        # 40 names of 64 addresses: 2,560 addn-hosts lines, over max_addresses (2,048).
+        many = [f"10.77.{2 + i // 250}.{i % 250 + 1}" for i in range(64)]
+        err = client.call("push", push(*(rec(f"m{i}.{bob.name}.dns.podman", *many)
+                                         for i in range(40))))["error"]
+        assert err["code"] == "quota" and "2560 addresses" in err["message"]
+        assert dnsmasq.addn_hosts.read_bytes() == written
+
         # A line longer than max_message_bytes (1 MiB): refused, connection closed.
         reply = client.send(f"RAW {2 << 20}")
         assert reply.get("error", {}).get("code") == "too_large" or reply.get("eof"), reply

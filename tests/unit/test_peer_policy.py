@@ -183,3 +183,13 @@ def test_a_uid_that_connects_and_publishes_nothing_leaves_no_state() -> None:
         assert src.status_extra()["peers"] == []
 
     asyncio.run(main())
+
+
+def test_a_push_with_more_addresses_than_the_quota_is_refused_whole() -> None:
+    many = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(64)]
+    records = [rec(f"n{i}.alice.dns.podman", *many) for i in range(40)]  # 2,560 lines
+    with pytest.raises(PushRefused) as e:
+        decode_push({"records": records}, scope(), max_names=100, max_addresses=2048)
+    assert e.value.code == "quota" and e.value.reason.startswith("2560 addresses")
+    ok = decode_push({"records": records[:32]}, scope(), max_names=100, max_addresses=2048)
+    assert len(ok.claims) == 32  # 2,048: at the limit
