@@ -57,6 +57,10 @@ def _dns_path(p: dict[str, Any]) -> list[str]:
         for key in ("link_error", "registration_error", "dnsmasq_last_exit"):
             if r.get(key):
                 out.append(f"          {key.replace('_', ' ')}: {plain(r[key])}")
+    s = p.get("static_records")
+    if s and s.get("serving"):
+        out.append(f"          systemd-resolved {s['version']} (pid {s['pid']}) is sent "
+                   "SIGHUP after each change")
     return out
 
 

@@ -237,16 +237,21 @@ class ResolvedConfig:
     )
     static_records: str = setting(
         "auto",
-        Choice("auto", "no"),
-        "auto: with the routing path off (enabled = false) and systemd-resolved >= 261, "
-        "serve the names as resolved's static records (static_records_file) instead of "
-        "the hosts file: instant, but names not in it go to resolved's DNS servers.",
+        Choice("auto", "prefer", "no"),
+        "systemd-resolved >= 261: serve the names as its static records "
+        "(static_records_file) where namesync runs no dnsmasq (auto: dnsmasq.enabled = "
+        "false), or instead of the routing path (prefer). Instant, but names not in "
+        "the file go to resolved's DNS servers (no NXDOMAIN), and not to containers.",
     )
     static_records_file: Path = setting(
         Path("/run/systemd/resolve/static.d/namesync.rr"),
         PATH,
         "The static records file (systemd.rr(5)); removed while another path serves.",
     )
+
+    @property
+    def uses_static_records(self) -> bool:
+        return self.enabled and self.static_records != "no"
 
     def cross_check(self) -> list[tuple[str, str]]:
         problems = []

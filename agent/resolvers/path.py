@@ -4,9 +4,9 @@
   file (``agentctl setup`` points it there); namesync signals it.
 - systemd-resolved on the bus (and NM not in dnsmasq mode): namesync's own
   dnsmasq, routed through resolved on namesync's link (route.py).
-- systemd-resolved >= 261 with the routing path off (resolved.enabled = false, or
-  no dnsmasq): resolved's static records, a static.d ``.rr`` file
-  (agent/sinks/static_rr.py), resolved signalled after each change.
+- systemd-resolved >= 261 and namesync runs no dnsmasq (dnsmasq.enabled = false),
+  or resolved.static_records = "prefer": resolved's static records, a static.d
+  ``.rr`` file (agent/sinks/static_rr.py), resolved signalled after each change.
 - neither: the hosts-file block, plus any dnsmasq the user points at the file.
 
 The choice follows the watchers live: NM switching modes, resolved appearing
@@ -71,13 +71,18 @@ class StaticRecordsProbe:
 def _static_records_path(config: Config, resolved: ResolvedState | None,
                          static: StaticRecordsProbe | None) -> PathChoice | None:
     r = config.resolved
-    if (resolved is None or not resolved.running or static is None or not static.available
-            or r.static_records == "no" or (r.enabled and config.dnsmasq.enabled)):
+    if (not r.uses_static_records or resolved is None or not resolved.running
+            or static is None or not static.available):
         return None
-    off = "resolved.enabled = false" if not r.enabled else "dnsmasq.enabled = false"
+    if r.static_records == "prefer":
+        why = 'static_records = "prefer"'
+    elif not config.dnsmasq.enabled:
+        why = "namesync runs no dnsmasq for the routing path (dnsmasq.enabled = false)"
+    else:
+        return None  # the routing path: NXDOMAIN for unknown names, containers too
     return PathChoice(DnsPath.STATIC_RECORDS,
                       f"systemd-resolved {static.version} reads static records "
-                      f"({r.static_records_file}) and the routing path is off ({off})")
+                      f"({r.static_records_file}); {why}")
 
 
 def choose_path(config: Config, nm: ResolverView | None,
@@ -119,13 +124,13 @@ class DnsPathController:
     async def start(self) -> None:
         c = self.config
         # A user agent serves nothing itself (it pushes to the system agent).
-        route = c.resolved.enabled and c.dnsmasq.enabled
-        if (route or c.resolved.static_records != "no") and c.mode != "user":
+        if (c.resolved.enabled and (c.dnsmasq.enabled or c.resolved.uses_static_records)
+                and c.mode != "user"):
             self.watcher = ResolvedWatcher(self.update)
             self._watcher_task = asyncio.create_task(self.watcher.supervise(), name="resolved")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.watcher.synced.wait(), STARTUP_SYNC_TIMEOUT_S)
-            if c.resolved.static_records != "no" and self.watcher.owner is not None:
+            if c.resolved.uses_static_records and self.watcher.owner is not None:
                 # Probed before the first choice: the first sync goes to the right path.
                 await self._probe(self.watcher.owner)
         self.update()
@@ -170,7 +175,7 @@ class DnsPathController:
 
     def _probe_if_new(self, resolved: ResolvedState | None) -> None:
         """A new resolved owner (a restart may be an upgrade): probe its version and pid."""
-        if (self.config.resolved.static_records == "no" or resolved is None
+        if (not self.config.resolved.uses_static_records or resolved is None
                 or resolved.owner == self.static.owner or self._stopped):
             return
         if resolved.owner is None:
@@ -266,7 +271,7 @@ class DnsPathController:
                 "running": w.state.running,
             },
             "route": self.route.status() if self.route is not None else None,
-            "static_records": None if self.config.resolved.static_records == "no" else {
+            "static_records": None if not self.config.resolved.uses_static_records else {
                 "available": self.static.available,
                 "version": self.static.version,
                 "found": self.static.found,

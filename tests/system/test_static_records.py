@@ -4,7 +4,8 @@ One container for the module: the sid rootfs (tests/harness/rootfs.SID_IMAGE,
 cached; systemd >= 258 needs the unified cgroup hierarchy), booted with
 systemd-nspawn, namesync installed from the RPM built here
 (tests/harness/installed.py) and run by its unit, with the routing path off
-(``[resolved] enabled = false``), so the static records are the path. What a
+(a host without dnsmasq: ``[dnsmasq] enabled = false``), so the static records
+are the path. What a
 user relies on, asked the way a user asks (``resolvectl query``, which goes
 through resolved's varlink API like nss-resolve): a published name answers,
 a changed name answers its new address on the first query after
@@ -27,12 +28,13 @@ import pytest
 
 from tests.harness import installed, nspawn, rootfs
 from tests.harness import rpm as rpmh
+from tests.harness.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.systemd]
 
 RR_FILE = "/run/systemd/resolve/static.d/namesync.rr"
-# A host with systemd-resolved and no dnsmasq, NetworkManager, libvirt or Podman;
-# the routing path off: what makes namesync choose the static records.
+# A host with systemd-resolved and no dnsmasq, NetworkManager, libvirt or Podman:
+# no routing path possible, what makes namesync choose the static records.
 CONFIG = """\
 [daemon]
 log_level = "debug"
@@ -40,8 +42,6 @@ log_level = "debug"
 enabled = false
 local_zones = ["dns.test"]
 [networkmanager]
-enabled = false
-[resolved]
 enabled = false
 [host]
 enabled = false
@@ -105,6 +105,8 @@ def test_names_are_served_as_static_records(sid: Sid) -> None:
     assert path["path"] == "systemd-resolved-static-records", path
     assert path["static_records"]["version"] >= 261 and path["static_records"]["serving"]
     assert sid.query("web.dns.test") == "web.dns.test: 10.1.0.1"
+    text = sid.c.run("agentctl", "status", check=False).stdout
+    assert "path      systemd-resolved-static-records: systemd-resolved 26" in text, text
     assert sid.c.host_path(RR_FILE).read_bytes() == (
         b'[\n{"key":{"name":"web.dns.test","type":1},"address":[10,1,0,1]}\n]\n')
     # resolved reads /etc/hosts first and only every 2 s: the name must not be there too.
@@ -135,6 +137,20 @@ def test_change_and_removal_answer_on_the_first_query(sid: Sid) -> None:
           f"then the first resolvectl query {1000 * (answered - reloaded):.0f} ms "
           f"(already the new address); change -> SIGHUP inside namesync "
           f"{reload['latency_ms']:.1f} ms")
+
+
+def test_resolved_restarted_gets_the_signals_at_its_new_pid(sid: Sid) -> None:
+    sid.configure({"web.dns.test": ["10.1.0.1"]})
+    sid.c.run("systemctl", "reload", "namesync.service")
+    sid.c.run("systemctl", "restart", "systemd-resolved.service")
+    new_pid = int(sid.c.run("systemctl", "show", "-p", "MainPID", "--value",
+                            "systemd-resolved.service").stdout)
+    assert sid.query("web.dns.test") == "web.dns.test: 10.1.0.1"  # read again at its start
+    until(lambda: sid.status()["dns_path"]["static_records"]["pid"] == new_pid,
+          timeout=10, what="namesync following resolved's new pid")
+    sid.configure({"web.dns.test": ["10.1.0.3"]})
+    sid.c.run("systemctl", "reload", "namesync.service")
+    assert sid.query("web.dns.test") == "web.dns.test: 10.1.0.3"
 
 
 def test_stop_removes_the_file_and_returns_the_names_to_etc_hosts(sid: Sid) -> None:

@@ -120,16 +120,24 @@ V262 = StaticRecordsProbe(262, "test", 22, ":1.7")
 V252 = StaticRecordsProbe(252, "test", 22, ":1.7")
 
 
+NO_DNSMASQ = Config(dnsmasq=DnsmasqConfig(enabled=False))
+
+
+def resolved_keys(config: Config = Config(), **keys: object) -> Config:  # noqa: B008
+    return dataclasses.replace(config, resolved=dataclasses.replace(config.resolved, **keys))
+
+
 @pytest.mark.parametrize(("config", "probe", "want"), [
     # the routing path stays the default: static records answer only what is in them
     (Config(), V262, DnsPath.RESOLVED),
-    (Config(resolved=dataclasses.replace(Config().resolved, enabled=False)), V262,
-     DnsPath.STATIC_RECORDS),
-    (Config(dnsmasq=DnsmasqConfig(enabled=False)), V262, DnsPath.STATIC_RECORDS),
-    (Config(resolved=dataclasses.replace(Config().resolved, enabled=False)), V252,
-     DnsPath.HOSTS),
-    (Config(resolved=dataclasses.replace(Config().resolved, enabled=False,
-                                         static_records="no")), V262, DnsPath.HOSTS),
+    (NO_DNSMASQ, V262, DnsPath.STATIC_RECORDS),
+    (NO_DNSMASQ, V252, DnsPath.HOSTS),
+    (resolved_keys(static_records="prefer"), V262, DnsPath.STATIC_RECORDS),
+    (resolved_keys(static_records="prefer"), V252, DnsPath.RESOLVED),
+    (resolved_keys(NO_DNSMASQ, static_records="no"), V262, DnsPath.HOSTS),
+    # enabled = false: hands off resolved (the quick start relies on it)
+    (resolved_keys(NO_DNSMASQ, enabled=False), V262, DnsPath.HOSTS),
+    (resolved_keys(enabled=False, static_records="prefer"), V262, DnsPath.HOSTS),
 ])
 def test_static_records_chosen_only_where_available_and_the_route_is_off(
         config: Config, probe: StaticRecordsProbe, want: DnsPath) -> None:
