@@ -15,7 +15,9 @@ lease file holds a few hundred bytes per client) is read right on the loop:
 a local read of a few KiB takes microseconds, while the hop to a worker
 thread and back costs two scheduler wakeups, measured at up to 10 ms each
 on a busy machine, on the path from a lease to its answer. Whole-directory
-rescans, large files and files read under a lock go to a thread.
+rescans, large files, and files under a lock that is not free at once go to
+a thread (netavark's commit lock is nearly always free when its file's
+close wakes us: then the read stays on the loop too).
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class FileFormat(Generic[T]):
     keep_last_good: bool = True  # False: a refused file's last value is dropped
     # Held around a read, e.g. the writer's lock (netavark commits under one).
     read_lock: Callable[[Path], contextlib.AbstractContextManager[None]] = _no_lock
+    # The same lock, taken only if it is free at once (yields whether it is held):
+    # a small read may then stay on the loop. None: a locked read always waits.
+    read_lock_now: Callable[[Path], contextlib.AbstractContextManager[bool]] | None = None
 
 
 def _read_one(path: Path, fmt: FileFormat[T], key: str) -> object:
@@ -116,17 +121,23 @@ def read_files(
 ) -> dict[str, object]:
     """Read the named files (None: every one of ours there is), by key. Blocking."""
     with fmt.read_lock(directory):
-        if names is None:
-            try:
-                names = os.listdir(directory)
-            except OSError:
-                return {}
-        out: dict[str, object] = {}
-        for name in names:
-            key = fmt.key(name)
-            if key is not None:
-                out[key] = _read_one(directory / name, fmt, key)
-        return out
+        return _read_unlocked(directory, fmt, names)
+
+
+def _read_unlocked(
+    directory: Path, fmt: FileFormat[T], names: Iterable[str] | None
+) -> dict[str, object]:
+    if names is None:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return {}
+    out: dict[str, object] = {}
+    for name in names:
+        key = fmt.key(name)
+        if key is not None:
+            out[key] = _read_one(directory / name, fmt, key)
+    return out
 
 
 class ParsedDir(Generic[T]):
@@ -176,9 +187,8 @@ class ParsedDir(Generic[T]):
             dirty, self._dirty = self._dirty, set()
             names = None if rescan else dirty
             try:
-                if names is not None and self._small(names):
-                    readings = read_files(self.directory, self.fmt, names)
-                else:
+                readings = self._read_now(names)
+                if readings is None:
                     readings = await asyncio.to_thread(read_files, self.directory, self.fmt, names)
             except OSError as e:  # the read lock could not be taken, and the like
                 log.warning("cannot read directory", path=str(self.directory), error=str(e))
@@ -189,9 +199,18 @@ class ParsedDir(Generic[T]):
                 old, self.view = self.view, view
                 self.on_change(view, old)
 
+    def _read_now(self, names: set[str] | None) -> dict[str, object] | None:
+        """Small changed files, read on the loop if no lock must be waited for; else None."""
+        if names is None or not self._small(names):
+            return None
+        if self.fmt.read_lock is _no_lock:
+            return _read_unlocked(self.directory, self.fmt, names)
+        if self.fmt.read_lock_now is None:
+            return None  # a lock may be waited for: never on the loop
+        with self.fmt.read_lock_now(self.directory) as held:
+            return _read_unlocked(self.directory, self.fmt, names) if held else None
+
     def _small(self, names: set[str]) -> bool:
-        if self.fmt.read_lock is not _no_lock:
-            return False  # a lock may be waited for: never on the loop
         total = 0
         for name in names:
             try:

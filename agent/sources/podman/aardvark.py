@@ -290,10 +290,29 @@ def _commit_lock(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _commit_lock_now(directory: Path) -> Iterator[bool]:
+    """``_commit_lock`` if it is free this instant (or there is none): whether it is held."""
+    try:
+        fd = os.open(directory.parent / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 # A refused file contributes nothing (its network falls back to events): no last good.
 AARDVARK_FILES = FileFormat(key=_network_key, parse=parse_network_file,
                             max_bytes=MAX_FILE_BYTES, keep_last_good=False,
-                            read_lock=_commit_lock)
+                            read_lock=_commit_lock, read_lock_now=_commit_lock_now)
 
 
 def snapshot_of(view: DirView[NetworkFile]) -> Snapshot:
