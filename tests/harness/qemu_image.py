@@ -1,8 +1,9 @@
 """A tiny QEMU guest: Debian's cloud kernel plus a busybox initramfs whose init runs udhcpc.
 
-The guest exists to take a real DHCP lease through a real NIC, nothing more:
-its /init loads the virtio NIC driver, brings eth0 up and runs
-``udhcpc -i eth0 -x hostname:NAME`` (NAME from the kernel command line,
+The guest exists to take a real DHCP lease through a real NIC and to answer on
+a port: its /init loads the virtio NIC driver, starts busybox httpd on port 80
+(a page naming the guest: what a port forward reaches), brings eth0 up and
+runs ``udhcpc -i eth0 -x hostname:NAME`` (NAME from the kernel command line,
 ``namesync.hostname=NAME``), logging each step to the serial console.
 
 Both files are cached in /var/cache/namesync-tests/qemu-guest-KEY/, where KEY
@@ -45,11 +46,15 @@ NIC_MODULES = ("virtio_pci", "virtio_net")
 BUILD_TIMEOUT_S = 300
 CONSOLE_MARK = "namesync-guest:"  # every line /init and the udhcpc hook print
 
-# udhcpc's hook: configure the address (a real guest does), say so on the console.
+# udhcpc's hook: configure the address and default route (as a real guest does: a
+# connection forwarded from the host by slirp keeps its source address, and the
+# reply must find its way back), say so on the console.
 UDHCPC_SCRIPT = f"""\
 #!/bin/sh
 case "$1" in
-  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${{mask:-24}}" dev "$interface" ;;
+  bound|renew)
+    ip addr flush dev "$interface"; ip addr add "$ip/${{mask:-24}}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface" ;;
   deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
 esac
 echo "{CONSOLE_MARK} $1 $interface ${{ip:-}}"
@@ -68,6 +73,9 @@ for m in $(cat /etc/modules); do
 done
 name=$(sed -n 's/.*namesync\\.hostname=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 ip link set lo up
+# What a forwarded port reaches: a page naming this guest.
+mkdir -p /www && echo "{CONSOLE_MARK} page of ${{name:-none}}" > /www/index.html
+httpd -p 80 -h /www
 ip link set eth0 up || echo "{CONSOLE_MARK} no eth0"
 echo "{CONSOLE_MARK} eth0 up, udhcpc hostname ${{name:-none}}"
 udhcpc -f -i eth0 -s /etc/udhcpc.script -t 30 -T 1 ${{name:+-x hostname:$name}}

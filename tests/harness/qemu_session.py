@@ -150,9 +150,9 @@ class SessionLibvirtd:
                                  f"({r.returncode}): {r.stderr}")
         return r
 
-    def guest(self, name: str, image: GuestImage, bridge: str, *,
+    def guest(self, name: str, image: GuestImage, nic: Nic, *,
               mac: str | None = None, memory_mib: int = 128) -> QemuGuest:
-        g = QemuGuest(self, name, image, bridge, mac or random_mac(), memory_mib)
+        g = QemuGuest(self, name, image, nic, mac or random_mac(), memory_mib)
         self.guests[name] = g
         g.define()
         return g
@@ -185,15 +185,67 @@ class Boot:
         return next((t for t, line in self.lines if text in line), None)
 
 
-class QemuGuest:
-    """One session domain: the tiny kernel + initramfs, one bridged virtio NIC."""
+@dataclass(frozen=True)
+class BridgeNic:
+    """``<interface type='bridge'>``: a tap on ``bridge``, plugged in by qemu-bridge-helper."""
 
-    def __init__(self, daemon: SessionLibvirtd, name: str, image: GuestImage, bridge: str,
+    bridge: str
+
+    def xml(self, mac: str) -> str:
+        return (f"<interface type='bridge'><mac address={quoteattr(mac)}/>"
+                f"<source bridge={quoteattr(self.bridge)}/><model type='virtio'/></interface>")
+
+
+@dataclass(frozen=True)
+class UserNic:
+    """``<interface type='user'>`` (QEMU's slirp: libvirt 9.0 has no passt backend), with
+    ``forwards`` (host port, guest port) as ``<portForward>``, which libvirt 9.0 accepts
+    and keeps in the XML but does not give to slirp."""
+
+    forwards: tuple[tuple[int, int], ...] = ()
+
+    def xml(self, mac: str) -> str:
+        parts = [f"<mac address={quoteattr(mac)}/>"]
+        parts += [f"<portForward proto='tcp'><range start='{host}' to='{guest}'/></portForward>"
+                  for host, guest in self.forwards]
+        parts.append("<model type='virtio'/>")
+        return f"<interface type='user'>{''.join(parts)}</interface>"
+
+
+@dataclass(frozen=True)
+class CommandlineNic:
+    """QEMU's slirp with host forwards on QEMU's own command line (``<qemu:commandline>``
+    ``-netdev user,id=ID,hostfwd=RULE... -device virtio-net-pci,netdev=ID,mac=MAC``):
+    how session VMs get port forwards where libvirt has no passt backend (< 9.2).
+    ``hostfwd``: QEMU's rules, e.g. "tcp::2222-:80", "tcp:127.0.0.1:2222-:80"."""
+
+    hostfwd: tuple[str, ...] = ()
+    netdev: str = "nsnet0"
+
+    def xml(self, mac: str) -> str:
+        return ""  # no <interface> element at all
+
+    def commandline(self, mac: str) -> str:
+        fwd = "".join(f",hostfwd={rule}" for rule in self.hostfwd)
+        args = ["-netdev", f"user,id={self.netdev}{fwd}",
+                "-device", f"virtio-net-pci,netdev={self.netdev},mac={mac}"]
+        return ("<qemu:commandline>" + "".join(f"<qemu:arg value={quoteattr(a)}/>" for a in args)
+                + "</qemu:commandline>")
+
+
+Nic = BridgeNic | UserNic | CommandlineNic
+QEMU_XMLNS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+class QemuGuest:
+    """One session domain: the tiny kernel + initramfs, one virtio NIC."""
+
+    def __init__(self, daemon: SessionLibvirtd, name: str, image: GuestImage, nic: Nic,
                  mac: str, memory_mib: int) -> None:
         self.daemon = daemon
         self.name = name
         self.image = image
-        self.bridge = bridge
+        self.nic = nic
         self.mac = mac
         self.memory_mib = memory_mib
         self.dir = daemon._own(daemon.dir / "guests" / name)
@@ -203,8 +255,9 @@ class QemuGuest:
 
     @property
     def xml(self) -> str:
+        extra = self.nic.commandline(self.mac) if isinstance(self.nic, CommandlineNic) else ""
         return f"""\
-<domain type='qemu'>
+<domain type='qemu' xmlns:qemu='{QEMU_XMLNS}'>
   <name>{escape(self.name)}</name>
   <memory unit='MiB'>{self.memory_mib}</memory>
   <vcpu>1</vcpu>
@@ -217,14 +270,11 @@ class QemuGuest:
   <on_reboot>destroy</on_reboot>
   <devices>
     <emulator>{QEMU}</emulator>
-    <interface type='bridge'>
-      <mac address={quoteattr(self.mac)}/>
-      <source bridge={quoteattr(self.bridge)}/>
-      <model type='virtio'/>
-    </interface>
+    {self.nic.xml(self.mac)}
     <serial type='file'><source path={quoteattr(str(self.console))}/></serial>
     <memballoon model='none'/>
   </devices>
+  {extra}
 </domain>
 """
 

@@ -15,6 +15,7 @@ real dnsmasq answers from.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,7 +29,13 @@ from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Network
 from tests.harness.qemu_image import GuestImage
-from tests.harness.qemu_session import SessionLibvirtd, unavailable
+from tests.harness.qemu_session import (
+    BridgeNic,
+    CommandlineNic,
+    SessionLibvirtd,
+    UserNic,
+    unavailable,
+)
 from tests.harness.rootless import Session, UserAgent, user_python_problem
 from tests.harness.users import User
 from tests.harness.wait import until
@@ -127,7 +134,7 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
     until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=20,
           what="the user agent on qemu:///session")
     assert libvirt_source(user_agent)["name"] == "libvirt:qemu:///session"
-    guest = session_libvirtd.guest("vm1", image, libvirt_network.bridge)
+    guest = session_libvirtd.guest("vm1", image, BridgeNic(libvirt_network.bridge))
     assert dnsmasq.query(name).status == "NXDOMAIN"  # defined, not running: no name
 
     started = guest.start()
@@ -156,3 +163,78 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
     # The lease outlives the guest (until expiry): the name goes because the domain stopped.
     assert libvirt_network.lease_for(guest.mac) is not None
     until(lambda: guest.qemu_pid() is None, timeout=15, what="QEMU to exit")
+
+
+def http_get(host: str, port: int) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return s.makefile("rb").read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def refusals(agent: Agent, *names: str) -> dict[str, str]:
+    """Name -> reason of what ``agent`` refused, once all of ``names`` are among them."""
+    found = {r["value"]: r["reason"] for r in agent.status()["table"]["rejected"]}
+    return found if set(names) <= set(found) else {}
+
+
+def connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_user_mode_session_vms_answer_the_host_only_through_a_real_forward(
+        image: GuestImage, session_libvirtd: SessionLibvirtd, user_agent: UserAgent,
+        system: Agent, dnsmasq: Dnsmasq, alice: Session) -> None:
+    """User-mode (slirp) NICs: reachable only through ports the host forwards, so the name
+    answers the host's address when a forward on a non-loopback address exists, and
+    each case is checked against the real guest: the forwarded port reaches it, or
+    nothing of it is reachable from outside.
+
+    libvirt 9.0 has no passt backend (``<backend type='passt'/>`` fails to define),
+    so the forwards that work are slirp's hostfwd in ``<qemu:commandline>``. A
+    ``<portForward>`` on a plain user NIC is accepted and kept in the XML, but
+    QEMU's slirp gets no hostfwd: nothing listens on that port."""
+    zone = f"{alice.user.name}.dns.libvirt"
+    until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=20,
+          what="the user agent on qemu:///session")
+    boxes = session_libvirtd.guest("boxes", image, CommandlineNic(hostfwd=("tcp::2222-:80",)))
+    lo = session_libvirtd.guest("lo", image, CommandlineNic(hostfwd=("tcp:127.0.0.1:2224-:80",)))
+    plain = session_libvirtd.guest("plain", image, UserNic(forwards=((2225, 80),)))
+    for guest in (boxes, lo, plain):
+        guest.start()
+
+    until(lambda: dnsmasq.query(f"boxes.{zone}").records == (HOST_IP,), timeout=15,
+          what=f"boxes.{zone} -> the host's address")
+    # What the answer is for: that address's forwarded port reaches this guest.
+    page = until(lambda: http_get(HOST_IP, 2222), timeout=BOOT_TIMEOUT_S, interval=0.2,
+                 what=f"boxes' httpd through {HOST_IP}:2222")
+    assert "page of boxes" in page
+
+    reasons = until(lambda: refusals(user_agent, "lo", "plain"),
+                    what="lo and plain refused in the user agent's status")
+    assert reasons["lo"].startswith("user-mode network (slirp/passt) and no port forward")
+    assert "only on loopback: tcp 127.0.0.1:2224->80" in reasons["lo"]
+    assert "is not applied by libvirt without <backend type='passt'/>" in reasons["plain"]
+    shown = {r["value"]: r["reason"] for r in system.status()["table"]["rejected"]
+             if r["source"] == f"peer:{alice.user.uid}"}
+    assert "only on loopback" in shown["lo"] and "not applied" in shown["plain"]
+    for name in ("lo", "plain"):
+        assert dnsmasq.query(f"{name}.{zone}").status == "NXDOMAIN"
+    # And the guests agree: lo answers on loopback only, plain's <portForward> is not there.
+    assert "page of lo" in until(lambda: http_get("127.0.0.1", 2224), timeout=BOOT_TIMEOUT_S,
+                                 interval=0.2, what="lo's httpd through 127.0.0.1:2224")
+    assert not connects(HOST_IP, 2224)
+    plain.wait_console("bound eth0", timeout=BOOT_TIMEOUT_S)
+    assert plain.qemu_pid() is not None
+    assert not connects(HOST_IP, 2225) and not connects("127.0.0.1", 2225)
+
+    boxes.destroy()
+    until(lambda: dnsmasq.query(f"boxes.{zone}").status == "NXDOMAIN", timeout=15,
+          what=f"boxes.{zone} gone after destroy")
+    assert not connects(HOST_IP, 2222)

@@ -555,10 +555,11 @@ SESSION_DOMAINS = """<node>
 def test_session_vms_bridged_take_the_system_lease_user_mode_needs_a_forward(
         libvirtd: Libvirtd, libvirt_network: Network, system: Agent, dnsmasq: Dnsmasq,
         alice_session: Session, users: tuple[User, User], public_tmp: Path) -> None:
-    """QEMU is not installed here (no real qemu:///session guest): the session domains come
-    from libvirt's test driver, run in the user agent as the real user; the lease is real,
-    taken by an LXC guest on a real libvirt network and read from libvirt's real lease
-    file. A session VM bridged onto that network (qemu-bridge-helper) has exactly that."""
+    """Without QEMU (test_qemu_session.py has the same on real QEMU guests): the session
+    domains come from libvirt's test driver, run in the user agent as the real user; the
+    lease is real, taken by an LXC guest on a real libvirt network and read from
+    libvirt's real lease file. A session VM bridged onto that network
+    (qemu-bridge-helper) has exactly that."""
     alice = users[0]
     guest = libvirtd.guest("donor", [libvirt_network])
     ip = guest.wait_for_lease()
