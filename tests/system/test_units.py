@@ -9,7 +9,9 @@ What a user relies on: `systemctl start` returns once names answer;
 keeping the old names, on a refused config; names survive stop/start and a
 crash (Restart=on-failure); the sandbox is really applied (read from /proc
 inside, not from `systemd-analyze security`, which scores the unit file);
-the user unit reaches READY under user@UID.service.
+the user unit reaches READY under user@UID.service; the resolved path (namesync0, its
+own dnsmasq, the zone routed in the real systemd-resolved) comes up under the unit and
+is withdrawn by `systemctl stop`.
 """
 
 from __future__ import annotations
@@ -324,3 +326,64 @@ def test_user_unit_publishes_through_the_system_agent(running: System,
         u.systemctl("stop", "namesync.service")
     # The user agent stopped: its name stays for the grace period (30 s by default).
     assert running.ask("web.tester.dns.podman").records == ("10.7.0.2",)
+
+
+RESOLVED_CONFIG = CONFIG.replace("[resolved]\nenabled = false", "[resolved]\nenabled = true")
+
+
+def _hosts_block(s: System) -> str:
+    return s.c.run("cat", "/etc/hosts").stdout
+
+
+def test_resolved_path_under_the_real_unit(system: System) -> None:
+    """The installed unit, hardening and CapabilityBoundingSet as shipped, with the
+    container's real systemd-resolved 252: namesync0 is made, namesync's dnsmasq (its
+    child, under the same sandbox) answers on 127.0.0.153:53, the zone is routed on the
+    link, and `resolvectl query` answers from it; `systemctl stop` withdraws it all and
+    gives the hosts block its names back."""
+    s = system
+    assert s.systemctl("is-active", "systemd-resolved.service", check=False) == "active"
+    # Every real host has one (the minbase image has no netbase): the block goes in it.
+    s.c.write("/etc/hosts", "127.0.0.1 localhost\n")
+    s.c.write("/etc/namesync/config.toml", RESOLVED_CONFIG + static({"web.dns.test": "10.1.0.1"}))
+    s.systemctl("reset-failed", "namesync.service", check=False)
+    s.systemctl("restart", "namesync.service")
+    try:
+        main = s.prop("namesync.service", "MainPID")
+        link = s.c.run("ip", "-o", "addr", "show", "dev", "namesync0").stdout
+        assert "inet 198.18.53.53/32" in link, link
+        # namesync's dnsmasq: a child of the daemon, bound where resolved asks.
+        own = s.c.run("cat", "/run/namesync/dnsmasq.pid").stdout.strip()
+        st = parse_status(s.c.run("cat", f"/proc/{own}/status").stdout)
+        assert st["PPid"] == main
+        # Under the unit's sandbox too, and no longer root once its port is bound.
+        assert int(st["CapBnd"], 16) == CAP_BND and st["NoNewPrivs"] == "1"
+        assert st["Uid"].split()[0] != "0", st["Uid"]
+        assert s.c.run("cat", f"/proc/{own}/comm").stdout.strip() == "dnsmasq"
+        assert dig("web.dns.test", server="127.0.0.153",
+                   prefix=("nsenter", "-t", str(s.c.pid1), "-a", "--")).records == ("10.1.0.1",)
+        status = until(lambda: "~dns.test" in (o := s.c.run(
+            "resolvectl", "status", "namesync0", check=False).stdout) and o, timeout=15,
+            what="the zone registered on namesync0")
+        assert "DNS Servers: 127.0.0.153" in status and "-DefaultRoute" in status, status
+        # From DNS (not /etc/hosts: that would say "synthetic"); the container's only
+        # DNS server is the one on namesync0 (--private-network: no other link).
+        query = s.c.run("resolvectl", "query", "web.dns.test").stdout
+        assert "web.dns.test: 10.1.0.1" in query and "Data from: network" in query, query
+        # While routed, the hosts block leaves the zone to resolved.
+        assert "web.dns.test" not in _hosts_block(s)
+        # The same seen from the daemon.
+        shown = s.c.run("agentctl", "status", check=False).stdout
+        assert "path      systemd-resolved" in shown and ": registered" in shown, shown
+    finally:
+        s.systemctl("stop", "namesync.service")
+    # Stopped: no link for resolved to route to a dead server, no dnsmasq left, the
+    # hosts block serving the names again, resolved answering from it.
+    assert s.c.run("ip", "link", "show", "namesync0", check=False).returncode != 0
+    assert "namesync0" not in s.c.run("resolvectl", "status", check=False).stdout
+    assert s.c.run("test", "-d", f"/proc/{own}", check=False).returncode != 0
+    hosts = _hosts_block(s)
+    assert hosts.startswith("127.0.0.1 localhost\n") and "10.1.0.1 web.dns.test" in hosts, hosts
+    until(lambda: "web.dns.test: 10.1.0.1" in s.c.run(
+        "resolvectl", "query", "web.dns.test", check=False).stdout, timeout=10,
+        what="resolved answering from /etc/hosts again")
