@@ -25,7 +25,8 @@ The bridge is a NAT network of the test's private system libvirtd
 Guests are tests/harness/qemu_image.py's kernel + initramfs booted directly
 (``<kernel>``/``<initrd>``), ``<domain type='qemu'>`` (TCG: the user has no
 /dev/kvm), serial console to a file the harness reads. The user's processes
-(libvirtd, QEMU) are stopped by pid; Session.teardown kills any left.
+(libvirtd, QEMU) are stopped by pid; Session.teardown kills any left, and
+tests/harness/qemu_reaper.py does if pytest dies without tearing down.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import contextlib
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +97,7 @@ class SessionLibvirtd:
         self.log = workdir / "libvirtd.log"
         self.socket = session.runtime / "libvirt" / "libvirt-sock"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
         self.guests: dict[str, QemuGuest] = {}
 
     def _own(self, path: Path, mode: int = 0o755) -> Path:
@@ -117,9 +120,19 @@ class SessionLibvirtd:
         return {"LIBVIRT_AUTOSTART": "0"}
 
     def start(self) -> SessionLibvirtd:
+        try:
+            self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the start failure is the one to see
+                self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         self._own(self.dir)
         self.priv.mkdir(exist_ok=True)
         self._write_user_config()
+        self._start_reaper()
         conf = "".join(f"allow {b}\n" for b in self.bridges)
         argv = ["unshare", "-m", "--propagation", "slave", "sh", "-c", LAUNCH,
                 "qemu-session-launch", str(self.priv), conf, str(bridge_helper()),
@@ -131,7 +144,24 @@ class SessionLibvirtd:
                                          preexec_fn=die_with_parent)
         until(self._answers, timeout=30, interval=0.05,
               what=f"the session libvirtd of {self.session.user.name} to answer")
-        return self
+
+    def _start_reaper(self) -> None:
+        """qemu_reaper.py: kills the user's QEMUs if pytest dies without stop()."""
+        with (self.dir / "reaper.log").open("ab") as log:
+            self._reaper = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("qemu_reaper.py")),
+                 str(self.session.user.uid)],
+                stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True)
+
+    def _stop_reaper(self) -> None:
+        if self._reaper is None:
+            return
+        assert self._reaper.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._reaper.stdin.write(b"done\n")
+            self._reaper.stdin.close()
+        terminate(self._reaper)
+        self._reaper = None
 
     def _answers(self) -> bool:
         assert self.proc is not None
@@ -173,6 +203,7 @@ class SessionLibvirtd:
         self.proc = None
         kill_and_reap(qemus)
         self.guests.clear()
+        self._stop_reaper()
 
 
 @dataclass
