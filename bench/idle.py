@@ -1,7 +1,8 @@
 """Idle wakeups of a real namesync-agent whose services are all absent.
 
 Run as root from the repo root:
-    .venv/bin/python bench/idle.py [SECONDS] [--libvirtd] [--no-podman]
+    .venv/bin/python bench/idle.py [SECONDS] [--libvirtd [--libvirtd-keepalive-off]]
+                                   [--podman] [--bus] [--no-podman]
 
 The agent runs in the tests' private namespaces (a private /run: no system
 bus, no libvirtd, no Podman socket) with every default source on, as on a
@@ -9,7 +10,11 @@ laptop without libvirtd or Podman (issue 11: "no wakeups in 60 s"). Counted
 are the context switches of all its threads over the window, from
 /proc/PID/task/*/status, after it is ready and has settled; and its RSS.
 With ``--libvirtd`` a private libvirtd (LXC driver, one NAT network) is
-there and watched instead: the case "with the services present".
+there and watched instead: the case "with the services present";
+``--libvirtd-keepalive-off`` runs it with ``keepalive_interval = -1`` in its
+libvirtd.conf (its own keepalive probes off, a server setting). ``--podman``
+runs a private ``podman system service`` for the Podman source, ``--bus`` a
+private system bus (with no NetworkManager on it).
 ``--no-podman`` turns the Podman source off; IDLE_STRACE=FILE writes an
 strace of the window there instead of sleeping through it.
 """
@@ -40,27 +45,68 @@ def switches(pid: int) -> int:
     return total
 
 
+def _libvirtd(root: Path, stack: contextlib.ExitStack, config: str) -> str:
+    from tests.harness.libvirt import Libvirtd
+
+    daemon = Libvirtd(root / "libvirt")
+    stack.callback(daemon.teardown)
+    daemon.start()
+    if "--libvirtd-keepalive-off" in sys.argv:  # libvirtd's own probes, off
+        with (daemon.etc_copy / "libvirtd.conf").open("a") as conf:
+            conf.write("\nkeepalive_interval = -1\n")
+        daemon.restart()
+    daemon.network()
+    config = config.replace("[libvirt]\nenabled = true",
+                            '[libvirt]\nenabled = true\nuris = ["lxc:///system"]')
+    assert "lxc:///system" in config, config
+    return config
+
+
+def _podman(root: Path, stack: contextlib.ExitStack, config: str) -> str:
+    from tests.harness.podman import Podman
+
+    podman = Podman(root / "podman")
+    stack.callback(podman.teardown)
+    podman.setup().start_service()
+    absent = f'socket = "{root}/absent/podman.sock"'
+    assert absent in config, config
+    return config.replace(absent, f'socket = "{podman.socket}"')
+
+
+def _services(root: Path, stack: contextlib.ExitStack,
+              config: str) -> tuple[str, dict[str, str], list[str]]:
+    """The config, the agent's environment and the names of the services present."""
+    env: dict[str, str] = {}
+    present = []
+    if "--libvirtd" in sys.argv:
+        config = _libvirtd(root, stack, config)
+        present.append("libvirtd" + (" (keepalive_interval = -1)"
+                                     if "--libvirtd-keepalive-off" in sys.argv else ""))
+    if "--podman" in sys.argv:
+        config = _podman(root, stack, config)
+        present.append("Podman")
+    if "--bus" in sys.argv:
+        from tests.harness.dbus import SystemBus
+
+        bus = SystemBus(root / "bus").start()
+        stack.callback(bus.stop)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+        present.append("system bus")
+    if "--no-podman" in sys.argv:  # to tell one source's wakeups from the rest
+        config = config.replace("[podman]\nenabled = true", "[podman]\nenabled = false")
+        assert "[podman]\nenabled = false" in config, config
+    return config, env, present
+
+
 def main() -> int:
     if not isolate("idle.py", ()):
         return 1
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     window = float(args[0]) if args else 60.0
     with bench_root() as root, contextlib.ExitStack() as stack:
-        agent = Agent(root / "agent")
-        config = _config(root, agent, 0, ADDR_A)
-        if "--libvirtd" in sys.argv:
-            from tests.harness.libvirt import Libvirtd
-
-            daemon = Libvirtd(root / "libvirt")
-            stack.callback(daemon.teardown)
-            daemon.start()
-            daemon.network()
-            config = config.replace("[libvirt]\nenabled = true",
-                                    '[libvirt]\nenabled = true\nuris = ["lxc:///system"]')
-            assert "lxc:///system" in config, config
-        if "--no-podman" in sys.argv:  # to tell one source's wakeups from the rest
-            config = config.replace("[podman]\nenabled = true", "[podman]\nenabled = false")
-            assert "[podman]\nenabled = false" in config, config
+        config, env, present = _services(root, stack, _config(root, Agent(root / "agent"),
+                                                               0, ADDR_A))
+        agent = Agent(root / "agent", env=env)
         agent.set_config(config)
         agent.start()
         try:
@@ -68,6 +114,7 @@ def main() -> int:
             pid = agent.proc.pid
             time.sleep(SETTLE_S)
             sources = {s["name"]: s["detail"] for s in agent.status()["sources"]}
+            nm = agent.status()["networkmanager"]
             before = switches(pid)
             if os.environ.get("IDLE_STRACE"):  # where the wakeups come from, if any
                 subprocess.run(["timeout", str(window), "strace", "-f", "-tt", "-p", str(pid),
@@ -80,7 +127,8 @@ def main() -> int:
             agent.stop()
     for name, detail in sources.items():
         print(f"  {name}: {detail}")
-    which = "libvirtd present" if "--libvirtd" in sys.argv else "services absent"
+    print(f"  networkmanager: bus {nm['bus']}, {nm['advice']}")
+    which = (", ".join(present) + " present") if present else "services absent"
     print(f"context switches in {window:g} s idle, {which}: {after - before}")
     print(f"RSS with 0 names, {which}: {rss:.1f} MiB")
     return 0

@@ -230,3 +230,14 @@ def test_socket_candidates() -> None:
     assert socket_candidates("test:///default") == ()
 
 
+
+def test_keepalive_probes_only_where_a_broken_connection_gives_no_eof() -> None:
+    """Local sockets close with EOF when the daemon dies (test_libvirt's kill test sees
+    the close callback fire without any probe); remote transports may not."""
+    from agent.sources.libvirt.source import uses_keepalive
+    for local in ("qemu:///system", "lxc:///system", "qemu:///session",
+                  "qemu+unix:///system?socket=/x/y.sock", "test:///default"):
+        assert not uses_keepalive(local), local
+    for remote in ("qemu+ssh://host/system", "qemu+tls://host/system", "qemu://host/system",
+                   "qemu+tcp://host/system", "qemu+libssh2://u@h/system", "qemu+ext:///system"):
+        assert uses_keepalive(remote), remote

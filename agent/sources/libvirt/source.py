@@ -51,7 +51,8 @@ from agent.sources.parsed_dir import DirView, FileFormat, ParsedDir
 
 log = structlog.get_logger(component="sources.libvirt")
 
-# libvirt's keepalive: a probe every 5 s, the connection is dead after 3 unanswered.
+# libvirt's keepalive, on remote connections only (uses_keepalive): a probe every 5 s,
+# the connection is dead after 3 unanswered.
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
 
@@ -85,6 +86,22 @@ def _session_sockets(driver: str, env: Mapping[str, str]) -> tuple[Path, ...]:
     if driver in _DAEMONS:
         names.append(f"{_DAEMONS[driver]}-sock")
     return tuple(run / n for n in names)
+
+
+def uses_keepalive(uri: str) -> bool:
+    """Whether namesync runs libvirt's keepalive probes itself on a connection to ``uri``.
+
+    Not on a local socket: when the daemon dies or restarts the kernel closes the
+    socket and the close callback hears EOF at once, which is what a reconnect
+    needs; our probes would only wake namesync (and libvirtd) every 5 s for ever
+    (issue 11: no wakeups when idle). A remote connection can break without EOF
+    (a network gone, a host powered off): there the probes are how it is noticed.
+    libvirtd's own probes (libvirtd.conf keepalive_interval, 5 s by default) are
+    its setting, not ours: docs/benchmarks.md shows both.
+    """
+    parts = urlsplit(uri)
+    _, _, transport = parts.scheme.partition("+")
+    return bool(parts.netloc) or transport not in ("", "unix")
 
 
 def socket_candidates(uri: str, env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
@@ -379,12 +396,13 @@ def _register(lv: ModuleType, conn: Any, hint: Callable[[tuple[str, str]], None]
         lambda _c, why, _o: hint(("closed", _CLOSE_REASONS.get(why, f"closed ({why})"))),
         None,
     )
-    try:
-        conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
-    except lv.libvirtError as e:
-        # Drivers running in this process (test:///) have no connection to probe.
-        if e.get_error_code() != lv.VIR_ERR_NO_SUPPORT:
-            raise
+    if uses_keepalive(uri):
+        try:
+            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+        except lv.libvirtError as e:
+            # Drivers running in this process have no connection to probe.
+            if e.get_error_code() != lv.VIR_ERR_NO_SUPPORT:
+                raise
     registered = []
     domain_cb = lambda _c, dom, _ev, _detail, _o: hint(("domain", dom.UUIDString()))  # noqa: E731
     registered.append((
