@@ -307,6 +307,25 @@ def test_subordinate_uids_cannot_fill_the_peer_sockets_slots(
         terminate(flood)
 
 
+def test_every_request_line_is_rate_limited_per_uid(
+        system: Agent, bob_session: Session) -> None:
+    """The rate applies before a line is parsed, to every method (a flood of `hello`
+    was parsed and answered without limit), and belongs to the uid: a second
+    connection has no burst of its own. (That a reconnect does not refill it is
+    tests/unit/test_peer_source.py's: there the timing is the test's own.)"""
+    first = PeerClient(bob_session, peer_socket(system))
+    second = PeerClient(bob_session, peer_socket(system))
+    try:
+        assert second.call("hello").get("result") is not None  # connected, ready
+        codes = [first.call("hello").get("error", {}).get("code") for _ in range(60)]
+        again = [second.call("hello").get("error", {}).get("code") for _ in range(10)]
+    finally:
+        first.close()
+        second.close()
+    assert codes[0] is None and codes.count("rate_limited") >= 30, codes
+    assert again.count("rate_limited") >= 5, again  # 10 of 10 would pass with a burst
+
+
 @pytest.fixture
 def spellings(public_tmp: Path) -> Iterator[dict[str, User]]:
     """Real users whose logins need normalising: nst.coll<pid> and nst_coll<pid> both
