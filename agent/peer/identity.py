@@ -94,6 +94,7 @@ class Directory:
         self._spelled: dict[int, str] = {}  # uid -> login, found spelled like a label
         self._owners: dict[str, frozenset[int]] = {}
         self.lookups = 0  # passwd lookups made (status; tests count them)
+        self.generation = 0  # bumped whenever which labels are whose changes
 
     # --- the blocking part (a thread) ----------------------------------------
 
@@ -153,6 +154,7 @@ class Directory:
         new = {label: frozenset(uids) for label, uids in owners.items()}
         changed = new != self._owners
         self._owners = new
+        self.generation += changed
         return changed
 
     def _pairs(self) -> Iterable[tuple[int, str]]:

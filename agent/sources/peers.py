@@ -208,13 +208,21 @@ class PeerSource(ServiceSource[ControlServer]):
                 log.warning("peer's names withdrawn", uid=state.uid, reason=state.ident.why_not)
                 self._withdraw(state)
                 continue
-            scope = Scope(state.user, self.zones, self._trusted(state.ident), owned)
-            keep = tuple(c for c in state.push.claims if scope.confine(c.name) is None)
-            if len(keep) != len(state.push.claims):
-                lost = tuple(Refusal(c.name, scope.confine(c.name) or "", c.what)
-                             for c in state.push.claims if c not in keep)
-                state.push = Push(keep, state.push.refused + lost, state.push.reported)
+            push = self._reconfined(state, state.push, owned)
+            if push is not state.push:
+                state.push = push
                 self._publish(state)
+
+    def _reconfined(self, state: PeerState, push: Push, owned: frozenset[str]) -> Push:
+        """``push`` without the claims that are now in someone else's sub-zone."""
+        assert state.user is not None
+        scope = Scope(state.user, self.zones, self._trusted(state.ident), owned)
+        keep = tuple(c for c in push.claims if scope.confine(c.name) is None)
+        if len(keep) == len(push.claims):
+            return push
+        lost = tuple(Refusal(c.name, scope.confine(c.name) or "", c.what)
+                     for c in push.claims if c not in keep)
+        return Push(keep, push.refused + lost, push.reported)
 
     def _bucket(self, uid: int) -> TokenBucket:
         bucket = self._buckets.get(uid)
@@ -334,7 +342,7 @@ class PeerSource(ServiceSource[ControlServer]):
             raise self._refuse(state, "permission_denied", state.ident.why_not or "refused")
         state.started += 1
         ticket = state.started
-        ident = state.ident
+        ident, generation = state.ident, self._dir.generation
         try:
             # No I/O (owners come with the scope), but up to max_names records: a thread.
             push = await asyncio.to_thread(decode_push, params, self._scope(state),
@@ -344,6 +352,9 @@ class PeerSource(ServiceSource[ControlServer]):
         if state.ident != ident:
             raise self._refuse(state, "permission_denied",
                                state.ident.why_not or "this uid's sub-zone changed meanwhile")
+        if self._dir.generation != generation:
+            # A sub-zone appeared while this push was decoded against the older owners.
+            push = self._reconfined(state, push, self._dir.owned_labels())
         if ticket < state.applied:
             # A later push (another connection of this uid) was applied meanwhile.
             return {"accepted": 0, "refused": [], "superseded": True}
