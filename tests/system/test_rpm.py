@@ -186,6 +186,8 @@ def test_selinux_module_compiled_and_labels_run_namesync_for_dnsmasq(
     fc = [ln.split() for ln in (tmp_path / "m.fc").read_text().splitlines() if ln.strip()
           and not ln.startswith("#")]
     assert ["/run/namesync(/.*)?", "system_u:object_r:namesync_var_run_t:s0"] in fc
+    assert ["/run/namesync/dnsmasq\\.pid", "--",
+            "system_u:object_r:namesync_dnsmasq_var_run_t:s0"] in fc
     # The rules themselves, in the module source as the reference policy expands it.
     subprocess.run(["make", "-s", "-f", str(rpm.SELINUX_MAKEFILE), "namesync.pp"],
                    cwd=_copy(rpm.REPO / "packaging/selinux", tmp_path / "se"),
@@ -193,6 +195,18 @@ def test_selinux_module_compiled_and_labels_run_namesync_for_dnsmasq(
     policy = (tmp_path / "se/tmp/namesync.tmp").read_text()
     assert "allow dnsmasq_t namesync_var_run_t:file { getattr open read lock ioctl };" in policy
     assert "allow dnsmasq_t namesync_var_run_t:dir" in policy
+    # namesync's own dnsmasq (the resolved path) runs confined as dnsmasq_t, binds
+    # port 53, lists interfaces over rtnetlink, and writes only its pid file here.
+    assert "type_transition unconfined_service_t dnsmasq_exec_t:process dnsmasq_t;" in policy
+    assert "allow dnsmasq_t unconfined_service_t:fifo_file" in policy  # its stderr pipe
+    assert "allow dnsmasq_t dns_port_t:udp_socket name_bind;" in policy
+    assert "allow dnsmasq_t dns_port_t:tcp_socket name_bind;" in policy
+    assert "allow dnsmasq_t self:netlink_route_socket { { create" in policy
+    assert ('type_transition dnsmasq_t namesync_var_run_t:file namesync_dnsmasq_var_run_t '
+            '"dnsmasq.pid";') in policy
+    assert "allow dnsmasq_t namesync_var_run_t:file { getattr open read lock ioctl };" in policy
+    assert not any("namesync_var_run_t:file" in ln and "write" in ln
+                   for ln in policy.splitlines() if ln.lstrip().startswith("allow dnsmasq_t"))
     scripts = "\n".join(rpm.query(sel, "--scripts"))
     assert f"semodule -n -s targeted -X 200 -i {pp}" in scripts
 
