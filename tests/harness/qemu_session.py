@@ -1,4 +1,4 @@
-"""A real user's ``qemu:///session`` libvirtd whose QEMU (TCG) guests bridge onto a test network.
+"""A real user's ``qemu:///session`` libvirtd and its QEMU (TCG) guests, bridged or user-mode.
 
 The session daemon is what GNOME Boxes or virt-manager's user session run:
 ``libvirtd`` as the user, sockets under ``$XDG_RUNTIME_DIR/libvirt``, config
@@ -20,7 +20,9 @@ Neither is set up on the machine: the daemon gets its own mount namespace
 so only this daemon and the helpers it runs see them, and they vanish with it.
 The bridge is a NAT network of the test's private system libvirtd
 (tests/harness/libvirt): its dnsmasq hands out the lease and writes
-``<bridge>.status``, as for a system VM.
+``<bridge>.status``, as for a system VM. User-mode guests (QEMU's slirp) need
+none of this: their NIC is ``<interface type='user'>`` or, with host forwards,
+``-netdev user,hostfwd=...`` in ``<qemu:commandline>`` (libvirt 9.0 has no passt).
 
 Guests are tests/harness/qemu_image.py's kernel + initramfs booted directly
 (``<kernel>``/``<initrd>``), ``<domain type='qemu'>`` (TCG: the user has no
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from .proc import die_with_parent, kill_and_reap, process_gone, read_pid, terminate
+from .proc import comm, die_with_parent, kill_and_reap, process_gone, read_pid, terminate
 from .qemu_image import CONSOLE_MARK, GuestImage
 from .rootless import Session
 from .wait import until
@@ -333,7 +335,9 @@ class QemuGuest:
         """The QEMU process (libvirt's pid file), if it still runs."""
         pid = read_pid(self.daemon.session.runtime / "libvirt" / "qemu" / "run"
                        / f"{self.name}.pid")
-        return pid if pid is not None and not process_gone(pid) else None
+        if pid is None or process_gone(pid) or not comm(pid).startswith("qemu-system"):
+            return None  # gone, or a stale pid file's number now used by another process
+        return pid
 
     def boot(self) -> Boot:
         """The console so far: every new line stamped with when this call first saw it."""

@@ -100,15 +100,14 @@ def alice(unix_user: Any, public_tmp: Path) -> Iterator[Session]:
 @pytest.fixture
 def session_libvirtd(alice: Session, libvirt_network: Network,
                      public_tmp: Path) -> Iterator[SessionLibvirtd]:
+    """The user's session daemon, not started yet: what starts it is part of a test."""
     daemon = SessionLibvirtd(alice, public_tmp / "session-libvirt", [libvirt_network.bridge])
-    daemon.start()
     yield daemon
     daemon.stop()
 
 
 @pytest.fixture
-def user_agent(alice: Session, system: Agent, session_libvirtd: SessionLibvirtd,
-               public_tmp: Path) -> Iterator[UserAgent]:
+def user_agent(alice: Session, system: Agent, public_tmp: Path) -> Iterator[UserAgent]:
     # Everything else is the user-mode default: qemu:///session, the system's
     # lease directory, zones <user>.dns.libvirt. LIBVIRT_AUTOSTART=0 as the user unit.
     agent = UserAgent(alice, public_tmp / "alice-agent", env_extra={"LIBVIRT_AUTOSTART": "0"})
@@ -131,9 +130,14 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
         user_agent: UserAgent, system: Agent, dnsmasq: Dnsmasq, alice: Session,
         record_property: Any) -> None:
     name = f"vm1.{alice.user.name}.dns.libvirt"
+    # As at login: the user unit's agent runs before anything started the session
+    # daemon (GNOME Boxes, virt-manager do, later); it waits for the socket.
+    src = libvirt_source(user_agent)
+    assert src["name"] == "libvirt:qemu:///session" and src["state"] != "connected"
+    assert f"waiting for {session_libvirtd.socket} to appear" in (src["detail"] or "")
+    session_libvirtd.start()
     until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=20,
-          what="the user agent on qemu:///session")
-    assert libvirt_source(user_agent)["name"] == "libvirt:qemu:///session"
+          what="the user agent on qemu:///session once its socket appeared")
     guest = session_libvirtd.guest("vm1", image, BridgeNic(libvirt_network.bridge))
     assert dnsmasq.query(name).status == "NXDOMAIN"  # defined, not running: no name
 
@@ -201,6 +205,7 @@ def test_user_mode_session_vms_answer_the_host_only_through_a_real_forward(
     ``<portForward>`` on a plain user NIC is accepted and kept in the XML, but
     QEMU's slirp gets no hostfwd: nothing listens on that port."""
     zone = f"{alice.user.name}.dns.libvirt"
+    session_libvirtd.start()
     until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=20,
           what="the user agent on qemu:///session")
     boxes = session_libvirtd.guest("boxes", image, CommandlineNic(hostfwd=("tcp::2222-:80",)))
