@@ -182,9 +182,12 @@ class SessionLibvirtd:
                                  f"({r.returncode}): {r.stderr}")
         return r
 
-    def guest(self, name: str, image: GuestImage, nic: Nic, *,
-              mac: str | None = None, memory_mib: int = 128) -> QemuGuest:
-        g = QemuGuest(self, name, image, nic, mac or random_mac(), memory_mib)
+    def guest(self, name: str, image: GuestImage, nic: Nic, *, mac: str | None = None,
+              dhcp_hostname: str | None = None, memory_mib: int = 128) -> QemuGuest:
+        """A defined (not started) domain; its udhcpc sends ``dhcp_hostname`` (default:
+        the domain name)."""
+        g = QemuGuest(self, name, image, nic, mac or random_mac(), memory_mib,
+                      dhcp_hostname or name)
         self.guests[name] = g
         g.define()
         return g
@@ -274,9 +277,10 @@ class QemuGuest:
     """One session domain: the tiny kernel + initramfs, one virtio NIC."""
 
     def __init__(self, daemon: SessionLibvirtd, name: str, image: GuestImage, nic: Nic,
-                 mac: str, memory_mib: int) -> None:
+                 mac: str, memory_mib: int, dhcp_hostname: str) -> None:
         self.daemon = daemon
         self.name = name
+        self.dhcp_hostname = dhcp_hostname
         self.image = image
         self.nic = nic
         self.mac = mac
@@ -298,7 +302,7 @@ class QemuGuest:
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(self.image.kernel))}</kernel>
     <initrd>{escape(str(self.image.initrd))}</initrd>
-    <cmdline>{escape(self.image.cmdline(self.name))}</cmdline>
+    <cmdline>{escape(self.image.cmdline(self.dhcp_hostname))}</cmdline>
   </os>
   <on_reboot>destroy</on_reboot>
   <devices>
