@@ -249,10 +249,6 @@ class ResolvedConfig:
         "The static records file (systemd.rr(5)); removed while another path serves.",
     )
 
-    @property
-    def uses_static_records(self) -> bool:
-        return self.enabled and self.static_records != "no"
-
     def cross_check(self) -> list[tuple[str, str]]:
         problems = []
         if self.listen == self.link_address:
@@ -434,6 +430,14 @@ class Config:
     # Where this config was read from ("<embedded default>" when no file exists).
     origin: str = "<embedded default>"
     mode: str = "system"  # MODES
+
+    @property
+    def static_records_possible(self) -> bool:
+        """Could systemd-resolved's static records be the path (resolved.static_records)?"""
+        r = self.resolved
+        wanted = r.static_records == "prefer" or (r.static_records == "auto"
+                                                  and not self.dnsmasq.enabled)
+        return wanted and r.enabled and self.mode != "user"
 
 
 def sections() -> tuple[SectionInfo, ...]:

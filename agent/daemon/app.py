@@ -82,7 +82,7 @@ def build_sinks(
         if paths is not None:
             hosts = RoutedZonesFilter(hosts, paths, config.dnsmasq.local_zones)
         sinks.append(hosts)
-    if paths is not None and config.resolved.uses_static_records and config.mode != "user":
+    if paths is not None and config.static_records_possible:
         sinks.append(StaticRecordsSink(config.resolved.static_records_file, paths))
     if config.mode == "user" and config.peers.enabled:
         # A user agent publishes through the system agent (agent/peer).
@@ -97,7 +97,7 @@ def managed_paths(config: Config) -> list[Path]:
         paths.append(config.dnsmasq.addn_hosts)
     if config.hosts_file.enabled:
         paths.append(config.hosts_file.path)
-    if config.resolved.uses_static_records and config.mode != "user":
+    if config.static_records_possible:
         paths.append(config.resolved.static_records_file)
     return paths
 

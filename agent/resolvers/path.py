@@ -71,15 +71,12 @@ class StaticRecordsProbe:
 def _static_records_path(config: Config, resolved: ResolvedState | None,
                          static: StaticRecordsProbe | None) -> PathChoice | None:
     r = config.resolved
-    if (not r.uses_static_records or resolved is None or not resolved.running
+    # Otherwise the routing path: NXDOMAIN for unknown names, containers served too.
+    if (not config.static_records_possible or resolved is None or not resolved.running
             or static is None or not static.available):
         return None
-    if r.static_records == "prefer":
-        why = 'static_records = "prefer"'
-    elif not config.dnsmasq.enabled:
-        why = "namesync runs no dnsmasq for the routing path (dnsmasq.enabled = false)"
-    else:
-        return None  # the routing path: NXDOMAIN for unknown names, containers too
+    why = ('static_records = "prefer"' if r.static_records == "prefer" else
+           "namesync runs no dnsmasq for the routing path (dnsmasq.enabled = false)")
     return PathChoice(DnsPath.STATIC_RECORDS,
                       f"systemd-resolved {static.version} reads static records "
                       f"({r.static_records_file}); {why}")
@@ -124,13 +121,13 @@ class DnsPathController:
     async def start(self) -> None:
         c = self.config
         # A user agent serves nothing itself (it pushes to the system agent).
-        if (c.resolved.enabled and (c.dnsmasq.enabled or c.resolved.uses_static_records)
-                and c.mode != "user"):
+        route = c.resolved.enabled and c.dnsmasq.enabled and c.mode != "user"
+        if route or c.static_records_possible:
             self.watcher = ResolvedWatcher(self.update)
             self._watcher_task = asyncio.create_task(self.watcher.supervise(), name="resolved")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.watcher.synced.wait(), STARTUP_SYNC_TIMEOUT_S)
-            if c.resolved.uses_static_records and self.watcher.owner is not None:
+            if c.static_records_possible and self.watcher.owner is not None:
                 # Probed before the first choice: the first sync goes to the right path.
                 await self._probe(self.watcher.owner)
         self.update()
@@ -175,7 +172,7 @@ class DnsPathController:
 
     def _probe_if_new(self, resolved: ResolvedState | None) -> None:
         """A new resolved owner (a restart may be an upgrade): probe its version and pid."""
-        if (not self.config.resolved.uses_static_records or resolved is None
+        if (not self.config.static_records_possible or resolved is None
                 or resolved.owner == self.static.owner or self._stopped):
             return
         if resolved.owner is None:
@@ -271,7 +268,7 @@ class DnsPathController:
                 "running": w.state.running,
             },
             "route": self.route.status() if self.route is not None else None,
-            "static_records": None if not self.config.resolved.uses_static_records else {
+            "static_records": None if not self.config.static_records_possible else {
                 "available": self.static.available,
                 "version": self.static.version,
                 "found": self.static.found,
