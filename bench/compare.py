@@ -282,7 +282,7 @@ def memory_rows(root: Path) -> list[Row]:
     """bench/memory.py's measurement: default sources on, their services absent (the
     case issue 11's targets are set for); steady RSS settled, VmHWM across a reload."""
     out = {n: measure(root / "rss", n) for n in (0, 10_000, 100_000)}
-    steady, peak, _ = out[100_000]
+    steady, _, peak, _ = out[100_000]  # (steady, startup peak, reload peak, after)
     return [
         Row("agent RSS, 0 names (sources on, services absent)", f"{out[0][0]:.1f} MB", "-"),
         Row("agent RSS, 10k names", f"{out[10_000][0]:.1f} MB", "-", "<= 45 MB",

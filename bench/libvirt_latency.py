@@ -28,16 +28,26 @@ two threads started before the guest ask namesync's dnsmasq for
 namesync's addn-hosts file lives under /run there, a tmpfs as in the
 default config (/run/namesync): on a disk, its two fsyncs alone measured
 1-28 ms on this busy machine.
+
+``--timeline`` shows where libvirt's head start comes from, per guest, in ms
+after libvirt's own dnsmasq answers the guest's name: when the lease helper
+first touches the lease directory (inotify IN_OPEN of ``<bridge>.status``,
+which it reads before writing the new one), when it renames the new file in,
+and when namesync's dnsmasq answers. ``--busy N`` runs N busy loops meanwhile
+(the load is printed either way).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +141,79 @@ def paired(root: Path, guests: int, coalesce_ms: int, timeout: float) -> Paired:
     return out
 
 
+class LeaseDirEvents:
+    """Every inotify event in the lease directory, with its monotonic time (a thread)."""
+
+    def __init__(self, directory: Path) -> None:
+        from asyncinotify import Inotify, Mask
+
+        self.events: list[tuple[float, Any, str]] = []
+        self._inotify = Inotify()
+        self._inotify.add_watch(directory, Mask.OPEN | Mask.CREATE | Mask.CLOSE_WRITE
+                                | Mask.MOVED_TO)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # closed: the bench is over
+            while (event := self._inotify.sync_get()) is not None:
+                self.events.append((time.monotonic(), event.mask, str(event.name or "")))
+
+    def close(self) -> None:
+        self._inotify.close()
+
+
+def timeline(root: Path, guests: int, timeout: float) -> list[tuple[float, float, float]]:
+    """Per guest, ms after libvirt's dnsmasq answered: the helper's first look at the
+    lease file, the new file renamed in, namesync's answer."""
+    from asyncinotify import Mask
+
+    from bench.compare import Watch
+
+    run_dir = Path("/run") / root.name
+    run_dir.mkdir(mode=0o755)
+    dnsmasq = Dnsmasq(run_dir / "dnsmasq", zones=(ZONE,)).start()
+    daemon = Libvirtd(root / "libvirt-timeline")
+    agent = Agent(root / "agent-timeline")
+    rows = []
+    try:
+        daemon.start()
+        net = daemon.network()
+        agent.set_config(toml_config(
+            socket=agent.socket, addn_hosts=dnsmasq.addn_hosts, pid_file=dnsmasq.pid_file,
+            hosts_file=None, libvirt='uris = ["lxc:///system"]'))
+        agent.start()
+        status = lease_file(net.bridge)
+        seen = LeaseDirEvents(status.parent)
+        host, lv = Watch(dnsmasq.port), Watch(53, net.gateway)
+        try:
+            for i in range(guests):
+                guest = daemon.guest(f"tl{i}", [net], start=False)
+                host.want(f"tl{i}.{ZONE}")
+                lv.want(f"tl{i}")
+                seen.events.clear()
+                guest.start()
+                host.wait([f"tl{i}.{ZONE}"], timeout)
+                lv.wait([f"tl{i}"], timeout)
+                at = lv.answered[f"tl{i}"][0]
+                ours = [(t, m) for t, m, n in seen.events if n == status.name]
+                renamed = next(t for t, m in ours if m & Mask.MOVED_TO and t > at - 1)
+                # The helper reads the old file before writing the new one: its first look.
+                opened = max(t for t, m in ours if m & Mask.OPEN and t <= renamed)
+                rows.append(((opened - at) * 1000, (renamed - at) * 1000,
+                             (host.answered[f"tl{i}.{ZONE}"][0] - at) * 1000))
+                guest.destroy()
+        finally:
+            host.close()
+            lv.close()
+            seen.close()
+    finally:
+        agent.stop()
+        daemon.teardown()
+        dnsmasq.stop()
+    return rows
+
+
 def compare_rows(root: Path, guests: int = 7) -> list[Any]:
     """bench/compare.py's libvirt row (its ``extra_rows`` hook)."""
     from bench.compare import Row
@@ -150,14 +233,40 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=15.0)
     p.add_argument("--paired", action="store_true",
                    help="side by side with libvirt's own dnsmasq (see above)")
+    p.add_argument("--timeline", action="store_true",
+                   help="where libvirt's head start comes from (see above)")
+    p.add_argument("--busy", type=int, default=0, help="busy loops to run meanwhile")
     args = p.parse_args()
     if not isolate("libvirt_latency", ("dnsmasq", "libvirtd", "virtlogd", "busybox")):
         return 2
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy)]
+    try:
+        return run(args)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    load = f"load {os.getloadavg()[0]:.2f} ({args.busy} busy loops of ours)"
+    if args.timeline:
+        with bench_root() as root:
+            rows = timeline(root, args.guests, args.timeout)
+        print(f"lease timeline, ms after libvirt's dnsmasq answers the guest: "
+              f"{os.cpu_count()} CPUs; {load} -> {os.getloadavg()[0]:.2f}; "
+              f"{args.guests} LXC guests; default config")
+        for k, what in enumerate(("lease helper first opens <bridge>.status",
+                                  "lease helper renames the new file in",
+                                  "namesync's dnsmasq answers")):
+            print(summary(what, [r[k] for r in rows]))
+        return 0
     if args.paired:
         with bench_root() as root:
             got = paired(root, args.guests, args.coalesce_ms, args.timeout)
         print(f"namesync vs libvirt's dnsmasq: Python {platform.python_version()}; "
-              f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}; {args.guests} LXC "
+              f"{os.cpu_count()} CPUs; {load} -> {os.getloadavg()[0]:.2f}; {args.guests} LXC "
               f"guests; coalesce_ms = {args.coalesce_ms}; ms after the lease file")
         print(summary("namesync's dnsmasq answers", got.host))
         print(summary("libvirt's dnsmasq answers", got.libvirt))

@@ -130,7 +130,7 @@ def _objects(n: int, target_addr: str) -> dict[str, ObjectState]:
     objects: dict[str, ObjectState] = {}
     for i, (name, addrs) in enumerate(addresses(n, target_addr).items()):
         oid = f"ctr{i:05d}"
-        prov = Provenance(SOURCE, oid, "container", display=name)
+        prov = Provenance(SOURCE, oid, "container", name)
         objects[oid] = ObjectState(records=(Record(name, tuple(map(ip_address, addrs)), prov),))
     return objects
 
@@ -162,7 +162,7 @@ async def _worker_main(conn: multiprocessing.connection.Connection, n: int, addn
 
     i = target_index(n)
     oid, name = f"ctr{i:05d}", target_name(n)
-    prov = Provenance(SOURCE, oid, "container", display=name)
+    prov = Provenance(SOURCE, oid, "container", name)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
 
