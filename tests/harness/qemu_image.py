@@ -2,9 +2,10 @@
 
 The guest exists to take a real DHCP lease through a real NIC and to answer on
 a port: its /init loads the virtio NIC driver, starts busybox httpd on port 80
-(a page naming the guest: what a port forward reaches), brings eth0 up and
-runs ``udhcpc -i eth0 -x hostname:NAME`` (NAME from the kernel command line,
-``namesync.hostname=NAME``), logging each step to the serial console.
+(a page naming the guest: what a port forward reaches), brings every ethN up
+and runs ``udhcpc -i ethN -x hostname:NAME`` on each (NAME from the kernel
+command line, ``namesync.hostname=NAME``), logging each step to the serial
+console.
 
 Both files are cached in /var/cache/namesync-tests/qemu-guest-KEY/, where KEY
 hashes everything that goes into them (the kernel package and version, the
@@ -76,10 +77,12 @@ ip link set lo up
 # What a forwarded port reaches: a page naming this guest.
 mkdir -p /www && echo "{CONSOLE_MARK} page of ${{name:-none}}" > /www/index.html
 httpd -p 80 -h /www
-ip link set eth0 up || echo "{CONSOLE_MARK} no eth0"
-echo "{CONSOLE_MARK} eth0 up, udhcpc hostname ${{name:-none}}"
-udhcpc -f -i eth0 -s /etc/udhcpc.script -t 30 -T 1 ${{name:+-x hostname:$name}}
-echo "{CONSOLE_MARK} udhcpc exited $?"
+for dev in /sys/class/net/eth*; do
+  dev=${{dev##*/}}
+  ip link set "$dev" up
+  echo "{CONSOLE_MARK} $dev up, udhcpc hostname ${{name:-none}}"
+  udhcpc -f -i "$dev" -s /etc/udhcpc.script -t 30 -T 1 ${{name:+-x hostname:$name}} &
+done
 while :; do sleep 3600; done
 """
 

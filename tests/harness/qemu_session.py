@@ -182,11 +182,13 @@ class SessionLibvirtd:
                                  f"({r.returncode}): {r.stderr}")
         return r
 
-    def guest(self, name: str, image: GuestImage, nic: Nic, *, mac: str | None = None,
-              dhcp_hostname: str | None = None, memory_mib: int = 128) -> QemuGuest:
-        """A defined (not started) domain; its udhcpc sends ``dhcp_hostname`` (default:
-        the domain name)."""
-        g = QemuGuest(self, name, image, nic, mac or random_mac(), memory_mib,
+    def guest(self, name: str, image: GuestImage, nic: Nic, *more: Nic,
+              mac: str | None = None, dhcp_hostname: str | None = None,
+              memory_mib: int = 128) -> QemuGuest:
+        """A defined (not started) domain with NICs ``nic``, ``*more`` (eth0, eth1, ...);
+        its udhcpc sends ``dhcp_hostname`` (default: the domain name)."""
+        macs = [mac or random_mac()] + [random_mac() for _ in more]
+        g = QemuGuest(self, name, image, [nic, *more], macs, memory_mib,
                       dhcp_hostname or name)
         self.guests[name] = g
         g.define()
@@ -223,13 +225,17 @@ class Boot:
 
 @dataclass(frozen=True)
 class BridgeNic:
-    """``<interface type='bridge'>``: a tap on ``bridge``, plugged in by qemu-bridge-helper."""
+    """``<interface type='bridge'>``: a tap on ``bridge``, plugged in by qemu-bridge-helper.
+    ``alias``: a user alias ("ua-" + alias), which QEMU domains keep (LXC ones do not)."""
 
     bridge: str
+    alias: str | None = None
 
     def xml(self, mac: str) -> str:
+        alias = f"<alias name={quoteattr('ua-' + self.alias)}/>" if self.alias else ""
         return (f"<interface type='bridge'><mac address={quoteattr(mac)}/>"
-                f"<source bridge={quoteattr(self.bridge)}/><model type='virtio'/></interface>")
+                f"<source bridge={quoteattr(self.bridge)}/><model type='virtio'/>{alias}"
+                "</interface>")
 
 
 @dataclass(frozen=True)
@@ -274,16 +280,18 @@ QEMU_XMLNS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 
 class QemuGuest:
-    """One session domain: the tiny kernel + initramfs, one virtio NIC."""
+    """One session domain: the tiny kernel + initramfs, virtio NICs (eth0, eth1, ...)."""
 
-    def __init__(self, daemon: SessionLibvirtd, name: str, image: GuestImage, nic: Nic,
-                 mac: str, memory_mib: int, dhcp_hostname: str) -> None:
+    def __init__(self, daemon: SessionLibvirtd, name: str, image: GuestImage,
+                 nics: Sequence[Nic], macs: Sequence[str], memory_mib: int,
+                 dhcp_hostname: str) -> None:
         self.daemon = daemon
         self.name = name
         self.dhcp_hostname = dhcp_hostname
         self.image = image
-        self.nic = nic
-        self.mac = mac
+        self.nics = list(nics)
+        self.macs = list(macs)
+        self.mac = self.macs[0]
         self.memory_mib = memory_mib
         self.dir = daemon._own(daemon.dir / "guests" / name)
         self.console = self.dir / "console.log"
@@ -292,7 +300,10 @@ class QemuGuest:
 
     @property
     def xml(self) -> str:
-        extra = self.nic.commandline(self.mac) if isinstance(self.nic, CommandlineNic) else ""
+        nics = zip(self.nics, self.macs, strict=True)
+        devices = "\n    ".join(n.xml(m) for n, m in nics if not isinstance(n, CommandlineNic))
+        extra = "".join(n.commandline(m) for n, m in zip(self.nics, self.macs, strict=True)
+                        if isinstance(n, CommandlineNic))
         return f"""\
 <domain type='qemu' xmlns:qemu='{QEMU_XMLNS}'>
   <name>{escape(self.name)}</name>
@@ -307,7 +318,7 @@ class QemuGuest:
   <on_reboot>destroy</on_reboot>
   <devices>
     <emulator>{QEMU}</emulator>
-    {self.nic.xml(self.mac)}
+    {devices}
     <serial type='file'><source path={quoteattr(str(self.console))}/></serial>
     <memballoon model='none'/>
   </devices>
@@ -370,11 +381,11 @@ class QemuGuest:
             tail = "\n".join(line for _, line in self._seen[-30:])
             raise AssertionError(f"{e}\nconsole of {self.name}:\n{tail}") from None
 
-    def bound_address(self) -> str | None:
-        """The address udhcpc configured on eth0, as the guest said on its console."""
+    def bound_address(self, nic: int = 0) -> str | None:
+        """The address udhcpc configured on eth<nic>, as the guest said on its console."""
         for _, line in reversed(self.boot().lines):
             words = line.split()
-            if line.startswith(CONSOLE_MARK) and words[1:3] in (["bound", "eth0"],
-                                                                  ["renew", "eth0"]):
+            if line.startswith(CONSOLE_MARK) and words[1:3] in (["bound", f"eth{nic}"],
+                                                                  ["renew", f"eth{nic}"]):
                 return words[3] if len(words) > 3 else None
         return None

@@ -32,7 +32,7 @@ import pytest
 from tests.harness import qemu_image
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
-from tests.harness.libvirt import Network
+from tests.harness.libvirt import Libvirtd, Network
 from tests.harness.qemu_image import GuestImage
 from tests.harness.qemu_session import (
     BridgeNic,
@@ -179,6 +179,42 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
     # The lease outlives the guest (until expiry): the name goes because the domain stopped.
     assert libvirt_network.lease_for(guest.mac) is not None
     until(lambda: guest.qemu_pid() is None, timeout=15, what="QEMU to exit")
+
+
+def test_two_nic_session_vm_names_each_nic_by_its_user_alias(
+        image: GuestImage, libvirtd: Libvirtd, libvirt_network: Network,
+        session_libvirtd: SessionLibvirtd, user_agent: UserAgent, dnsmasq: Dnsmasq,
+        alice: Session) -> None:
+    """Two bridged NICs on two system networks, the first with a user alias: QEMU keeps
+    ``<alias name='ua-lan'/>`` in the live XML (libvirt's LXC driver drops it, so the
+    LXC tests cannot show it), and each NIC gets its own name."""
+    second = libvirtd.network()
+    session_libvirtd.bridges.append(second.bridge)
+    session_libvirtd.start()
+    until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=20,
+          what="the user agent on qemu:///session")
+    duo = session_libvirtd.guest("duo", image, BridgeNic(libvirt_network.bridge, alias="lan"),
+                                 BridgeNic(second.bridge))
+    duo.start()
+    assert "<alias name='ua-lan'/>" in session_libvirtd.virsh("dumpxml", "duo").stdout
+
+    def leased(net: Network, mac: str) -> str:
+        return until(lambda: str((net.lease_for(mac) or {}).get("ip-address", "")),
+                     timeout=BOOT_TIMEOUT_S, interval=0.05, what=f"a lease for duo's {mac}")
+
+    ips = [leased(libvirt_network, duo.macs[0]), leased(second, duo.macs[1])]
+    fqdn = f"duo.{alice.user.name}.dns.libvirt"
+    until(lambda: set(dnsmasq.query(fqdn).records) == set(ips), timeout=15,
+          what=f"{fqdn} -> both leases {ips}")
+    until(lambda: dnsmasq.query(f"lan.{fqdn}").records == (ips[0],), timeout=15,
+          what=f"lan.{fqdn} -> {ips[0]}")
+    until(lambda: dnsmasq.query(f"nic1.{fqdn}").records == (ips[1],), timeout=15,
+          what=f"nic1.{fqdn} -> {ips[1]}")
+
+    duo.destroy()
+    names = (fqdn, f"lan.{fqdn}", f"nic1.{fqdn}")
+    until(lambda: all(dnsmasq.query(n).status == "NXDOMAIN" for n in names), timeout=15,
+          what=f"{names} gone after destroy")
 
 
 def http_get(host: str, port: int) -> str:
