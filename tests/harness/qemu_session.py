@@ -134,7 +134,8 @@ class SessionLibvirtd:
         self._own(self.dir)
         self.priv.mkdir(exist_ok=True)
         self._write_user_config()
-        self._start_reaper()
+        if self._reaper is None:
+            self._start_reaper()
         conf = "".join(f"allow {b}\n" for b in self.bridges)
         argv = ["unshare", "-m", "--propagation", "slave", "sh", "-c", LAUNCH,
                 "qemu-session-launch", str(self.priv), conf, str(bridge_helper()),
@@ -146,6 +147,13 @@ class SessionLibvirtd:
                                          preexec_fn=die_with_parent)
         until(self._answers, timeout=30, interval=0.05,
               what=f"the session libvirtd of {self.session.user.name} to answer")
+
+    def kill(self) -> None:
+        """SIGKILL libvirtd by pid (its QEMUs run on, as after a crash) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        self.proc = None
 
     def _start_reaper(self) -> None:
         """qemu_reaper.py: kills the user's QEMUs if pytest dies without stop()."""

@@ -172,6 +172,18 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
     print(f"\nqemu session guest: start->lease {leased - started:.2f} s, "
           f"lease->answer {(answered - leased) * 1000:.0f} ms")
 
+    # The session daemon crashes: the VM runs on and keeps its name; the restarted
+    # daemon finds the running QEMU again and the agent's resync keeps it published.
+    session_libvirtd.kill()
+    until(lambda: libvirt_source(user_agent)["state"] != "connected", timeout=20,
+          what="the user agent to see the session daemon gone")
+    assert guest.qemu_pid() is not None
+    assert dnsmasq.query(name).records == (ip,)
+    session_libvirtd.start()
+    until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=30,
+          what="the user agent back on the restarted session daemon")
+    assert guest.is_active() and dnsmasq.query(name).records == (ip,)
+
     guest.destroy()
     until(lambda: dnsmasq.query(name).status == "NXDOMAIN", timeout=15,
           what=f"{name} gone after destroy")
