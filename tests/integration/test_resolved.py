@@ -253,6 +253,30 @@ def test_deleted_link_is_recreated(agent: NetnsAgent, resolved: Resolved, netns:
     assert f"({LINK})" in resolved.resolvectl("status", LINK).stdout
 
 
+def test_link_deleted_again_and_again(agent: NetnsAgent, resolved: Resolved, netns: NetNS,
+                                      public_tmp: Path) -> None:
+    """Deleted again the moment it is back, 15 times: a deletion that lands between two
+    of the repair's netlink requests (ENODEV) is repaired at once, never taken for a
+    lost netlink connection (which cost the lifecycle's 1 s reconnect backoff)."""
+    agent.set_config(agent_config(agent, public_tmp, static={"web.dns.podman": ["10.89.0.5"]}))
+    agent.start()
+    before = wait_routed(agent)
+
+    def index() -> str:
+        r = netns.ip("-o", "link", "show", LINK, check=False)
+        return r.stdout.split(":", 1)[0] if r.returncode == 0 else ""
+
+    for _ in range(15):
+        gone = index()
+        netns.ip("link", "del", LINK, check=False)
+        until(lambda g=gone: index() not in ("", g), timeout=5, interval=0.001,  # type: ignore[misc]
+              what="namesync0 made again")
+    after = wait_routed(agent, before["registrations"] + 1)
+    poll(lambda: resolved.query("web.dns.podman").records == ("10.89.0.5",))
+    assert "connection lost" not in agent.log.read_text()
+    assert after["link_state"] == "connected" and after["link_error"] is None, after
+
+
 def test_containers_address_answers_and_forwards(agent: NetnsAgent, resolved: Resolved,
                                                  netns: NetNS, public_tmp: Path) -> None:
     """What a rootful container is given (the link's address, port 53): the zones, and the
