@@ -47,9 +47,9 @@ def parse_response(buf: bytes) -> tuple[int, int, tuple[str, ...]]:
 class Poller:
     """One UDP socket, one query in flight: ask until the answer is what we want."""
 
-    def __init__(self, port: int, sleep_s: float) -> None:
+    def __init__(self, port: int, sleep_s: float, host: str = "127.0.0.1") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.connect(("127.0.0.1", port))
+        self.sock.connect((host, port))
         self.sock.settimeout(0.5)  # dnsmasq busy re-reading a huge file: ask again
         self.sleep_s = sleep_s
         self.qid = random.randrange(0x10000)
@@ -59,11 +59,14 @@ class Poller:
 
     def ask(self, question: bytes) -> tuple[float, int, tuple[str, ...]] | None:
         self.qid = (self.qid + 1) & 0xFFFF
-        self.sock.send(struct.pack("!HHHHHH", self.qid, 0x0100, 1, 0, 0, 0) + question)
+        try:
+            self.sock.send(struct.pack("!HHHHHH", self.qid, 0x0100, 1, 0, 0, 0) + question)
+        except ConnectionRefusedError:  # the ICMP of an earlier query: nobody listening
+            return None
         while True:
             try:
                 buf = self.sock.recv(4096)
-            except TimeoutError:
+            except (TimeoutError, ConnectionRefusedError):  # server restarting
                 return None
             at = time.monotonic()
             qid, rcode, addrs = parse_response(buf)

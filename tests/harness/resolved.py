@@ -42,6 +42,7 @@ mount -t tmpfs -o mode=0755 tmpfs "$R/run"
 mount -t tmpfs tmpfs "$R/tmp"
 mkdir -p "$R/run/dbus" "$R/run/systemd"
 mount --bind "$W/bus" "$R/run/dbus"
+if [ -d "$W/etc" ]; then mount --bind "$W/etc" "$R/etc"; fi
 mount --bind "$W/resolved.conf" "$R/etc/systemd/resolved.conf"
 echo ready
 exec sleep 86400
@@ -57,8 +58,13 @@ def resolved_conf(upstream: str | None) -> str:
 
 class Resolved:
     def __init__(self, workdir: Path, rootfs: Path, netns: NetNS,
-                 upstream: str | None = None) -> None:
+                 upstream: str | None = None, own_etc: bool = False) -> None:
+        """``own_etc``: resolved's /etc is a writable copy of the rootfs's, so a test can
+        give it an /etc/hosts (``hosts_file``) and change it (the rootfs is shared and
+        bound read-only)."""
         self.dir = workdir
+        self.own_etc = own_etc
+        self.hosts_file = workdir / "etc" / "hosts"
         self.rootfs = rootfs
         self.netns = netns
         self.upstream = upstream
@@ -82,6 +88,10 @@ class Resolved:
         self.dir.chmod(0o755)
         self.bus_dir.mkdir(mode=0o755, exist_ok=True)
         (self.dir / "resolved.conf").write_text(resolved_conf(self.upstream))
+        if self.own_etc and not (self.dir / "etc").exists():
+            subprocess.run(["cp", "-a", str(self.rootfs / "etc"), str(self.dir / "etc")],
+                           check=True)
+            self.hosts_file.write_text("127.0.0.1 localhost\n")
         self.holder = subprocess.Popen(
             self.netns.exec_argv("unshare", "-m", "--propagation", "private",
                                  "sh", "-c", _HOLDER, "holder", str(self.rootfs), str(self.dir)),
