@@ -33,6 +33,7 @@ stopped by pid on exit.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import subprocess
@@ -93,6 +94,7 @@ class Run:
         self.coalesce_ms = coalesce_ms
         self.poller: Poller | None = None
         self.times: dict[str, list[float]] = {c: [] for c in CHANGES}
+        self.warnings: list[str] = []
 
     def start(self) -> None:
         self.resolved.start()
@@ -114,6 +116,7 @@ class Run:
         if self.poller is not None:
             self.poller.close()
         self.agent.stop()
+        self.warnings = self._warnings()
         self.resolved.stop()
 
     def _record(self, change: str, t0: float, at: float) -> None:
@@ -149,6 +152,22 @@ class Run:
         t0 = time.monotonic()
         ip("link", "del", LINK)
         self._record("link deleted", t0, wait(self.poller, back, "back"))
+
+    def _warnings(self) -> list[str]:
+        """The agent's warnings that can explain a slow row (retries, reconnects); the
+        bench's own setup warnings (no dnsmasq pid file, the address gone) are left out."""
+        benign = ("dnsmasq not signalled", "refused to publish", "link was recreated")
+        out = []
+        for line in self.agent.log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("level") in ("warning", "error") and not any(
+                    b in str(entry.get("event")) for b in benign):
+                out.append(f"{entry.get('timestamp')} {entry.get('event')}: "
+                           f"{entry.get('error') or entry.get('reason') or ''}")
+        return out
 
     def _registrations(self) -> int:
         route = self.agent.status()["dns_path"]["route"] or {}
@@ -186,6 +205,7 @@ def main() -> int:
         return 2
     rootfs = build_rootfs()
     results: dict[str, dict[str, list[float]]] = {}
+    warnings: dict[str, list[str]] = {}
     with bench_root() as root:
         ip("link", "add", BRIDGE, "type", "bridge")
         ip("link", "set", BRIDGE, "up")
@@ -198,6 +218,7 @@ def main() -> int:
                 finally:
                     run.stop()
                 results[path] = run.times
+                warnings[path] = run.warnings
         finally:
             subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
         cost = ip_cost_ms()
@@ -211,6 +232,10 @@ def main() -> int:
     for change in CHANGES:
         print(f"| {change} | {cell(results['resolved'][change])} "
               f"| {cell(results['hosts'][change])} |")
+    for path, lines in warnings.items():
+        if lines:
+            print(f"\nnamesync warnings on the {path} path:")
+            print("\n".join(f"  {ln}" for ln in lines))
     return 0
 
 

@@ -126,7 +126,10 @@ class ResolvedRoute:
                 delay = backoff.next()
                 log.warning("cannot register the zones with systemd-resolved; retrying",
                             error=self.error, retry_s=delay)
-                await asyncio.sleep(delay)
+                # A new owner (resolved back from a restart) or a new link retries at
+                # once: a call that raced resolved's exit must not delay its return.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), delay)
                 self._dirty.set()
 
     def _resolved_changed(self) -> None:
