@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ REPO = Path(__file__).resolve().parents[2]
 BRIDGE = "nsuhost0"
 HOST_IP = "10.77.0.1"
 GRACE_S = 2
+# A user agent restart (a new Python process listing the user's Podman) took more than
+# 2 s on this loaded 2-CPU machine, now and then: its names expired mid-restart, which is
+# the grace period doing its job, not a blink. The restart test gets a grace it fits in.
+RESTART_GRACE_S = 8
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,18 +68,20 @@ def host_bridge() -> Iterator[str]:
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
 
 
-def system_config(agent: Agent, dnsmasq: Dnsmasq, peers: str = "") -> str:
+def system_config(agent: Agent, dnsmasq: Dnsmasq, peers: str = "",
+                  grace_s: int = GRACE_S) -> str:
     return toml_config(
         socket=agent.socket, addn_hosts=dnsmasq.addn_hosts, pid_file=dnsmasq.pid_file,
         hosts_file=None, host=f'name = "host.dns.host"\ninterfaces = ["{BRIDGE}"]',
-        peers=f'socket = "{agent.dir / "peer.sock"}"\ngrace_s = {GRACE_S}\n'
+        peers=f'socket = "{agent.dir / "peer.sock"}"\ngrace_s = {grace_s}\n'
               f"max_names = 50\n{peers}")
 
 
 @pytest.fixture
-def system(public_tmp: Path, dnsmasq: Dnsmasq, host_bridge: str) -> Iterator[Agent]:
+def system(request: pytest.FixtureRequest, public_tmp: Path, dnsmasq: Dnsmasq,
+           host_bridge: str) -> Iterator[Agent]:
     agent = Agent(public_tmp / "system")
-    agent.set_config(system_config(agent, dnsmasq))
+    agent.set_config(system_config(agent, dnsmasq, grace_s=getattr(request, "param", GRACE_S)))
     agent.start()
     until(lambda: dnsmasq.query("host.dns.host").records == (HOST_IP,),
           what="host.dns.host")
@@ -495,6 +502,7 @@ def test_rootless_containers_through_the_user_agent(
     until(lambda: dnsmasq.query(web).status == "NXDOMAIN", timeout=15, what=f"{web} removed")
 
 
+@pytest.mark.parametrize("system", [RESTART_GRACE_S], indirect=True)
 def test_user_agent_killed_grace_then_gone_and_system_restart_repushes(
         system: Agent, dnsmasq: Dnsmasq, alice_podman: Session, alice_agent: UserAgent,
         users: tuple[User, User]) -> None:
@@ -517,16 +525,19 @@ def test_user_agent_killed_grace_then_gone_and_system_restart_repushes(
     asker = threading.Thread(target=ask)
     asker.start()
     try:
+        began = time.monotonic()
         alice_agent.stop()
         alice_agent.start()
         until(lambda: alice_agent.status()["sinks"][0]["writes"] >= 1, what="pushed again")
+        took = time.monotonic() - began
     finally:
         asking.clear()
         asker.join()
     # dig's 1 s timeout on a loaded machine is no answer at all, not a blink: what
     # dnsmasq said is either the host's address or nothing, never NXDOMAIN.
     said = {a for a in answers if a[0] != "NOANSWER"}
-    assert len(said) >= 1 and said == {("NOERROR", (HOST_IP,))}, answers
+    assert len(said) >= 1 and said == {("NOERROR", (HOST_IP,))}, (
+        f"restart took {took:.1f} s (grace {RESTART_GRACE_S} s)", answers)
 
     # The system agent restarts: the user agent reconnects and pushes again.
     system.stop()
@@ -542,7 +553,7 @@ def test_user_agent_killed_grace_then_gone_and_system_restart_repushes(
                   what="alice disconnected")
     assert entry["names"] == 1 and entry["names_expire"] is not None
     assert dnsmasq.query(web).records == (HOST_IP,)
-    until(lambda: dnsmasq.query(web).status == "NXDOMAIN", timeout=GRACE_S + 5,
+    until(lambda: dnsmasq.query(web).status == "NXDOMAIN", timeout=RESTART_GRACE_S + 5,
           what=f"{web} gone after the grace period")
     alice_agent.proc = None
     alice_agent.start()
