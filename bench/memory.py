@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -61,8 +62,10 @@ def _start(agent: Agent) -> None:
     until(agent._ready, timeout=TIMEOUT_S, what="namesync-agent ready")
 
 
-def measure(root: Path, n: int) -> tuple[float, float, float, float]:
-    """(steady, startup peak, peak during reload, steady after reload) in MiB for n names."""
+def measure(root: Path, n: int, say: Callable[[str], object] | None = None
+            ) -> tuple[float, float, float, float]:
+    """(steady, startup peak, peak during reload, steady after reload) in MiB for n names;
+    ``say`` hears which source libraries the agent loaded (status daemon.libraries)."""
     agent = Agent(root / f"agent-{n}")
     agent.set_config(_config(root, agent, n, ADDR_A))
     try:
@@ -74,6 +77,8 @@ def measure(root: Path, n: int) -> tuple[float, float, float, float]:
         startup_peak = _kib(pid, "VmHWM")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         daemon = agent.status()["daemon"]
+        if say is not None:
+            say(f"  ({n} names: libraries loaded {daemon['libraries']})")
         agent.set_config(_config(root, agent, n, ADDR_B))
         agent.proc.send_signal(signal.SIGHUP)
         until(lambda: agent.status()["daemon"]["config_loaded"] != daemon["config_loaded"],
@@ -96,9 +101,10 @@ def main() -> int:
           f"{'peak/steady':>12} {'after MiB':>10}")
     with bench_root() as root:
         for n in counts:
-            steady, startup, peak, after = measure(root, n)
+            steady, startup, peak, after = measure(root, n, say=print)
             print(f"{n:>8} {steady:>11.1f} {startup:>13.1f} {peak:>16.1f} "
-                  f"{peak / steady:>12.2f} {after:>10.1f}", flush=True)
+                  f"{peak / steady:>12.2f} {after:>10.1f}   (steady {steady * 1.048576:.1f} MB)",
+                  flush=True)
     return 0
 
 
