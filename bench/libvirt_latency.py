@@ -159,6 +159,16 @@ class LeaseDirEvents:
             while (event := self._inotify.sync_get()) is not None:
                 self.events.append((time.monotonic(), event.mask, str(event.name or "")))
 
+    def wait(self, name: str, mask: Any, timeout: float) -> float:
+        """The time of the first ``mask`` event on ``name`` (this thread may lag)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [t for t, m, n in list(self.events) if n == name and m & mask]
+            if found:
+                return found[0]
+            time.sleep(0.01)
+        raise TimeoutError(f"no {mask} on {name}")
+
     def close(self) -> None:
         self._inotify.close()
 
@@ -196,8 +206,8 @@ def timeline(root: Path, guests: int, timeout: float) -> list[tuple[float, float
                 host.wait([f"tl{i}.{ZONE}"], timeout)
                 lv.wait([f"tl{i}"], timeout)
                 at = lv.answered[f"tl{i}"][0]
+                renamed = seen.wait(status.name, Mask.MOVED_TO, timeout)
                 ours = [(t, m) for t, m, n in seen.events if n == status.name]
-                renamed = next(t for t, m in ours if m & Mask.MOVED_TO and t > at - 1)
                 # The helper reads the old file before writing the new one: its first look.
                 opened = max(t for t, m in ours if m & Mask.OPEN and t <= renamed)
                 rows.append(((opened - at) * 1000, (renamed - at) * 1000,
