@@ -128,6 +128,10 @@ class Rejection:
     provenance: Provenance
     value: str  # the offending input, as observed (shown escaped, never written)
     reason: str
+    # The address the refusal is about, where it is about one: a lease the system's
+    # libvirt cannot place may be a user's session VM, whose agent publishes it.
+    # Such a refusal is moot while another source publishes that address.
+    address: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)

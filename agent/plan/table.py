@@ -138,13 +138,32 @@ def make_table(
         entries[name] = entry  # keeps its sorted place
         if conflict is not None:
             conflicts.append(conflict)
-    ordered_rejections = tuple(sorted(set(rejections), key=lambda r: (r.provenance, r.value)))
+    ordered_rejections = tuple(sorted(_not_moot(set(rejections), entries),
+                                      key=lambda r: (r.provenance, r.value)))
     return Table(
         entries=entries,
         conflicts=tuple(conflicts),
         rejections=ordered_rejections,
         lines=lines(entries) if lines is not None else None,  # type: ignore[arg-type]
     )
+
+
+def _not_moot(rejections: set[Rejection], entries: Mapping[str, Entry]) -> Iterable[Rejection]:
+    """The refusals that still stand: one about an address another source publishes
+    (the user agent's session VM on a system bridge) would tell the user "not
+    published" about an address that answers. Display only: nothing is written
+    because of it, so a peer claiming an address can at most quiet this line."""
+    about = [r for r in rejections if r.address is not None]
+    if not about:
+        return rejections
+    wanted = {r.address for r in about}
+    holders: dict[Address, set[str]] = {}
+    for entry in entries.values():
+        for address in entry.addresses:
+            if address in wanted:
+                holders.setdefault(address, set()).add(entry.provenance.source)
+    return [r for r in rejections
+            if r.address is None or not holders.get(r.address, set()) - {r.provenance.source}]
 
 
 def select(table: Table, keep: Callable[[str], bool]) -> Table:

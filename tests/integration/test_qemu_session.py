@@ -82,11 +82,15 @@ def host_bridge() -> Iterator[str]:
 
 
 @pytest.fixture
-def system(public_tmp: Path, dnsmasq: Dnsmasq, host_bridge: str) -> Iterator[Agent]:
+def system(public_tmp: Path, dnsmasq: Dnsmasq, host_bridge: str,
+           libvirtd: Libvirtd) -> Iterator[Agent]:
+    # It follows the (private) system libvirtd too, as on a workstation: the session
+    # VMs' leases on its bridges are then leases it cannot place itself.
     agent = Agent(public_tmp / "system")
     agent.set_config(toml_config(
         socket=agent.socket, addn_hosts=dnsmasq.addn_hosts, pid_file=dnsmasq.pid_file,
         hosts_file=None, host=f'name = "host.dns.host"\ninterfaces = ["{BRIDGE}"]',
+        libvirt='uris = ["qemu:///system"]',
         peers=f'socket = "{agent.dir / "peer.sock"}"\ngrace_s = 2\nmax_names = 50\n'))
     agent.start()
     until(lambda: dnsmasq.query("host.dns.host").records == (HOST_IP,), what="host.dns.host")
@@ -125,6 +129,10 @@ def user_agent(alice: Session, system: Agent, public_tmp: Path) -> Iterator[User
     agent.stop()
 
 
+def system_refusals(agent: Agent, mac: str) -> list[dict[str, Any]]:
+    return [r for r in agent.status()["table"]["rejected"] if r["value"] == mac]
+
+
 def libvirt_source(agent: Agent) -> dict[str, Any]:
     [src] = [s for s in agent.status()["sources"] if s["kind"] == "libvirt"]
     found: dict[str, Any] = src
@@ -160,6 +168,9 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
     until(lambda: dnsmasq.query(name).records == (ip,), timeout=15, interval=0.01,
           what=f"{name} -> the lease {ip}")
     answered = time.monotonic()
+    # The system agent cannot place that lease (no system domain has the MAC), but it
+    # answers: it is not shown as "not published" there.
+    assert system_refusals(system, guest.mac) == []
     # The guest's own choice of name only under guest.<user>.<zone>, through the peer.
     alias = f"tiny.guest.{alice.user.name}.dns.libvirt"
     until(lambda: dnsmasq.query(alias).records == (ip,), timeout=15, what=f"{alias} -> {ip}")
@@ -183,6 +194,7 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
     until(lambda: libvirt_source(user_agent)["state"] == "connected", timeout=30,
           what="the user agent back on the restarted session daemon")
     assert guest.is_active() and dnsmasq.query(name).records == (ip,)
+    assert system_refusals(system, guest.mac) == []  # seconds later: the file was read
 
     guest.destroy()
     until(lambda: dnsmasq.query(name).status == "NXDOMAIN", timeout=15,
@@ -190,6 +202,10 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
     assert dnsmasq.query(alias).status == "NXDOMAIN"
     # The lease outlives the guest (until expiry): the name goes because the domain stopped.
     assert libvirt_network.lease_for(guest.mac) is not None
+    # Now nobody publishes the lease's address: the system agent says so.
+    until(lambda: any("matches no domain" in r["reason"]
+                      for r in system_refusals(system, guest.mac)),
+          timeout=15, what="the system agent to show the leftover lease as not published")
     until(lambda: guest.qemu_pid() is None, timeout=15, what="QEMU to exit")
 
 

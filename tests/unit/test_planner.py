@@ -9,7 +9,7 @@ import random
 import pytest
 
 from agent.config.load import parse_config
-from agent.model.record import ObjectState, Provenance, Record
+from agent.model.record import ObjectState, Provenance, Record, Rejection
 from agent.plan.planner import Planner
 from agent.plan.render import host_lines, render_addn_hosts
 from agent.plan.table import Table, plan
@@ -138,3 +138,20 @@ def test_select_keeps_the_lines_it_already_has() -> None:
     assert list(part.entries) == ["a.dns.test", "c.dns.test"]
     assert part.lines == Table(entries=dict(part.entries)).lines
     assert all(any(line is old for old in table.lines) for line in part.lines)
+
+
+def test_a_lease_refusal_is_moot_while_another_source_publishes_its_address() -> None:
+    # The system agent's libvirt source cannot place a session VM's lease on a
+    # system bridge; the user's agent publishes it through the peer socket.
+    lease = Provenance("libvirt:qemu:///system", "lease:virbr0:52:54:00:00:00:01", "lease", "l")
+    peer = Provenance("peer:1000", "vm1", "peer", "vm1")
+    addr = ipaddress.ip_address("192.168.122.50")
+    refusal = Rejection(lease, "52:54:00:00:00:01", "matches no domain: not published", addr)
+    other = Rejection(lease, "52:54:00:00:00:02", "matches no domain: not published",
+                      ipaddress.ip_address("192.168.122.51"))
+    published = Planner().plan([rec("vm1.alice.dns.libvirt", peer, "192.168.122.50")],
+                               [refusal, other])
+    assert published.rejections == (other,)
+    # Nobody else publishes it (or only the refusing source itself): the refusal stands.
+    alone = Planner().plan([rec("x.dns.libvirt", lease, "192.168.122.50")], [refusal, other])
+    assert set(alone.rejections) == {refusal, other}

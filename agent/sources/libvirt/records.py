@@ -223,7 +223,8 @@ def snapshot(
                               f"lease on {bridge} for {mac}")
             why = (f"lease {lease.address} on {bridge} for MAC {mac} matches no domain "
                    f"defined on {naming.uri}: not published")
-            objects[prov.object_id] = ObjectState(rejections=(Rejection(prov, mac, why),))
+            objects[prov.object_id] = ObjectState(
+                rejections=(Rejection(prov, mac, why, lease.address),))
     return objects, summary
 
 
