@@ -336,6 +336,9 @@ class Daemon:
                 "config_error": self.config_error,
                 "coalesce_ms": self.config.daemon.coalesce_ms,
                 "syncs": p.syncs,
+                # dnsmasq's re-reads since start, as timed from /proc (coalesce.py):
+                # what the reload budget is paid from.
+                "reread_ms_total": round(p.coalescer.budget.charged_s * 1000, 3),
                 "last_sync": st.ts(p.last_sync),
                 "last_sync_ok": p.last_sync_ok,
                 "watchers": self.history.watchers,

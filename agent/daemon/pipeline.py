@@ -32,8 +32,6 @@ RETRY_MAX_S = 60.0
 class Pipeline:
     def __init__(self, sinks: list[Sink], coalesce_s: float) -> None:
         self.sinks = sinks
-        for sink in sinks:
-            sink.on_reread = self._reread
         self.store = StateStore(on_change=self._on_change)
         self.planner = Planner()
         self.table = Table()
@@ -58,9 +56,20 @@ class Pipeline:
             with contextlib.suppress(RuntimeError):  # the loop closed: the daemon stops
                 self._loop.call_soon_threadsafe(self.coalescer.charge, reread.cpu_s)
 
-    def set_sinks(self, sinks: list[Sink]) -> None:
+    @property
+    def sinks(self) -> list[Sink]:
+        return self._sinks
+
+    @sinks.setter
+    def sinks(self, sinks: list[Sink]) -> None:
+        # However they are set (the daemon's startup assigns them): every sink
+        # that signals a resolver reports its re-reads here.
         for sink in sinks:
             sink.on_reread = self._reread
+        self._sinks = sinks
+
+    def set_sinks(self, sinks: list[Sink]) -> None:
+        for sink in sinks:
             sink.prepare()
         for old in self.sinks:
             if old not in sinks:

@@ -130,3 +130,6 @@ def test_status_shows_what_each_reread_cost_the_real_dnsmasq(
     assert isinstance(cpu, float) and isinstance(wall, float)
     assert 0 < cpu <= wall + 1  # schedstat and the wall clock differ by rounding only
     assert dnsmasq.reads()[-1] == 10_000
+    # ... and it is what the reload budget was charged (on the loop, once timed).
+    total = until(lambda: agent.status()["daemon"]["reread_ms_total"] or None, timeout=30)
+    assert total >= cpu - 0.01

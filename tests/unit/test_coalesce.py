@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -292,3 +294,35 @@ def test_budget_drains_at_its_share_and_allows_a_horizon_of_rereading_at_once() 
     b.charge(-1.0, 100.0)  # a clock step on dnsmasq's side never credits
     assert b.owed(100.0) == 0.0
     assert b.charged_s == pytest.approx(0.3)
+
+
+def test_a_sinks_rereads_charge_the_budget_however_the_sinks_were_set(tmp_path: Path) -> None:
+    """The daemon's startup assigns ``pipeline.sinks`` directly, a config reload calls
+    ``set_sinks``: either way a sink's re-read, reported from its own thread, is paid
+    for on the loop. (Assignment once left the budget uncharged: nothing paced.)"""
+    from agent.daemon.pipeline import Pipeline
+    from agent.plan.table import Table
+    from agent.sinks.base import Sink
+    from agent.sinks.reread import Reread
+
+    class Quiet(Sink):
+        def apply(self, table: Table, changed_at: float) -> bool:
+            return True
+
+    async def main() -> None:
+        p = Pipeline([], WINDOW)
+        await p.sync()  # the loop is known from the first sync on
+        first, second = Quiet(tmp_path / "a"), Quiet(tmp_path / "b")
+        p.sinks = [first]
+        p.set_sinks([second])
+        for sink in (first, second):
+            assert sink.on_reread is not None
+            t = threading.Thread(target=sink.on_reread, args=(Reread(0.009, 0.02, True),))
+            t.start()
+            t.join()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert p.coalescer.budget.charged_s == pytest.approx(0.018)
+        p.close()
+
+    asyncio.run(main())
