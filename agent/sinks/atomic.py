@@ -27,6 +27,7 @@ import errno
 import fcntl
 import functools
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,37 @@ def temp_prefix(path: Path) -> str:
     return f".{path.name}.namesync-"
 
 
-def read_bytes(path: Path) -> bytes | None:
+# What read_bytes() returns for anything but a regular file of a sane size: no file
+# namesync renders holds a NUL, so it never equals what is wanted, and the caller
+# replaces it (a rename replaces the directory entry; it never follows or opens it).
+NOT_A_FILE = b"\0"
+MAX_COMPARE_BYTES = 256 << 20  # 100,000 names render to ~3 MiB
+
+
+def read_bytes(path: Path, max_bytes: int = MAX_COMPARE_BYTES) -> bytes | None:
+    """The bytes of the regular file at ``path`` (None: nothing there), to compare
+    with what should be there. A symlink, FIFO, device or an oversized file is not
+    followed, opened for blocking or read whole: it reads as NOT_A_FILE."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # symlink, socket, dir
+            return NOT_A_FILE
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return NOT_A_FILE
+        chunks = []
+        left = max_bytes + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    return NOT_A_FILE if left <= 0 else b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -258,6 +285,7 @@ def replace_file(
     *,
     mode: int | None = None,
     expect: Snapshot | None = None,
+    follow: bool = True,
 ) -> str:
     """Write ``data`` to ``path`` atomically; returns "rename" or "in-place".
 
@@ -265,13 +293,18 @@ def replace_file(
     dnsmasq's unprivileged user); otherwise the existing mode is kept, 0644
     for a new file. With ``expect`` (from read_snapshot), the file must still
     be the one read, or ConcurrentEdit is raised and nothing is changed.
+    With ``follow`` false, whatever is at ``path`` (a symlink, a FIFO) is replaced,
+    never followed: for a directory someone else may write to.
     """
-    target = Path(os.path.realpath(path))  # a symlinked /etc/hosts stays a symlink
+    # A symlinked /etc/hosts stays a symlink (follow); in another's directory it must not.
+    target = Path(os.path.realpath(path)) if follow else path
     directory = target.parent
     try:
-        st: os.stat_result | None = os.stat(target)
+        st: os.stat_result | None = os.stat(target) if follow else os.lstat(target)
     except FileNotFoundError:
         st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        st = None  # nothing to keep the mode and owner of
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), dir=directory)
     tmp = Path(tmp_name)
     try:

@@ -176,7 +176,10 @@ class StaticRecordsSink(Sink):
         else:
             # /run/systemd/resolve is resolved's; static.d in it is made by whoever needs it.
             self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            method = replace_file(self.path, data, mode=FILE_MODE)
+            if self.path.parent.is_symlink():  # resolved's user could point it anywhere
+                raise OSError(errno.ELOOP, "a symlink, not resolved's directory",
+                              str(self.path.parent))
+            method = replace_file(self.path, data, mode=FILE_MODE, follow=False)
         self._signal_owed = True
         self.status.writes += 1
         self.status.last_write = time.time()

@@ -281,3 +281,15 @@ def test_in_place_rewrite_on_a_full_disk_leaves_the_old_bytes(
         atomic._rewrite_in_place(f, b"#" * 100 + old + b"x" * 9000, read_snapshot(f))
     assert err.value.errno == errno.ENOSPC
     assert f.read_bytes() == old
+
+
+def test_read_bytes_reads_only_regular_files_of_a_bounded_size(tmp_path: Path) -> None:
+    from agent.sinks.atomic import NOT_A_FILE, read_bytes
+    assert read_bytes(tmp_path / "none") is None
+    (tmp_path / "f").write_bytes(b"abc")
+    assert read_bytes(tmp_path / "f") == b"abc"
+    assert read_bytes(tmp_path / "f", max_bytes=2) == NOT_A_FILE
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would hang
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    for other in ("fifo", "link"):
+        assert read_bytes(tmp_path / other) == NOT_A_FILE

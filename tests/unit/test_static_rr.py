@@ -145,3 +145,37 @@ def test_static_records_chosen_only_where_available_and_the_route_is_off(
     assert choice.path == want, choice
     assert choose_path(config, None, ResolvedState(bus="connected"), probe).path != (
         DnsPath.STATIC_RECORDS)  # resolved not on the bus
+
+
+@pytest.mark.timeout(10)  # the old read opened a FIFO for blocking and hung here
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory-symlink"])
+def test_something_else_at_the_path_is_replaced_never_followed_or_opened(
+        tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "static.d" / "namesync.rr"
+    path.parent.mkdir()
+    victim = tmp_path / "victim"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        victim.write_bytes(b"precious\n")
+        path.symlink_to(victim)
+    else:
+        victim.mkdir()
+        path.symlink_to(victim)
+    sink = StaticRecordsSink(path, Target(), lambda pid: (True, None, False))
+    t = table(web_dns_test=["10.1.0.1"])
+    assert sink.apply(t, 0.0)
+    assert not path.is_symlink() and path.read_bytes() == render_rr(t)
+    if kind == "symlink":
+        assert victim.read_bytes() == b"precious\n"
+
+
+def test_a_symlinked_static_d_is_refused_and_nothing_written_through_it(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (tmp_path / "static.d").symlink_to(elsewhere)
+    path = tmp_path / "static.d" / "namesync.rr"
+    sink = StaticRecordsSink(path, Target(), lambda pid: (True, None, False))
+    assert not sink.apply(table(web_dns_test=["10.1.0.1"]), 0.0)
+    assert list(elsewhere.iterdir()) == []
+    assert "symlink" in (sink.status.last_error or "")
