@@ -7,11 +7,16 @@ client does may cost the daemon more than a bounded share of itself:
 - the uid is checked the moment a connection is accepted; a uid that is not
   allowed gets one error line and is closed before anything is read. An
   ``identify`` hook (the peer socket: a uid with no passwd entry is refused)
-  runs after accept and before anything is read; connections waiting for it
-  are capped on their own (``max_identifying``), so slow passwd lookups
-  cannot take the slots of identified users;
+  runs after accept and before anything is read; it decides at once where it
+  can, and the connections waiting for a lookup are capped on their own
+  (``max_identifying``), so slow passwd lookups cannot take the slots of
+  identified users, and a flood of uids needing one cannot turn away those
+  that need none;
 - an ``on_line`` hook sees each request line's size before it is parsed and
   may refuse it (the peer socket's push rate: a flood costs no JSON parse);
+  after a refusal the connection is not read again until the hook's retry
+  time, so a flooding sender is stopped by the socket's backpressure, and
+  ``MAX_REFUSED_IN_A_ROW`` refusals in a row close it;
 - connections are capped per uid and overall, below the descriptor limit;
   root has a reserve of its own, so ``agentctl status`` as root answers
   however many connections others hold;
@@ -52,6 +57,9 @@ ACCEPT_PAUSE_S = 0.5
 ACCEPT_BATCH = 64  # accepts per wake-up, so one flood cannot starve the loop
 # How long a refusal summary waits before it is logged again for the same uid.
 LOG_EPISODE_S = 60.0
+# Lines an ``on_line`` hook refused in a row (each after waiting out the last one's
+# retry time) before the connection is closed.
+MAX_REFUSED_IN_A_ROW = 8
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -67,6 +75,8 @@ Reply = dict[str, Any] | AsyncIterator[dict[str, Any]]
 # {"v":1,"id":..,"event":{...}} lines until it ends or the client goes away.
 Handler = Callable[[Peer, dict[str, Any]], Awaitable[Reply]]
 Refusal = tuple[str, str]  # (protocol error code, message)
+# An ``on_line`` hook's refusal: (code, message, seconds before the next line is read).
+LineRefusal = tuple[str, str, float]
 
 
 @dataclass(frozen=True)
@@ -167,7 +177,7 @@ class ControlServer:
         on_close: Callable[[Peer], None] | None = None,
         on_refused: Callable[[Peer, str, str], None] | None = None,
         identify: Callable[[Peer], Refusal | Awaitable[Refusal | None] | None] | None = None,
-        on_line: Callable[[Peer, int], Refusal | None] | None = None,
+        on_line: Callable[[Peer, int], LineRefusal | None] | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
@@ -280,9 +290,6 @@ class ControlServer:
             return "too_many_connections", f"uid {peer.uid} already holds {lim.max_per_uid}"
         if others >= lim.max_connections:
             return "too_many_connections", f"{others} connections open; try again later"
-        if self._identify is not None and self._identifying >= lim.max_identifying:
-            return "too_many_connections", (f"{self._identifying} connections are being "
-                                            "identified; try again later")
         return None
 
     def _turn_away(self, conn: socket.socket, peer: Peer, refusal: Refusal) -> None:
@@ -316,15 +323,17 @@ class ControlServer:
             self._turn_away(conn, peer, refusal)
             conn.close()
             return
-        pending: Awaitable[Refusal | None] | None = None
+        pending: asyncio.Future[Refusal | None] | None = None
         if self._identify is not None:
-            # A uid known already is decided here; an unknown one is looked up in the
-            # connection's task, counted among those being identified from now on (one
-            # accept batch must see the count).
             verdict = self._identify(peer)
             if inspect.isawaitable(verdict):
-                pending = verdict
-                self._identifying += 1
+                pending = self._look_up(verdict)
+                if pending is None:
+                    self._turn_away(conn, peer, ("too_many_connections", (
+                        f"{self._identifying} connections are being identified; "
+                        "try again later")))
+                    conn.close()
+                    return
             elif verdict is not None:
                 self._turn_away(conn, peer, verdict)
                 conn.close()
@@ -334,6 +343,32 @@ class ControlServer:
                                    name=f"control:{peer.pid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if pending is not None:
+            # A connection task cancelled before it ever ran (close()) must not leave
+            # its lookup counted, or running for nobody.
+            cancel = pending.cancel
+            task.add_done_callback(lambda _: cancel())
+
+    def _look_up(self, verdict: Awaitable[Refusal | None]
+                 ) -> asyncio.Future[Refusal | None] | None:
+        """``verdict`` started, and counted among the lookups in flight until it is
+        done; None (and ``verdict`` dropped) when ``max_identifying`` are already.
+
+        Only a uid that ``identify`` could not decide at once counts: the cap bounds
+        the lookups, not the users that need none. Counted from accept on, so one
+        accept batch sees the count."""
+        if self._identifying >= self.limits.max_identifying:
+            if inspect.iscoroutine(verdict):
+                verdict.close()
+            return None
+        future = asyncio.ensure_future(verdict)
+        self._identifying += 1
+
+        def done(_: object) -> None:
+            self._identifying -= 1
+
+        future.add_done_callback(done)
+        return future
 
     # --- serving one connection ---------------------------------------------
 
@@ -343,8 +378,6 @@ class ControlServer:
             return await asyncio.wait_for(pending, self.limits.request_timeout_s)
         except TimeoutError:
             return "unavailable", f"uid {peer.uid} could not be identified in time"
-        finally:
-            self._identifying -= 1
 
     async def _connection(self, conn: socket.socket, peer: Peer,
                           pending: Awaitable[Refusal | None] | None = None) -> None:
@@ -407,6 +440,7 @@ class ControlServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
     ) -> None:
         buf = bytearray()
+        refused_in_a_row = 0
         while True:
             try:
                 line = await self._read_line(reader, buf)
@@ -420,8 +454,16 @@ class ControlServer:
             if self._on_line is not None:
                 refused = self._on_line(peer, len(line))
                 if refused is not None:
-                    await self._send(writer, protocol.error(None, *refused))
+                    code, message, retry_s = refused
+                    await self._send(writer, protocol.error(None, code, message))
+                    refused_in_a_row += 1
+                    if refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
+                        return
+                    # Nothing more is read until a line may be served: a flood fills
+                    # the socket and stops its sender, instead of costing a reply each.
+                    await asyncio.sleep(min(retry_s, self.limits.request_timeout_s))
                     continue
+                refused_in_a_row = 0
             reply = await self._dispatch(peer, line)
             if isinstance(reply, bytes):
                 await self._send(writer, reply)

@@ -21,6 +21,18 @@ A uid with no passwd entry (a subordinate uid from /etc/subuid, which any
 rootless user can become with newuidmap) has no login and so no sub-zone: it
 can never publish, and the peer socket refuses it at accept, before reading
 anything, so such uids cannot hold connection slots (control/server.py).
+Which uids need no lookup is decided at once: one the listing (or an earlier
+connection) gave a login is admitted on it and looked up again behind its
+connection; one in a range of /etc/subuid (root's file, re-read when it
+changes) and not listed is refused. Only the others wait for passwd, and
+only they count against the cap on lookups in flight, so a rootless user's
+flood of subordinate uids costs no lookup and turns nobody else away.
+
+What was learnt is forgotten when passwd forgets it: the login spelled like
+a label is replaced (or dropped) whenever that label is looked up again, and
+every listing re-checks (a bounded number of) the uids remembered from
+connections or spellings that it does not list, so a removed user's label is
+free again and a recreated login is its new uid's.
 
 The lookups block (passwd may be LDAP/sssd): ``lookup`` runs in a thread; the
 rest runs on the loop and only reads what the lookups brought back.
@@ -32,6 +44,7 @@ import pwd
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.model.names import InvalidName, normalise_label
 
@@ -43,6 +56,10 @@ LISTING_TTL_S = 30.0
 # Uids remembered without a passwd entry: each one a user can become is one
 # entry, so they are capped (oldest forgotten first).
 MAX_CACHED = 4096
+# Remembered uids a listing does not show, re-checked with getpwuid per listing
+# (the longest unchecked first): a directory that does not enumerate lists none.
+MAX_RECHECK = 64
+SUBUID = Path("/etc/subuid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,34 @@ class Lookup:
     # The uid of the login spelled exactly like this uid's label, when the login is
     # not already its label: only ever more refusals, never an owner.
     same_spelling: tuple[int, str] | None = None  # (uid, login)
+    spelled: str | None = None  # the label looked up as a login (None: not looked up)
+    # Remembered uids the listing does not show, as getpwuid has them now.
+    rechecked: tuple[tuple[int, str | None], ...] = ()
+    # /etc/subuid's ranges (first, count), when it was (re-)read: (mtime, ranges).
+    subuid: tuple[float, tuple[tuple[int, int], ...]] | None = None
+
+
+Ranges = tuple[tuple[int, int], ...]  # (first, count) of /etc/subuid's lines
+
+
+def read_subuid(path: Path, known: float | None) -> tuple[float, Ranges] | None:
+    """``path``'s ranges, if its mtime is not ``known``; a missing file has none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None if known == 0.0 else (0.0, ())
+    if st.st_mtime == known:
+        return None
+    ranges = []
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                    ranges.append((int(fields[1]), int(fields[2])))
+    except OSError:
+        return None
+    return st.st_mtime, tuple(ranges)
 
 
 def _label(login: str) -> str | None:
@@ -82,7 +127,8 @@ class Directory:
     def __init__(self, *, getpwuid: Callable[[int], pwd.struct_passwd] | None = None,
                  getpwall: Callable[[], list[pwd.struct_passwd]] | None = None,
                  getpwnam: Callable[[str], pwd.struct_passwd] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 subuid: Path = SUBUID) -> None:
         self._getpwuid = getpwuid or pwd.getpwuid
         self._getpwall = getpwall or pwd.getpwall
         self._getpwnam = getpwnam or pwd.getpwnam
@@ -91,7 +137,10 @@ class Directory:
         self._listed: dict[int, str] = {}  # uid -> login, from the last listing
         self._listed_at: float | None = None
         self._seen: dict[int, str] = {}  # uid -> login, of every uid that connected
-        self._spelled: dict[int, str] = {}  # uid -> login, found spelled like a label
+        # label -> (uid, login): the login spelled exactly like that label, as last found
+        self._spelled: dict[str, tuple[int, str]] = {}
+        self._subuid_path = subuid
+        self._subuid: tuple[float, tuple[tuple[int, int], ...]] | None = None
         self._owners: dict[str, frozenset[int]] = {}
         self.lookups = 0  # passwd lookups made (status; tests count them)
         self.generation = 0  # bumped whenever which labels are whose changes
@@ -105,45 +154,83 @@ class Directory:
     def _stale(self) -> bool:
         return self._listed_at is None or self._clock() - self._listed_at > LISTING_TTL_S
 
-    def lookup(self, uid: int) -> Lookup:
-        """Blocking: passwd for ``uid`` (and the whole listing when it is due)."""
-        self.lookups += 1
+    def remembered(self) -> tuple[int, ...]:
+        """On the loop: the uids known from connections and spellings, the longest
+        unchecked first (what ``lookup`` re-checks when it lists)."""
+        uids = set(self._seen) | {uid for uid, _ in self._spelled.values()}
+        return tuple(sorted(uids, key=lambda u: self._logins.get(u, (None, -1.0))[1]))
+
+    def _login(self, uid: int) -> str | None:
         try:
-            login: str | None = self._getpwuid(uid).pw_name
+            return self._getpwuid(uid).pw_name
         except KeyError:
-            login = None
+            return None
+
+    def lookup(self, uid: int, remembered: tuple[int, ...] | None = None) -> Lookup:
+        """Blocking: passwd for ``uid`` (and the whole listing when it is due).
+
+        ``remembered`` is ``remembered()`` taken on the loop (by default, here)."""
+        self.lookups += 1
+        login = self._login(uid)
         listing = None
+        rechecked: tuple[tuple[int, str | None], ...] = ()
+        subuid = None
         if self._stale():
             listing = tuple((p.pw_uid, p.pw_name) for p in self._getpwall())
+            listed = {u for u, _ in listing}
+            if remembered is None:
+                remembered = self.remembered()
+            unlisted = [u for u in remembered if u not in listed and u != uid]
+            rechecked = tuple((u, self._login(u)) for u in unlisted[:MAX_RECHECK])
+            subuid = read_subuid(self._subuid_path,
+                                 None if self._subuid is None else self._subuid[0])
         same = None
         label = _label(login) if login is not None else None
+        spelled = None
         if label is not None and label != login:
+            spelled = label
             try:
                 found = self._getpwnam(label)
                 same = (found.pw_uid, found.pw_name)
             except KeyError:
                 same = None
-        return Lookup(uid, login, listing, same)
+        return Lookup(uid, login, listing, same, spelled, rechecked, subuid)
 
     # --- on the loop -----------------------------------------------------------
 
     def learn(self, found: Lookup) -> bool:
         """Take what ``lookup`` found; True if which labels are whose changed."""
         now = self._clock()
-        self._logins[found.uid] = (found.login, now)
-        while len(self._logins) > MAX_CACHED:
-            del self._logins[next(iter(self._logins))]
         if found.listing is not None:
             self._listed = dict(found.listing)
             self._listed_at = now
-        if found.login is not None:
-            self._seen[found.uid] = found.login
-        else:
-            self._seen.pop(found.uid, None)  # removed from passwd: its label is free
-        if found.same_spelling is not None:
-            uid, login = found.same_spelling
-            self._spelled[uid] = login
+        if found.subuid is not None:
+            self._subuid = found.subuid
+        self._relearn(found.uid, found.login, now, connected=True)
+        for uid, login in found.rechecked:
+            self._relearn(uid, login, now, connected=False)
+        if found.spelled is not None:
+            # Replaced, never only added to: a colliding login removed or renamed (as
+            # the refusal advises) frees the label once it is looked up again.
+            if found.same_spelling is not None:
+                self._spelled[found.spelled] = found.same_spelling
+            else:
+                self._spelled.pop(found.spelled, None)
+        while len(self._logins) > MAX_CACHED:
+            del self._logins[next(iter(self._logins))]
         return self._rebuild()
+
+    def _relearn(self, uid: int, login: str | None, now: float, *, connected: bool) -> None:
+        """``uid``'s login as passwd has it now, wherever it was remembered."""
+        self._logins[uid] = (login, now)
+        if login is not None:
+            if connected or uid in self._seen:
+                self._seen[uid] = login
+        else:
+            self._seen.pop(uid, None)  # removed from passwd: its label is free
+        for label, (owner, spelled) in list(self._spelled.items()):
+            if owner == uid and spelled != login:
+                del self._spelled[label]
 
     def _rebuild(self) -> bool:
         owners: dict[str, set[int]] = {}
@@ -159,21 +246,33 @@ class Directory:
 
     def _pairs(self) -> Iterable[tuple[int, str]]:
         yield from self._listed.items()
-        yield from self._spelled.items()
+        yield from self._spelled.values()
         yield from self._seen.items()
 
     def seen(self, uid: int) -> bool:
         """``uid`` connected before with a login (the login may be out of date)."""
         return uid in self._seen
 
+    def known(self, uid: int) -> bool:
+        """``uid`` has a login from a connection or the listing (maybe out of date):
+        it is decided on that, and looked up again behind its connection."""
+        return self.login_of(uid) is not None
+
+    def subordinate(self, uid: int) -> bool:
+        """``uid`` is in a range of /etc/subuid (as of the last listing)."""
+        ranges = self._subuid[1] if self._subuid is not None else ()
+        return any(first <= uid < first + count for first, count in ranges)
+
     def login_of(self, uid: int) -> str | None:
         found = self._logins.get(uid)
         if found is not None:
             return found[0]
-        return self._seen.get(uid)
+        return self._seen.get(uid) or self._listed.get(uid)
 
     def _known_login(self, uid: int) -> str | None:
-        return self._seen.get(uid) or self._listed.get(uid) or self._spelled.get(uid)
+        spelled = next((login for owner, login in self._spelled.values() if owner == uid),
+                       None)
+        return self._seen.get(uid) or self._listed.get(uid) or spelled
 
     def _login_named(self, uid: int) -> str:
         login = self._known_login(uid)
@@ -183,7 +282,9 @@ class Directory:
         """What ``uid`` is and may do, from what the lookups found so far."""
         login = self.login_of(uid)
         if login is None:
-            return Identity(uid, None, None, f"uid {uid} has no passwd entry (no user name)")
+            sub = " (a subordinate uid, /etc/subuid)" if self.subordinate(uid) else ""
+            return Identity(uid, None, None,
+                            f"uid {uid}{sub} has no passwd entry (no user name)")
         try:
             label = normalise_label(login)
         except InvalidName as e:

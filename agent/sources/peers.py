@@ -36,7 +36,7 @@ import structlog
 
 from agent.config.schema import Config, HostConfig, PeersConfig
 from agent.control import protocol
-from agent.control.server import ControlServer, Limits, Peer
+from agent.control.server import ControlServer, Limits, LineRefusal, Peer
 from agent.control.server import Refusal as Refused
 from agent.daemon.status import ts
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
@@ -149,22 +149,37 @@ class PeerSource(ServiceSource[ControlServer]):
         LDAP/sssd: in a thread, never on the loop)."""
         if not self._dir.needs_lookup(peer.uid):
             return self._verdict(peer)
-        if self._dir.seen(peer.uid):
-            # A user that connected before is decided from its last known login and
-            # looked up again behind it: a flood of unknown uids filling the lookups
-            # must not keep a known user's agent from reconnecting.
+        if self._dir.known(peer.uid):
+            # A user that connected before, or that the listing shows, is decided from
+            # its last known login and looked up again behind it: a flood of unknown
+            # uids filling the lookups must not keep a known user's agent from
+            # connecting.
             if peer.uid not in self._refreshing:
                 task = asyncio.ensure_future(self._look_up(peer))
                 self._refreshing[peer.uid] = task
                 task.add_done_callback(lambda _: self._refreshing.pop(peer.uid, None))
             return self._verdict(peer)
+        if self._dir.subordinate(peer.uid):
+            # Not listed and in /etc/subuid: no login, no lookup (a rootless user can
+            # become 65,536 of these, each of which would be one).
+            return self._verdict(peer)
         return self._look_up(peer)
 
     async def _look_up(self, peer: Peer) -> Refused | None:
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self._lookups, self._dir.lookup, peer.uid)
+        found = await loop.run_in_executor(self._lookups, self._dir.lookup, peer.uid,
+                                           self._dir.remembered())
         if self._dir.learn(found):
             self._owners_changed()
+        else:
+            # Which labels are whose did not change (the listing may still show the
+            # old login), but these uids' own logins may have: renamed or gone, their
+            # names must not stay published (or pushable) under the old label.
+            owned = self._dir.owned_labels()
+            for uid in (found.uid, *(u for u, _ in found.rechecked)):
+                state = self._peers.get(uid)
+                if state is not None and state.ident != self._dir.identity(uid):
+                    self._reidentify(state, owned)
         return self._verdict(peer)
 
     def _verdict(self, peer: Peer) -> Refused | None:
@@ -201,17 +216,22 @@ class PeerSource(ServiceSource[ControlServer]):
         that is no longer theirs to have."""
         owned = self._dir.owned_labels()
         for state in self._peers.values():
-            state.ident = self._dir.identity(state.uid)
-            if state.push is None:
-                continue
-            if state.user is None:
-                log.warning("peer's names withdrawn", uid=state.uid, reason=state.ident.why_not)
-                self._withdraw(state)
-                continue
-            push = self._reconfined(state, state.push, owned)
-            if push is not state.push:
-                state.push = push
-                self._publish(state)
+            self._reidentify(state, owned)
+
+    def _reidentify(self, state: PeerState, owned: frozenset[str]) -> None:
+        """``state`` as its uid is known now: names it may no longer have go."""
+        old, state.ident = state.ident, self._dir.identity(state.uid)
+        if state.push is None:
+            return
+        if state.user is None or state.ident.label != old.label:
+            log.warning("peer's names withdrawn", uid=state.uid,
+                        reason=state.ident.why_not or "its user name changed")
+            self._withdraw(state)
+            return
+        push = self._reconfined(state, state.push, owned)
+        if push is not state.push:
+            state.push = push
+            self._publish(state)
 
     def _reconfined(self, state: PeerState, push: Push, owned: frozenset[str]) -> Push:
         """``push`` without the claims that are now in someone else's sub-zone."""
@@ -231,8 +251,9 @@ class PeerSource(ServiceSource[ControlServer]):
                                                       self.config.push_burst)
         return bucket
 
-    def _charge(self, peer: Peer, size: int) -> Refused | None:
-        """Every request line, before it is parsed: the push rate applies to all of them."""
+    def _charge(self, peer: Peer, size: int) -> LineRefusal | None:
+        """Every request line, before it is parsed: the push rate applies to all of them.
+        The connection is not read again before ``wait`` (control/server.py)."""
         wait = self._bucket(peer.uid).take()
         if not wait:
             return None
@@ -240,7 +261,7 @@ class PeerSource(ServiceSource[ControlServer]):
         refused = self._refuse(state, "rate_limited",
                               f"more than {self.config.push_rate:g} requests per second "
                               f"([peers] push_rate); retry in {wait * 1000:.0f} ms")
-        return refused.code, refused.message
+        return refused.code, refused.message, wait
 
     # --- connections -------------------------------------------------------
 

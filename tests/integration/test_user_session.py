@@ -329,8 +329,11 @@ def test_every_request_line_is_rate_limited_per_uid(
     finally:
         first.close()
         second.close()
-    assert codes[0] is None and codes.count("rate_limited") >= 30, codes
-    assert again.count("rate_limited") >= 5, again  # 10 of 10 would pass with a burst
+    # After a refusal the connection is not read until a token is due, so past the
+    # burst every other line is refused (the one after each wait is served).
+    assert codes[0] is None and codes.count("rate_limited") >= 15, codes
+    assert "rate_limited, rate_limited" not in ", ".join(map(str, codes)), codes
+    assert again.count("rate_limited") >= 4, again  # 10 of 10 would pass with a burst
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ tests/integration/test_user_session.py runs the same rules on real users.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from agent.peer.identity import LISTING_TTL_S, Directory
@@ -81,3 +84,82 @@ def test_one_lookup_per_uid_within_the_ttl_and_the_listing_is_refreshed() -> Non
     identify(d, 1000)
     assert "all" in pw.calls[2:]
     assert d.identity(1000).why_not is not None
+
+
+def test_a_colliding_login_removed_or_renamed_frees_the_label() -> None:
+    """What the refusal advises (rename one) works without an agent restart: the
+    login spelled like the label is looked up again, and is gone."""
+    pw = Passwd({1000: "j.smith", 1001: "j-smith", 1002: "k.jones", 1003: "k-jones"})
+    now = [0.0]
+    d = pw.directory(now)
+    identify(d, 1000)
+    identify(d, 1002)
+    assert d.identity(1000).why_not is not None and d.identity(1002).why_not is not None
+    del pw.known[1001]  # removed
+    pw.listed.discard(1001)
+    pw.known[1003] = "kjones"  # renamed
+    now[0] = LISTING_TTL_S + 1
+    identify(d, 1000)
+    identify(d, 1002)
+    assert d.identity(1000).why_not is None
+    assert d.identity(1002).why_not is None
+    assert "kjones" in d.owned_labels() and "j-smith" in d.owned_labels()
+
+
+def test_a_user_removed_and_recreated_with_a_new_uid_gets_its_label() -> None:
+    """userdel bob; useradd bob: the old uid, remembered from its connection, is
+    re-checked by the next listing and forgotten; the new bob is not refused."""
+    pw = Passwd({1001: "bob"})
+    now = [0.0]
+    d = pw.directory(now)
+    identify(d, 1001)
+    del pw.known[1001]
+    pw.listed = {1002}
+    pw.known[1002] = "bob"
+    now[0] = LISTING_TTL_S + 1
+    identify(d, 1002)
+    assert "uid:1001" in pw.calls  # re-checked in the lookup, not on the loop
+    assert d.identity(1002).why_not is None
+    assert d.owned_labels() == {"bob"} and not d.seen(1001)
+
+
+def test_the_uids_rechecked_per_listing_are_bounded_and_take_turns() -> None:
+    """In a directory that does not enumerate, remembered uids are never listed: each
+    listing re-checks at most MAX_RECHECK of them, the longest unchecked first."""
+    from agent.peer.identity import MAX_RECHECK
+
+    users = {2000 + i: f"u{i}" for i in range(MAX_RECHECK * 2)}
+    pw = Passwd(dict(users), listed=set())
+    now = [0.0]
+    d = pw.directory(now)
+    for uid in users:
+        d.learn(d.lookup(uid))  # each connected once (the listing is fresh after the first)
+    for uid in users:
+        del pw.known[uid]
+    checked: set[int] = set()
+    for _ in (1, 2):
+        pw.calls.clear()
+        now[0] += LISTING_TTL_S + 1
+        identify(d, 1)
+        mine = {int(c[4:]) for c in pw.calls if c.startswith("uid:")} - {1}
+        assert len(mine) == MAX_RECHECK and not mine & checked
+        checked |= mine
+    assert not any(d.seen(uid) for uid in users)
+
+
+def test_subordinate_uids_come_from_etc_subuid_and_follow_its_changes(tmp_path: Path) -> None:
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:200000:65536\n# comment\nbad line\n")
+    pw = Passwd({1000: "alice"})
+    now = [0.0]
+    d = Directory(getpwuid=pw.getpwuid, getpwall=pw.getpwall, getpwnam=pw.getpwnam,
+                  clock=lambda: now[0], subuid=subuid)
+    assert not d.subordinate(200_000)  # nothing read before the first listing
+    identify(d, 1000)
+    assert d.subordinate(200_000) and d.subordinate(265_535) and not d.subordinate(265_536)
+    assert "subordinate" in (d.identity(200_001).why_not or "")
+    subuid.write_text("alice:300000:10\n")
+    os.utime(subuid, (1, 1))
+    now[0] += LISTING_TTL_S + 1
+    identify(d, 1000)
+    assert not d.subordinate(200_000) and d.subordinate(300_009)
