@@ -40,6 +40,7 @@ rest runs on the loop and only reads what the lookups brought back.
 
 from __future__ import annotations
 
+import bisect
 import pwd
 import time
 from collections.abc import Callable, Iterable
@@ -53,8 +54,10 @@ from agent.model.names import InvalidName, normalise_label
 LOGIN_TTL_S = 10.0
 # How often passwd is listed again (new users, and so new collisions).
 LISTING_TTL_S = 30.0
-# Uids remembered without a passwd entry: each one a user can become is one
-# entry, so they are capped (oldest forgotten first).
+# Uids remembered, each one a user can become is one entry, so they are capped
+# (oldest forgotten first). Those without a passwd entry are remembered as runs
+# of consecutive uids as well (as many runs at most): a flood cycling through
+# 65,536 uids is one run, looked up once per LOGIN_TTL_S, not once per connect.
 MAX_CACHED = 4096
 # Remembered uids a listing does not show, re-checked with getpwuid per listing
 # (the longest unchecked first): a directory that does not enumerate lists none.
@@ -141,6 +144,10 @@ class Directory:
         self._spelled: dict[str, tuple[int, str]] = {}
         self._subuid_path = subuid
         self._subuid: tuple[float, tuple[tuple[int, int], ...]] | None = None
+        # Runs of uids found without a passwd entry: (first, last, when the first
+        # was found), sorted; ``_nobody_firsts`` is their firsts, for bisect.
+        self._nobody: list[tuple[int, int, float]] = []
+        self._nobody_firsts: list[int] = []
         self._owners: dict[str, frozenset[int]] = {}
         self.lookups = 0  # passwd lookups made (status; tests count them)
         self.generation = 0  # bumped whenever which labels are whose changes
@@ -148,8 +155,52 @@ class Directory:
     # --- the blocking part (a thread) ----------------------------------------
 
     def needs_lookup(self, uid: int) -> bool:
+        if self._stale():
+            return True
         found = self._logins.get(uid)
-        return found is None or self._clock() - found[1] > LOGIN_TTL_S or self._stale()
+        if found is not None and self._clock() - found[1] <= LOGIN_TTL_S:
+            return False
+        return self._nobody_run(uid) is None
+
+    def _nobody_run(self, uid: int) -> int | None:
+        """The index of the fresh run of uids without an entry that holds ``uid``."""
+        i = bisect.bisect_right(self._nobody_firsts, uid) - 1
+        if i < 0:
+            return None
+        first, last, when = self._nobody[i]
+        if first <= uid <= last and self._clock() - when <= LOGIN_TTL_S:
+            return i
+        return None
+
+    def _note_nobody(self, uid: int, now: float) -> None:
+        """``uid`` has no entry: it joins a fresh run next to it, or starts one."""
+        if self._nobody_run(uid) is not None:
+            return
+        i = bisect.bisect_right(self._nobody_firsts, uid)
+        if i > 0 and self._nobody[i - 1][1] >= uid:
+            # A stale run holds it: dropped, so that no two runs overlap.
+            del self._nobody[i - 1], self._nobody_firsts[i - 1]
+            i -= 1
+        left = self._nobody[i - 1] if i > 0 else None
+        right = self._nobody[i] if i < len(self._nobody) else None
+        fresh_left = left is not None and left[1] == uid - 1 and now - left[2] <= LOGIN_TTL_S
+        fresh_right = (right is not None and right[0] == uid + 1
+                       and now - right[2] <= LOGIN_TTL_S)
+        if fresh_left and left is not None:
+            if fresh_right and right is not None:
+                self._nobody[i - 1] = (left[0], right[1], min(left[2], right[2]))
+                del self._nobody[i], self._nobody_firsts[i]
+            else:
+                self._nobody[i - 1] = (left[0], uid, left[2])
+        elif fresh_right and right is not None:
+            self._nobody[i] = (uid, right[1], right[2])
+            self._nobody_firsts[i] = uid
+        else:
+            self._nobody.insert(i, (uid, uid, now))
+            self._nobody_firsts.insert(i, uid)
+        if len(self._nobody) > MAX_CACHED:
+            oldest = min(range(len(self._nobody)), key=lambda j: self._nobody[j][2])
+            del self._nobody[oldest], self._nobody_firsts[oldest]
 
     def _stale(self) -> bool:
         return self._listed_at is None or self._clock() - self._listed_at > LISTING_TTL_S
@@ -207,6 +258,8 @@ class Directory:
         if found.subuid is not None:
             self._subuid = found.subuid
         self._relearn(found.uid, found.login, now, connected=True)
+        if found.login is None:
+            self._note_nobody(found.uid, now)
         for uid, login in found.rechecked:
             self._relearn(uid, login, now, connected=False)
         if found.spelled is not None:

@@ -7,6 +7,7 @@ tests/integration/test_user_session.py runs the same rules on real users.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -163,3 +164,48 @@ def test_subordinate_uids_come_from_etc_subuid_and_follow_its_changes(tmp_path: 
     now[0] += LISTING_TTL_S + 1
     identify(d, 1000)
     assert not d.subordinate(200_000) and d.subordinate(300_009)
+
+
+def test_uids_without_an_entry_are_remembered_as_runs_not_one_by_one() -> None:
+    """A flood cycling through more uids than MAX_CACHED (a rootless user's 65,536,
+    where /etc/subuid does not say so): each uid costs one lookup per LOGIN_TTL_S,
+    not one per connect, and a user in the middle is unaffected."""
+    from agent.peer.identity import LOGIN_TTL_S, MAX_CACHED
+
+    pw = Passwd({1000: "alice", 305_000: "carol"})
+    now = [0.0]
+    d = pw.directory(now)
+    flood = [u for u in range(300_000, 300_000 + 2 * MAX_CACHED + 10_000) if u != 305_000]
+    for _ in range(3):
+        for uid in flood:
+            identify(d, uid)
+    assert d.lookups == len(flood)  # once each (the first one lists, too)
+    assert d.identity(305_000).why_not is None  # listed: never in a run
+    assert not d.identity(300_001).admitted
+    now[0] += LOGIN_TTL_S + 1  # the runs expire like any login
+    identify(d, 300_001)
+    assert d.lookups == len(flood) + 1
+
+
+def test_runs_of_uids_without_an_entry_hold_every_uid_found_in_any_order() -> None:
+    import random
+
+    from agent.peer.identity import LOGIN_TTL_S
+
+    rng = random.Random(7)
+    now = [0.0]
+    d = Passwd({}).directory(now)
+    lookups = 0
+    for step in range(5000):
+        uid = rng.randrange(5000, 5400)
+        if d.needs_lookup(uid):
+            d.learn(d.lookup(uid))
+            lookups += 1
+            assert not d.needs_lookup(uid)  # in a run now (of which it may be the first)
+        now[0] += 0.005  # 25 s: the listing (30 s) stays fresh
+        if step % 250 == 0:
+            runs = d._nobody
+            assert all(a[1] < b[0] for a, b in itertools.pairwise(runs)), runs
+            assert d._nobody_firsts == [r[0] for r in runs]
+    # A run expires LOGIN_TTL_S after its first uid was found: 400 uids, ~3 times each.
+    assert lookups < 400 * (25 / LOGIN_TTL_S + 2)
