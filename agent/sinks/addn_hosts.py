@@ -24,7 +24,7 @@ from agent.sinks.dnsmasq_target import (
     dnsmasq_executables,
     reload_dnsmasq,
 )
-from agent.sinks.reread import LIMIT_S, wait_reread
+from agent.sinks.reread import LIMIT_S, Reread, RereadHistory, wait_reread
 
 log = structlog.get_logger(component="sinks.addn_hosts")
 
@@ -41,6 +41,8 @@ class AddnHostsSink(Sink):
         self.executable = executable  # a dnsmasq binary to accept besides the one on PATH
         self._signal_owed = False
         self._rereading: threading.Thread | None = None
+        self._history = RereadHistory()  # only the re-read watcher's thread changes it
+        self._watch_limit = LIMIT_S
 
     def prepare(self) -> None:
         for tmp in cleanup_stale_temps(self.path):
@@ -112,7 +114,7 @@ class AddnHostsSink(Sink):
         # Never while it still re-reads the last file: the signal would only queue a
         # second whole re-read behind the first, and the new name come no sooner.
         if self._rereading is not None:
-            self._rereading.join(LIMIT_S)
+            self._rereading.join(self._watch_limit)
         result = reload_dnsmasq(self.locator, executables=dnsmasq_executables(self.executable))
         latency = (time.monotonic() - changed_at) * 1000
         info = self.status.last_reload = ReloadInfo(
@@ -153,15 +155,18 @@ class AddnHostsSink(Sink):
         if result.pid is None or result.cpu_before is None:
             return  # dnsmasq's /proc cannot be read: nothing to pace by
         pid, cpu_before, at = result.pid, result.cpu_before, result.signalled_at
+        limit = self._watch_limit = self._history.watch_limit()
 
         def watch() -> None:
-            reread = wait_reread(pid, cpu_before, at)
+            reread = wait_reread(pid, cpu_before, at, limit_s=limit)
             info.reread_ms = reread.cpu_s * 1000
             info.reread_wall_ms = reread.wall_s * 1000
+            charged = self._history.charge(reread)
             log.debug("dnsmasq re-read", pid=pid, cpu_ms=round(info.reread_ms, 2),
-                      wall_ms=round(info.reread_wall_ms, 2), complete=reread.complete)
+                      wall_ms=round(info.reread_wall_ms, 2), complete=reread.complete,
+                      charged_ms=round(charged * 1000, 2))
             if self.on_reread is not None:
-                self.on_reread(reread)
+                self.on_reread(Reread(charged, reread.wall_s, reread.complete))
 
         self._rereading = threading.Thread(target=watch, name="dnsmasq-reread", daemon=True)
         self._rereading.start()

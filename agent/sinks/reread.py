@@ -88,3 +88,40 @@ def wait_reread(pid: int, cpu_before: float, signalled_at: float, *, proc: Path 
     after = cpu_time(pid, proc)
     return Reread(max(0.0, after - cpu_before) if after is not None else 0.0, wall,
                   complete and after is not None)
+
+
+SHORT_LIMIT_S = 0.25  # the least a watch waits once re-reads are known to be quick
+WATCH_FACTOR = 4.0  # a re-read this many times slower than the last one is not one
+CHARGE_FACTOR = 2.0
+
+
+class RereadHistory:
+    """What the last re-reads say about the next: how long to watch it, what to charge.
+
+    A dnsmasq that never sleeps (answering a local user's query flood) would
+    otherwise be watched for LIMIT_S after every signal, the sink thread (and so
+    the sync) held as long, and its query-answering CPU charged to the reload
+    budget as re-reading: names held back for minutes. Bounded by the last
+    re-read seen to end, neither happens; that flood costs the names nothing more
+    than a CPU-bound dnsmasq costs them anyway.
+    """
+
+    def __init__(self) -> None:
+        self.last_cpu_s: float | None = None  # the last complete re-read's
+        self.last_wall_s: float | None = None
+        self.incomplete = 0  # re-reads not seen to end, in a row
+
+    def watch_limit(self) -> float:
+        """How long to watch the next re-read (and hold the next signal for it)."""
+        if self.last_wall_s is None:
+            return LIMIT_S if self.incomplete == 0 else SHORT_LIMIT_S
+        return min(LIMIT_S, max(SHORT_LIMIT_S, WATCH_FACTOR * self.last_wall_s))
+
+    def charge(self, reread: Reread) -> float:
+        """Seconds of re-reading to charge the budget for ``reread`` (and learn from it)."""
+        if reread.complete:
+            self.last_cpu_s, self.last_wall_s, self.incomplete = reread.cpu_s, reread.wall_s, 0
+            return reread.cpu_s
+        self.incomplete += 1
+        # Busy past the watch: only what a re-read costs is the re-read's.
+        return min(reread.cpu_s, CHARGE_FACTOR * (self.last_cpu_s or 0.0))

@@ -7,11 +7,21 @@ scripted, and the clock is the test's.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.sinks.reread import cpu_time, wait_reread
+from agent.sinks.reread import (
+    LIMIT_S,
+    SHORT_LIMIT_S,
+    Reread,
+    RereadHistory,
+    cpu_time,
+    wait_reread,
+)
 
 PID = 4242
 
@@ -106,3 +116,39 @@ def test_cpu_time_falls_back_to_clock_ticks_without_schedstat(tmp_path: Path) ->
     (proc.dir / "schedstat").unlink()
     assert cpu_time(PID, tmp_path) == pytest.approx(0.12)  # 12 ticks of utime, at 100 Hz
     assert cpu_time(PID + 1, tmp_path) is None
+
+
+def test_history_bounds_the_watch_and_the_charge_by_the_last_reread_seen_to_end() -> None:
+    h = RereadHistory()
+    assert h.watch_limit() == LIMIT_S  # nothing known yet: a 100k re-read may take seconds
+    assert h.charge(Reread(0.0096, 0.030, True)) == pytest.approx(0.0096)
+    assert h.watch_limit() == SHORT_LIMIT_S  # 4 x 30 ms, floored
+    # dnsmasq busy past the watch (a query flood): 3 s of its CPU is not re-reading.
+    assert h.charge(Reread(3.0, SHORT_LIMIT_S, False)) == pytest.approx(2 * 0.0096)
+    assert h.watch_limit() == SHORT_LIMIT_S  # and the next signal is not held longer
+    assert h.charge(Reread(0.9, 2.8, True)) == pytest.approx(0.9)  # 100k, loaded machine
+    assert h.watch_limit() == LIMIT_S  # 4 x 2.8 s, capped
+
+
+def test_a_dnsmasq_busy_from_the_start_is_watched_briefly_and_charged_nothing() -> None:
+    h = RereadHistory()
+    assert h.charge(Reread(LIMIT_S, LIMIT_S, False)) == 0.0
+    assert h.watch_limit() == SHORT_LIMIT_S
+
+
+def test_a_real_process_that_never_sleeps_ends_the_watch_at_its_limit() -> None:
+    # A busy loop stands in for a dnsmasq kept busy by a flood of queries.
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        before = cpu_time(busy.pid)
+        assert before is not None
+        start = time.monotonic()
+        r = wait_reread(busy.pid, before, start, limit_s=0.3)
+        assert not r.complete and 0.3 <= r.wall_s < 2.0
+        assert r.cpu_s > 0  # it did burn CPU meanwhile...
+        h = RereadHistory()
+        h.charge(Reread(0.01, 0.02, True))
+        assert h.charge(r) <= 0.02  # ...which is not charged as re-reading
+    finally:
+        busy.kill()
+        busy.wait()
