@@ -16,6 +16,9 @@
   back, then one per ~90 ms, so a burst that starts a container every 130 ms
   gets a reload per name. 100,000 cost hundreds of milliseconds: a reload
   every few seconds at most, however fast changes come.
+  A re-read not seen to end (dnsmasq kept busy answering: a query flood) is
+  charged at most twice the last one that was (sinks/reread.RereadHistory):
+  answering queries is not re-reading, and must not hold names back.
   namesync's own CPU (plan, render, write) does not pace: syncs never overlap,
   and what dnsmasq does not re-read costs nobody a reload.
 * Sources may say that more changes are on their way (Podman: containers
