@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from . import rpm
@@ -84,6 +84,17 @@ for w in sorted(pathlib.Path(sys.argv[1]).glob("*-none-any.whl")):
     if w.name.split("-")[0].lower() not in skip:
         zipfile.ZipFile(w).extractall("/usr/lib/python3/dist-packages")
 """
+
+
+def container_with_rpms(image: Path, rpms: Iterable[Path], payload: Path, workdir: Path,
+                        *, unified: bool = False) -> Container:
+    """A (not yet booted) container of ``image`` with ``rpms`` unpacked at PAYLOAD and
+    the dependency wheels at WHEELS, read-only, ready for install()."""
+    wheels = dependency_wheels()
+    for package in rpms:
+        rpm.extract(package, payload)
+    return Container(image, workdir, ro_binds=[(payload, PAYLOAD), (wheels, WHEELS)],
+                     unified=unified)
 
 
 def install(c: Container, main_rpm: Path, packaged: Sequence[str] = (),

@@ -13,7 +13,8 @@ import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,26 @@ def mounts_under(path: Path | str, pid: Pid = "self") -> list[str]:
     """Mountpoints at or below ``path``."""
     prefix = str(path).rstrip("/") + "/"
     return [m.point for m in mounts(pid) if m.point == str(path) or m.point.startswith(prefix)]
+
+
+def start_reaper(script: Path, args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A watchdog process that cleans up after a test harness if pytest dies.
+
+    It runs in its own session so it outlives a SIGKILLed pytest; it reads
+    stdin, and "done" there (stop_reaper) means teardown ran: exit, touch nothing.
+    """
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, str(script), *args], stdin=subprocess.PIPE,
+                                stdout=log, stderr=log, start_new_session=True)
+
+
+def stop_reaper(reaper: subprocess.Popen[bytes] | None) -> None:
+    """Tell the reaper teardown is done (it exits without touching anything)."""
+    if reaper is None:
+        return
+    assert reaper.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        reaper.stdin.write(b"done\n")
+        reaper.stdin.close()
+    terminate(reaper)
+

@@ -37,14 +37,22 @@ import contextlib
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from .proc import comm, die_with_parent, kill_and_reap, process_gone, read_pid, terminate
+from .proc import (
+    comm,
+    die_with_parent,
+    kill_and_reap,
+    process_gone,
+    read_pid,
+    start_reaper,
+    stop_reaper,
+    terminate,
+)
 from .qemu_image import CONSOLE_MARK, GuestImage
 from .rootless import Session
 from .wait import until
@@ -157,20 +165,11 @@ class SessionLibvirtd:
 
     def _start_reaper(self) -> None:
         """qemu_reaper.py: kills the user's QEMUs if pytest dies without stop()."""
-        with (self.dir / "reaper.log").open("ab") as log:
-            self._reaper = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("qemu_reaper.py")),
-                 str(self.session.user.uid)],
-                stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True)
+        self._reaper = start_reaper(Path(__file__).with_name("qemu_reaper.py"),
+                                    [str(self.session.user.uid)], self.dir / "reaper.log")
 
     def _stop_reaper(self) -> None:
-        if self._reaper is None:
-            return
-        assert self._reaper.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self._reaper.stdin.write(b"done\n")
-            self._reaper.stdin.close()
-        terminate(self._reaper)
+        stop_reaper(self._reaper)
         self._reaper = None
 
     def _answers(self) -> bool:

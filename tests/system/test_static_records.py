@@ -79,13 +79,9 @@ def sid(rpm_build: rpmh.Build, dependency_rpms: dict[str, Path],
     for why in (rootfs.unavailable(), nspawn.unavailable()):
         if why:
             pytest.skip(why)
-    wheels = installed.dependency_wheels()
-    payload = tmp_path_factory.mktemp("payload")
-    for package in (rpm_build.rpms["namesync"], *dependency_rpms.values()):
-        rpmh.extract(package, payload)
-    c = nspawn.Container(rootfs.build(rootfs.SID_IMAGE), tmp_path_factory.mktemp("nspawn"),
-                         ro_binds=[(payload, installed.PAYLOAD), (wheels, installed.WHEELS)],
-                         unified=True)
+    c = installed.container_with_rpms(
+        rootfs.build(rootfs.SID_IMAGE), (rpm_build.rpms["namesync"], *dependency_rpms.values()),
+        tmp_path_factory.mktemp("payload"), tmp_path_factory.mktemp("nspawn"), unified=True)
     c.boot()
     try:
         version = c.run("/usr/lib/systemd/systemd-resolved", "--version").stdout.split()[1]

@@ -108,14 +108,11 @@ def system(rpm_build: rpmh.Build, dependency_rpms: dict[str, Path],
     for why in (rootfs.unavailable(), nspawn.unavailable()):
         if why:
             pytest.skip(why)
-    wheels = installed.dependency_wheels()
     # namesync and the two dependencies Fedora 43/44 lack (packaging/deps/), from
     # their RPMs; the rest (Fedora's own python3-* packages) from wheels.
-    payload = tmp_path_factory.mktemp("payload")
-    for package in (rpm_build.rpms["namesync"], *dependency_rpms.values()):
-        rpmh.extract(package, payload)
-    c = nspawn.Container(rootfs.build(), tmp_path_factory.mktemp("nspawn"),
-                         ro_binds=[(payload, installed.PAYLOAD), (wheels, installed.WHEELS)])
+    c = installed.container_with_rpms(
+        rootfs.build(), (rpm_build.rpms["namesync"], *dependency_rpms.values()),
+        tmp_path_factory.mktemp("payload"), tmp_path_factory.mktemp("nspawn"))
     c.boot()
     try:
         installed.install(c, rpm_build.rpms["namesync"], packaged=[

@@ -22,7 +22,6 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ from ..proc import (
     pids,
     process_gone,
     read_pid,
+    start_reaper,
+    stop_reaper,
     terminate,
 )
 from ..wait import until
@@ -132,21 +133,12 @@ class Libvirtd:
 
     def _start_reaper(self) -> None:
         """libvirt_reaper.py: cleans up after us if pytest dies without teardown()."""
-        with (self.dir / "reaper.log").open("ab") as log:
-            self._reaper = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("reaper.py")),
-                 self.cgroups.dirname, str(LEASE_DIR)],
-                stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True)
+        self._reaper = start_reaper(Path(__file__).with_name("reaper.py"),
+                                    [self.cgroups.dirname, str(LEASE_DIR)],
+                                    self.dir / "reaper.log")
 
     def _stop_reaper(self) -> None:
-        """Tell the reaper teardown is done (it exits without touching anything)."""
-        if self._reaper is None:
-            return
-        assert self._reaper.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self._reaper.stdin.write(b"done\n")
-            self._reaper.stdin.close()
-        terminate(self._reaper)
+        stop_reaper(self._reaper)
         self._reaper = None
 
     def _private_config(self) -> None:
