@@ -85,6 +85,9 @@ def slirp(name: str, *args: str, ifaces: str = "") -> str:
             f"<qemu:commandline>{argv}</qemu:commandline></domain>")
 
 
+DEVICE = ("-device", "virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:0a")
+
+
 def test_slirp_hostfwd_in_the_qemu_commandline_answers_the_hosts_addresses() -> None:
     xml = slirp("boxes", "-netdev", "user,id=n0,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:53-:53",
                 "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:AA:00:09")
@@ -104,7 +107,7 @@ def test_slirp_hostfwd_in_the_qemu_commandline_answers_the_hosts_addresses() -> 
 
 @pytest.mark.parametrize(("args", "shown"), [
     (("-nic", "user,hostfwd=tcp:[::1]:2222-:22"), "tcp [::1]:2222->22"),
-    (("-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22"),
+    (("-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22", *DEVICE),
      "tcp 127.0.0.1:2222->10.0.2.15:22"),
     # ",," is a literal comma: one (unparsable) hostfwd value, not a second forward
     (("-net", "user,hostfwd=tcp::2222-:22,,hostfwd=tcp::80-:80"), None),
@@ -123,12 +126,14 @@ def test_slirp_without_a_reachable_forward_is_refused_with_the_reason(
 @pytest.mark.parametrize("rule", ["tcp::0-:22", "tcp::70000-:22", "tcp:evil.example:22-:22",
                                   "sctp::22-:22", "tcp::22-:22;x", "tcp::22"])
 def test_a_hostfwd_that_does_not_parse_does_not_count(rule: str) -> None:
-    dom = parse_domain(slirp("vm4", "-netdev", f"user,id=n0,hostfwd={rule}"), active=True)
+    dom = parse_domain(slirp("vm4", "-netdev", f"user,id=n0,hostfwd={rule}", *DEVICE),
+                       active=True)
     assert dom.nics[0].forwards == ()
 
 
 def test_a_bridged_nic_beside_a_commandline_slirp_takes_the_lease() -> None:
-    xml = slirp("vm5", "-netdev", "user,id=n0,hostfwd=tcp::2222-:22", ifaces=bridged())
+    xml = slirp("vm5", "-netdev", "user,id=n0,hostfwd=tcp::2222-:22", *DEVICE,
+                ifaces=bridged())
     dom = parse_domain(xml, active=True)
     assert [n.kind for n in dom.nics] == ["bridge", "user"]
     objects, _ = snapshot([dom], SESSION, {}, [lease(MAC, "192.168.122.51")], {}, NOW,
@@ -156,3 +161,23 @@ def test_a_port_forward_without_the_passt_backend_does_not_count() -> None:
     assert state.records == ()
     assert rej.reason == (USER_MODE_NO_FORWARD + " (<portForward> tcp 0.0.0.0:2222->22 is not "
                           "applied by libvirt without <backend type='passt'/>)")
+
+
+@pytest.mark.parametrize("netdev", [
+    "id=n0,type=user,hostfwd=tcp::2222-:22",  # type=user not first
+    '{"type": "user", "id": "n0", "hostfwd": [{"str": "tcp::2222-:22"}]}',  # QEMU's JSON
+])
+def test_every_spelling_of_a_slirp_netdev_is_read(netdev: str) -> None:
+    dom = parse_domain(slirp("vm7", "-netdev", netdev, *DEVICE), active=True)
+    [nic] = dom.nics
+    assert (nic.kind, nic.mac, nic.forwards) == ("user", "52:54:00:aa:00:0a",
+                                                 ("tcp 0.0.0.0:2222->22",))
+
+
+def test_a_slirp_netdev_no_device_uses_is_no_nic_and_its_forward_counts_for_nothing() -> None:
+    # QEMU listens on the host port, but the guest has no NIC behind it.
+    dom = parse_domain(slirp("vm8", "-netdev", "user,id=n0,hostfwd=tcp::2222-:22",
+                             "-device", "virtio-net-pci,netdev=other"), active=True)
+    assert dom.nics == ()
+    objects, _ = snapshot([dom], SESSION, {}, [], {}, NOW, report_unmatched=False)
+    assert all(not s.records for s in objects.values())

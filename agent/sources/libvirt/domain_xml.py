@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -151,27 +152,58 @@ def _hostfwd(rule: str) -> str | None:
     return f"{proto or 'tcp'} {host}:{int(hport)}->{guest}"
 
 
+def _netdev(opt: str, value: str) -> tuple[str, str | None, list[str]] | None:
+    """(id, mac, hostfwd rules) of a user-mode (slirp) netdev argument, else None.
+
+    QEMU takes "user,id=n0,hostfwd=..." (type first or as ``type=user``
+    anywhere) and, for -netdev, the JSON form '{"type": "user", "id": "n0",
+    "hostfwd": [{"str": "tcp::2222-:22"}]}'.
+    """
+    if value.lstrip().startswith("{"):
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or obj.get("type") != "user":
+            return None
+        rules = obj.get("hostfwd") or []
+        rules = [r.get("str") if isinstance(r, dict) else r for r in rules] \
+            if isinstance(rules, list) else []
+        mac = obj.get("mac")
+        return (str(obj.get("id") or ""), mac if isinstance(mac, str) else None,
+                [r for r in rules if isinstance(r, str)])
+    parts = _qemu_options(value)
+    fields = _fields(parts[1:] if "=" not in parts[0] else parts)
+    kind = parts[0] if "=" not in parts[0] else next((v for k, v in fields if k == "type"), "")
+    if kind != "user" and ("type", "user") not in fields:
+        return None
+    ident = next((v for k, v in fields if k == "id"), "")
+    mac = next((v for k, v in fields if k == "mac"), None)
+    return ident, mac, [v for k, v in fields if k == "hostfwd"]
+
+
 def _commandline_nics(root: ET.Element, first_index: int) -> list[Nic]:
     """QEMU user-mode (slirp) netdevs given in ``<qemu:commandline>``, with their hostfwd."""
     args = [a.get("value") or "" for a in root.findall(f"{QEMU_NS}commandline/{QEMU_NS}arg")]
-    macs: dict[str, str] = {}  # netdev id -> the MAC of the -device using it
+    macs: dict[str, str | None] = {}  # netdev id -> the MAC of the -device using it
     for opt, value in itertools.pairwise(args):
         if opt in ("-device", "--device"):
             device = dict(_fields(_qemu_options(value)[1:]))
-            mac = normalise_mac(device.get("mac"))
-            if device.get("netdev") and mac:
-                macs[device["netdev"]] = mac
+            if device.get("netdev"):
+                macs[device["netdev"]] = normalise_mac(device.get("mac"))
     nics: list[Nic] = []
     for opt, value in itertools.pairwise(args):
-        parts = _qemu_options(value)
-        if opt not in _NETDEV_OPTIONS or parts[0] not in ("user", "type=user"):
+        found = _netdev(opt, value) if opt in _NETDEV_OPTIONS else None
+        if found is None:
             continue
-        fields = _fields(parts[1:])
-        ident = next((v for k, v in fields if k == "id"), "")
-        mac = next((normalise_mac(v) for k, v in fields if k == "mac"), None)
-        forwards = tuple(f for k, v in fields if k == "hostfwd"
-                         for f in (_hostfwd(v),) if f is not None)
-        nics.append(Nic(index=first_index + len(nics), mac=mac or macs.get(ident),
+        ident, mac, rules = found
+        # A -netdev is only a backend: without a -device using it the guest has no
+        # NIC there, and its forwards lead nowhere (-nic and -net make their own).
+        if opt.lstrip("-") == "netdev" and ident not in macs:
+            continue
+        forwards = tuple(f for f in map(_hostfwd, rules) if f is not None)
+        nics.append(Nic(index=first_index + len(nics),
+                        mac=normalise_mac(mac) or macs.get(ident),
                         kind="user", network=None, bridge=None, alias=None,
                         forwards=forwards))
     return nics
