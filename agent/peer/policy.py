@@ -50,7 +50,7 @@ class Claim:
 
     name: str
     addresses: tuple[Address, ...]
-    via_host: bool
+    via_host: bool  # the host's addresses; with ``addresses``, only those of them
     what: str
 
 
@@ -135,11 +135,15 @@ def _claim(item: object, i: int) -> Claim | Refusal:
         name = parse_fqdn(raw_name)
     except InvalidName as e:
         return Refusal(_text(raw_name), _text(e.reason), what)
-    if item.get("via") == "host":
+    via_host = item.get("via") == "host"
+    # Via the host: "only" narrows the host's addresses to those its ports are bound
+    # to (it can never add one: the system agent intersects).
+    raw_addrs = item.get("only", []) if via_host else item.get("addresses")
+    if via_host and raw_addrs == []:
         return Claim(name, (), True, what)
-    raw_addrs = item.get("addresses")
     if not isinstance(raw_addrs, list) or not raw_addrs or len(raw_addrs) > 64:
-        return Refusal(name, "addresses: expected a list of 1 to 64 addresses", what)
+        key = "only" if via_host else "addresses"
+        return Refusal(name, f"{key}: expected a list of 1 to 64 addresses", what)
     addrs: list[Address] = []
     for raw in raw_addrs:
         try:
@@ -149,7 +153,7 @@ def _claim(item: object, i: int) -> Claim | Refusal:
         if not usable(addr):
             return Refusal(name, f"address {addr} is not reachable from other hosts", what)
         addrs.append(addr)
-    return Claim(name, tuple(addrs), False, what)
+    return Claim(name, tuple(addrs), via_host, what)
 
 
 def _list(params: Mapping[str, Any], key: str, limit: int) -> list[Any]:

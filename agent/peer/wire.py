@@ -18,14 +18,32 @@ Everything here is untrusted on the receiving side: policy.py validates it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from agent.model.record import Address, AddressError, parse_address
 from agent.plan.table import Table
 
 # A record whose addresses are the host's (see above): in the user agent's
 # own table it has no addresses and this provenance kind.
 VIA_HOST = "via-host"
 MAX_TEXT = 300  # "what" and "reason" strings: for status only, cut to this
+
+
+def bound_addresses(hosts: Iterable[str]) -> tuple[Address, ...]:
+    """What a via-host name answers in the user agent's table: the host addresses its
+    ports are bound to, () for all of the host's (a port bound to every address, or
+    to something that is no address, counts as all: what it answered before)."""
+    out: list[Address] = []
+    for host in hosts:
+        try:
+            addr = parse_address(host.strip("[]"))
+        except AddressError:
+            return ()
+        if addr.is_unspecified:
+            return ()
+        out.append(addr)
+    return tuple(dict.fromkeys(out))
 
 
 def _cut(text: str) -> str:
@@ -38,8 +56,10 @@ def push_params(table: Table) -> dict[str, Any]:
     for name, entry in table.entries.items():
         prov = entry.provenance
         item: dict[str, Any] = {"name": name, "what": _cut(prov.display or prov.kind)}
-        if prov.kind == VIA_HOST and not entry.addresses:
+        if prov.kind == VIA_HOST:
             item["via"] = "host"
+            if entry.addresses:  # its ports are bound to these host addresses only
+                item["only"] = [str(a) for a in entry.addresses]
         else:
             item["addresses"] = [str(a) for a in entry.addresses]
         records.append(item)

@@ -400,10 +400,16 @@ class PeerSource(ServiceSource[ControlServer]):
             addrs = claim.addresses
             if claim.via_host:
                 addrs = self._host.addresses
+                if claim.addresses:  # bound to some host addresses only
+                    addrs = tuple(a for a in addrs if a in claim.addresses)
                 if not addrs:
                     why = (f"answers the host's addresses, and the host has none: "
                            f"{self._host.why}" if self.host.enabled else
                            "answers the host's addresses, and [host] is disabled")
+                    if claim.addresses and self._host.addresses:
+                        bound = ", ".join(str(a) for a in claim.addresses)
+                        why = (f"its ports are bound to {bound}, none of the host's "
+                               "addresses ([host] interfaces)")
                     objects[claim.name] = ObjectState(rejections=(Rejection(prov, claim.name,
                                                                             why),))
                     continue

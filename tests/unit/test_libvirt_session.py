@@ -181,3 +181,13 @@ def test_a_slirp_netdev_no_device_uses_is_no_nic_and_its_forward_counts_for_noth
     assert dom.nics == ()
     objects, _ = snapshot([dom], SESSION, {}, [], {}, NOW, report_unmatched=False)
     assert all(not s.records for s in objects.values())
+
+
+def test_a_hostfwd_bound_to_one_host_address_answers_only_it() -> None:
+    dom = parse_domain(slirp("vm9", "-netdev", "user,id=n0,hostfwd=tcp:192.0.2.7:2222-:22",
+                             *DEVICE), active=True)
+    objects, _ = snapshot([dom], SESSION, {}, [], {}, NOW, report_unmatched=False)
+    [state] = objects.values()
+    [rec] = state.records
+    assert rec.provenance.kind == "via-host"
+    assert [str(a) for a in rec.addresses] == ["192.0.2.7"]

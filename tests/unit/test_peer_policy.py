@@ -193,3 +193,39 @@ def test_a_push_with_more_addresses_than_the_quota_is_refused_whole() -> None:
     assert e.value.code == "quota" and e.value.reason.startswith("2560 addresses")
     ok = decode_push({"records": records[:32]}, scope(), max_names=100, max_addresses=2048)
     assert len(ok.claims) == 32  # 2,048: at the limit
+
+
+def test_a_via_host_name_bound_to_some_host_addresses_answers_only_those() -> None:
+    """A rootless `-p 192.0.2.7:8080:80` (or a VM's hostfwd=tcp:192.0.2.7:...): the
+    port is not on the host's other addresses, so the name must not answer them."""
+    from agent.config.schema import HostConfig, PeersConfig
+    from agent.peer.identity import Identity
+    from agent.sources.peers import PeerSource, PeerState
+
+    a, b = ipaddress.ip_address("192.0.2.7"), ipaddress.ip_address("2001:db8::7")
+    prov = Provenance("podman:x", "id1", VIA_HOST, "container web")
+    table = plan([Record("web.alice.dns.podman", (a,), prov),
+                  Record("all.alice.dns.podman", (), prov),
+                  Record("gone.alice.dns.podman", (ipaddress.ip_address("198.51.100.1"),),
+                         prov)], [])
+    params = push_params(table)
+    assert params["records"][2] == {"name": "web.alice.dns.podman", "via": "host",
+                                    "only": ["192.0.2.7"], "what": "container web"}
+    push = decode_push(params, scope(), max_names=10)
+    src = PeerSource(PeersConfig(), ZONES, HostConfig())
+    src._host.addresses = (a, b)
+    state = PeerState(ident=Identity(1000, "alice", "alice"), push=push)
+    objects = src._objects(state)
+    assert objects["web.alice.dns.podman"].records[0].addresses == (a,)
+    assert objects["all.alice.dns.podman"].records[0].addresses == (a, b)
+    [gone] = objects["gone.alice.dns.podman"].rejections
+    assert "bound to 198.51.100.1, none of the host's addresses" in gone.reason
+
+
+@pytest.mark.parametrize(("only", "why"), [
+    (["127.0.0.1"], "not reachable"), (["nope"], "address nope"), ("x", "expected a list")])
+def test_a_via_host_narrowing_that_is_no_usable_address_is_refused(only: object,
+                                                                   why: str) -> None:
+    push = decode_push({"records": [{"name": "w.alice.dns.podman", "via": "host",
+                                     "only": only}]}, scope(), max_names=10)
+    assert push.claims == () and why in push.refused[0].reason

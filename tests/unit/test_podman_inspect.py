@@ -263,3 +263,18 @@ def test_drifted_inspect_data_is_an_inspect_error_never_a_crash(
         return
     if isinstance(v, Live):
         object_state(v.view, source=SOURCE, zone=ZONE)
+
+
+@pytest.mark.parametrize(("ports", "bound"), [
+    ({"80/tcp": [{"HostIp": "192.0.2.7", "HostPort": "8080"}],
+      "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}]}, ["192.0.2.7"]),
+    ({"80/tcp": [{"HostIp": "192.0.2.7", "HostPort": "8080"}],
+      "443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8443"}]}, []),  # one on all: all
+])
+def test_rootless_ports_bound_to_one_host_address_answer_only_it(
+        ports: dict[str, object], bound: list[str]) -> None:
+    attrs = load("inspect_running_alias_ipv6")
+    attrs["NetworkSettings"]["Ports"] = ports
+    (rec,) = published(attrs, rootless=True).records
+    assert rec.provenance.kind == "via-host"
+    assert [str(a) for a in rec.addresses] == bound

@@ -78,9 +78,13 @@ class Nic:
         return tuple(f for f in self.forwards if _loopback_forward(f))
 
 
+def forward_host(forward: str) -> str:
+    """The host address of a forward as shown ("tcp [::1]:2222->22" -> "::1")."""
+    return forward.split(" ", 1)[1].split("->", 1)[0].rsplit(":", 1)[0].strip("[]")
+
+
 def _loopback_forward(forward: str) -> bool:
-    host = forward.split(" ", 1)[1].split("->", 1)[0].rsplit(":", 1)[0].strip("[]")
-    return ipaddress.ip_address(host).is_loopback
+    return ipaddress.ip_address(forward_host(forward)).is_loopback
 
 
 def _host(address: str | None) -> str | None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from agent.model.names import InvalidName, join, normalise_label
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
-from agent.peer.wire import VIA_HOST
-from agent.sources.libvirt.domain_xml import Domain, Nic
+from agent.peer.wire import VIA_HOST, bound_addresses
+from agent.sources.libvirt.domain_xml import Domain, Nic, forward_host
 from agent.sources.libvirt.leases import Lease, current
 
 GUEST_SUBZONE = "guest"
@@ -79,7 +79,8 @@ def user_mode_state(dom: Domain, naming: Naming) -> ObjectState | None:
         name = join(normalise_label(dom.name), naming.zone)
     except InvalidName as e:
         return ObjectState(rejections=(Rejection(prov, dom.name, e.reason),))
-    return ObjectState(records=(Record(name, (), prov),))
+    bound = bound_addresses(forward_host(f) for f in forwards)
+    return ObjectState(records=(Record(name, bound, prov),))
 
 
 NicView = tuple[Nic, tuple[Address, ...], list[Lease]]  # a NIC, its addresses, its leases

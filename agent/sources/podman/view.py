@@ -26,8 +26,8 @@ Rules (README "Podman"):
   containers. What is reachable is a port it publishes on the host, so a
   container with at least one port published on a non-loopback host address
   answers the host's own addresses (a "via host" record, agent/peer/wire.py;
-  the system agent fills in what host.dns.host answers). No such port: a
-  Rejection saying so.
+  the system agent fills in what host.dns.host answers; ports bound to some
+  host addresses only narrow it to those). No such port: a Rejection saying so.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from agent.model.names import InvalidName, join, normalise_label
 from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
-from agent.peer.wire import VIA_HOST
+from agent.peer.wire import VIA_HOST, bound_addresses
 
 SHORT_ID = 12  # Podman's short container id, added as an alias on every network
 
@@ -118,8 +118,9 @@ def _rootless_state(view: ContainerView, source: str, zone: str, what: str) -> O
         return ObjectState(rejections=(Rejection(prov, view.name, why),))
     prov = Provenance(source, view.id, VIA_HOST,
                       f"{what} {view.name} (rootless; the host's addresses, ports {ports})")
+    bound = bound_addresses(p.host_ip for p in reachable)
     try:
-        return ObjectState((Record(join(normalise_label(view.name), zone), (), prov),))
+        return ObjectState((Record(join(normalise_label(view.name), zone), bound, prov),))
     except InvalidName as e:
         return ObjectState(rejections=(Rejection(prov, view.name, e.reason),))
 
