@@ -43,6 +43,7 @@ class AddnHostsSink(Sink):
         self._rereading: threading.Thread | None = None
         self._history = RereadHistory()  # only the re-read watcher's thread changes it
         self._watch_limit = LIMIT_S
+        self._size = 0  # of the file dnsmasq is told to re-read
 
     def prepare(self) -> None:
         for tmp in cleanup_stale_temps(self.path):
@@ -86,6 +87,7 @@ class AddnHostsSink(Sink):
                     return True
             else:
                 self._write(data)
+            self._size = len(data)
         except OSError as e:
             self.status.error(f"cannot write {self.path}: {e.strerror or e}")
             log.error("write failed", path=str(self.path), error=str(e))
@@ -155,13 +157,14 @@ class AddnHostsSink(Sink):
         if result.pid is None or result.cpu_before is None:
             return  # dnsmasq's /proc cannot be read: nothing to pace by
         pid, cpu_before, at = result.pid, result.cpu_before, result.signalled_at
-        limit = self._watch_limit = self._history.watch_limit()
+        size = self._size
+        limit = self._watch_limit = self._history.watch_limit(size)
 
         def watch() -> None:
             reread = wait_reread(pid, cpu_before, at, limit_s=limit)
             info.reread_ms = reread.cpu_s * 1000
             info.reread_wall_ms = reread.wall_s * 1000
-            charged = self._history.charge(reread)
+            charged = self._history.charge(reread, size)
             log.debug("dnsmasq re-read", pid=pid, cpu_ms=round(info.reread_ms, 2),
                       wall_ms=round(info.reread_wall_ms, 2), complete=reread.complete,
                       charged_ms=round(charged * 1000, 2))

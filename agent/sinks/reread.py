@@ -91,37 +91,50 @@ def wait_reread(pid: int, cpu_before: float, signalled_at: float, *, proc: Path 
 
 
 SHORT_LIMIT_S = 0.25  # the least a watch waits once re-reads are known to be quick
-WATCH_FACTOR = 4.0  # a re-read this many times slower than the last one is not one
+WATCH_FACTOR = 4.0  # a re-read this many times slower than expected is not one
 CHARGE_FACTOR = 2.0
+UNKNOWN_CHARGE_S = 1.0  # the most charged for a re-read when none was ever seen to end
 
 
 class RereadHistory:
-    """What the last re-reads say about the next: how long to watch it, what to charge.
+    """What the last re-read seen to end says about the next: how long to watch it
+    (and hold the next signal for it), and what to charge the reload budget.
 
     A dnsmasq that never sleeps (answering a local user's query flood) would
-    otherwise be watched for LIMIT_S after every signal, the sink thread (and so
-    the sync) held as long, and its query-answering CPU charged to the reload
-    budget as re-reading: names held back for minutes. Bounded by the last
-    re-read seen to end, neither happens; that flood costs the names nothing more
-    than a CPU-bound dnsmasq costs them anyway.
+    otherwise be watched LIMIT_S after every signal and its query-answering CPU
+    charged as re-reading: names held back for minutes. So an unfinished watch is
+    charged at most twice what the re-read was expected to cost. Expected: the
+    last complete one scaled by the file's size (a table that grew tenfold
+    re-reads tenfold longer). And each watch in a row that does not see the end
+    waits twice as long as the one before, so a re-read that really got slower
+    (a loaded machine) is seen to end again and learned from.
     """
 
     def __init__(self) -> None:
-        self.last_cpu_s: float | None = None  # the last complete re-read's
-        self.last_wall_s: float | None = None
-        self.incomplete = 0  # re-reads not seen to end, in a row
+        self.last: Reread | None = None  # the last complete re-read
+        self.last_size = 0  # the size of the file it re-read
+        self.incomplete = 0  # watches in a row that did not see the end
 
-    def watch_limit(self) -> float:
-        """How long to watch the next re-read (and hold the next signal for it)."""
-        if self.last_wall_s is None:
-            return LIMIT_S if self.incomplete == 0 else SHORT_LIMIT_S
-        return min(LIMIT_S, max(SHORT_LIMIT_S, WATCH_FACTOR * self.last_wall_s))
+    def _expected(self, size: int) -> tuple[float, float] | None:
+        """(CPU, wall) seconds a re-read of ``size`` bytes should take, if known."""
+        if self.last is None:
+            return None
+        scale = max(size, 1) / max(self.last_size, 1)
+        return self.last.cpu_s * scale, self.last.wall_s * scale
 
-    def charge(self, reread: Reread) -> float:
-        """Seconds of re-reading to charge the budget for ``reread`` (and learn from it)."""
+    def watch_limit(self, size: int) -> float:
+        stretch = 2.0 ** min(self.incomplete, 16)
+        expected = self._expected(size)
+        if expected is None:
+            return LIMIT_S if self.incomplete == 0 else min(LIMIT_S, SHORT_LIMIT_S * stretch)
+        return min(LIMIT_S, max(SHORT_LIMIT_S, WATCH_FACTOR * expected[1] * stretch))
+
+    def charge(self, reread: Reread, size: int) -> float:
+        """Seconds of re-reading to charge for ``reread`` of ``size`` bytes (and learn)."""
         if reread.complete:
-            self.last_cpu_s, self.last_wall_s, self.incomplete = reread.cpu_s, reread.wall_s, 0
+            self.last, self.last_size, self.incomplete = reread, size, 0
             return reread.cpu_s
         self.incomplete += 1
-        # Busy past the watch: only what a re-read costs is the re-read's.
-        return min(reread.cpu_s, CHARGE_FACTOR * (self.last_cpu_s or 0.0))
+        expected = self._expected(size)
+        cap = UNKNOWN_CHARGE_S if expected is None else CHARGE_FACTOR * expected[0]
+        return min(reread.cpu_s, cap)

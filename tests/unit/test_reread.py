@@ -7,6 +7,8 @@ scripted, and the clock is the test's.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,8 +19,10 @@ import pytest
 from agent.sinks.reread import (
     LIMIT_S,
     SHORT_LIMIT_S,
+    UNKNOWN_CHARGE_S,
     Reread,
     RereadHistory,
+    awake,
     cpu_time,
     wait_reread,
 )
@@ -118,24 +122,73 @@ def test_cpu_time_falls_back_to_clock_ticks_without_schedstat(tmp_path: Path) ->
     assert cpu_time(PID + 1, tmp_path) is None
 
 
-def test_history_bounds_the_watch_and_the_charge_by_the_last_reread_seen_to_end() -> None:
+def test_an_unfinished_watch_is_charged_at_most_twice_what_the_file_should_cost() -> None:
     h = RereadHistory()
-    assert h.watch_limit() == LIMIT_S  # nothing known yet: a 100k re-read may take seconds
-    assert h.charge(Reread(0.0096, 0.030, True)) == pytest.approx(0.0096)
-    assert h.watch_limit() == SHORT_LIMIT_S  # 4 x 30 ms, floored
+    assert h.watch_limit(400_000) == LIMIT_S  # nothing known yet: 100k names take seconds
+    assert h.charge(Reread(0.0096, 0.030, True), 400_000) == pytest.approx(0.0096)
+    assert h.watch_limit(400_000) == SHORT_LIMIT_S  # 4 x 30 ms, floored
     # dnsmasq busy past the watch (a query flood): 3 s of its CPU is not re-reading.
-    assert h.charge(Reread(3.0, SHORT_LIMIT_S, False)) == pytest.approx(2 * 0.0096)
-    assert h.watch_limit() == SHORT_LIMIT_S  # and the next signal is not held longer
-    assert h.charge(Reread(0.9, 2.8, True)) == pytest.approx(0.9)  # 100k, loaded machine
-    assert h.watch_limit() == LIMIT_S  # 4 x 2.8 s, capped
+    assert h.charge(Reread(3.0, SHORT_LIMIT_S, False), 400_000) == pytest.approx(0.0192)
+    # The table grew a hundredfold: so does what its re-read is expected to cost.
+    assert h.watch_limit(40_000_000) == LIMIT_S  # 4 x 3 s x 2 (one unfinished), capped
+    assert h.charge(Reread(5.0, LIMIT_S, False), 40_000_000) == pytest.approx(1.92)
 
 
-def test_a_dnsmasq_busy_from_the_start_is_watched_briefly_and_charged_nothing() -> None:
+def test_a_dnsmasq_busy_from_the_start_is_charged_a_bounded_amount() -> None:
     h = RereadHistory()
-    assert h.charge(Reread(LIMIT_S, LIMIT_S, False)) == 0.0
-    assert h.watch_limit() == SHORT_LIMIT_S
+    assert h.charge(Reread(LIMIT_S, LIMIT_S, False), 1000) == UNKNOWN_CHARGE_S
+    assert h.watch_limit(1000) == 2 * SHORT_LIMIT_S  # and watched longer each time
+    h.charge(Reread(LIMIT_S, LIMIT_S, False), 1000)
+    assert h.watch_limit(1000) == 4 * SHORT_LIMIT_S
 
 
+BUSY_ON_SIGNAL = """
+import signal, time
+def busy(*_):
+    end = time.monotonic() + 0.6
+    while time.monotonic() < end:
+        pass
+signal.signal(signal.SIGUSR1, busy)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_a_reread_that_got_slower_is_watched_longer_until_seen_to_end_and_learned() -> None:
+    # A real process stands in for dnsmasq: each SIGUSR1 is a 0.6 s "re-read",
+    # where the last one seen to end took 20 ms.
+    child = subprocess.Popen([sys.executable, "-c", BUSY_ON_SIGNAL], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        h = RereadHistory()
+        h.charge(Reread(0.01, 0.02, True), 1000)
+        limits: list[float] = []
+        for _ in range(6):
+            until_asleep(child.pid)
+            limits.append(h.watch_limit(1000))
+            before = cpu_time(child.pid)
+            assert before is not None
+            at = time.monotonic()
+            os.kill(child.pid, signal.SIGUSR1)
+            r = wait_reread(child.pid, before, at, limit_s=limits[-1])
+            assert h.charge(r, 1000) <= max(0.02, r.cpu_s)
+            if r.complete:
+                break
+        assert r.complete, limits
+        assert limits[0] == SHORT_LIMIT_S and limits == sorted(limits) and limits[-1] > 0.6
+        assert h.last is not None and h.last.wall_s >= 0.6
+        assert h.watch_limit(1000) >= 4 * 0.6  # learned: the next watch waits long enough
+    finally:
+        child.kill()
+        child.wait()
+
+
+def until_asleep(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while awake(pid):
+        assert time.monotonic() < deadline, "the stand-in never went back to sleep"
+        time.sleep(0.01)
 def test_a_real_process_that_never_sleeps_ends_the_watch_at_its_limit() -> None:
     # A busy loop stands in for a dnsmasq kept busy by a flood of queries.
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -147,8 +200,8 @@ def test_a_real_process_that_never_sleeps_ends_the_watch_at_its_limit() -> None:
         assert not r.complete and 0.3 <= r.wall_s < 2.0
         assert r.cpu_s > 0  # it did burn CPU meanwhile...
         h = RereadHistory()
-        h.charge(Reread(0.01, 0.02, True))
-        assert h.charge(r) <= 0.02  # ...which is not charged as re-reading
+        h.charge(Reread(0.01, 0.02, True), 1000)
+        assert h.charge(r, 1000) <= 0.02  # ...which is not charged as re-reading
     finally:
         busy.kill()
         busy.wait()
