@@ -167,8 +167,13 @@ def test_a_port_forward_without_the_passt_backend_does_not_count() -> None:
     "id=n0,type=user,hostfwd=tcp::2222-:22",  # type=user not first
     '{"type": "user", "id": "n0", "hostfwd": [{"str": "tcp::2222-:22"}]}',  # QEMU's JSON
 ])
-def test_every_spelling_of_a_slirp_netdev_is_read(netdev: str) -> None:
-    dom = parse_domain(slirp("vm7", "-netdev", netdev, *DEVICE), active=True)
+@pytest.mark.parametrize("device", [
+    DEVICE[1],
+    "netdev=n0,driver=virtio-net-pci,mac=52:54:00:aa:00:0a",  # driver= not first
+    '{"driver": "virtio-net-pci", "netdev": "n0", "mac": "52:54:00:aa:00:0a"}',  # JSON
+])
+def test_every_spelling_of_a_slirp_netdev_is_read(netdev: str, device: str) -> None:
+    dom = parse_domain(slirp("vm7", "-netdev", netdev, "-device", device), active=True)
     [nic] = dom.nics
     assert (nic.kind, nic.mac, nic.forwards) == ("user", "52:54:00:aa:00:0a",
                                                  ("tcp 0.0.0.0:2222->22",))

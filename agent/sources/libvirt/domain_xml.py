@@ -186,13 +186,26 @@ def _netdev(opt: str, value: str) -> tuple[str, str | None, list[str]] | None:
     return ident, mac, [v for k, v in fields if k == "hostfwd"]
 
 
+def _device(value: str) -> dict[str, str]:
+    """A -device's properties, in QEMU's JSON or "driver,key=value" (driver= anywhere)."""
+    if value.lstrip().startswith("{"):
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            return {}
+        return {k: v for k, v in obj.items() if isinstance(v, str)} if isinstance(obj, dict) \
+            else {}
+    parts = _qemu_options(value)
+    return dict(_fields(parts if "=" in parts[0] else parts[1:]))
+
+
 def _commandline_nics(root: ET.Element, first_index: int) -> list[Nic]:
     """QEMU user-mode (slirp) netdevs given in ``<qemu:commandline>``, with their hostfwd."""
     args = [a.get("value") or "" for a in root.findall(f"{QEMU_NS}commandline/{QEMU_NS}arg")]
     macs: dict[str, str | None] = {}  # netdev id -> the MAC of the -device using it
     for opt, value in itertools.pairwise(args):
         if opt in ("-device", "--device"):
-            device = dict(_fields(_qemu_options(value)[1:]))
+            device = _device(value)
             if device.get("netdev"):
                 macs[device["netdev"]] = normalise_mac(device.get("mac"))
     nics: list[Nic] = []
