@@ -130,8 +130,11 @@ class Rejection:
     reason: str
     # The address the refusal is about, where it is about one: a lease the system's
     # libvirt cannot place may be a user's session VM, whose agent publishes it.
-    # Such a refusal is moot while another source publishes that address.
+    # Such a refusal is moot while a user agent (PEER_KIND) publishes that address.
     address: Address | None = None
+
+
+PEER_KIND = "peer"  # the provenance kind of what a user agent publishes (sources/peers.py)
 
 
 @dataclass(frozen=True, slots=True)

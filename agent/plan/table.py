@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from agent.model.record import Address, Provenance, Record, Rejection, sort_addresses
+from agent.model.record import (
+    PEER_KIND,
+    Address,
+    Provenance,
+    Record,
+    Rejection,
+    sort_addresses,
+)
 from agent.plan.render import entry_lines
 
 Holder = tuple[str, str]  # (source, object_id)
@@ -149,10 +156,12 @@ def make_table(
 
 
 def _not_moot(rejections: set[Rejection], entries: Mapping[str, Entry]) -> Iterable[Rejection]:
-    """The refusals that still stand: one about an address another source publishes
-    (the user agent's session VM on a system bridge) would tell the user "not
-    published" about an address that answers. Display only: nothing is written
-    because of it, so a peer claiming an address can at most quiet this line."""
+    """The refusals that still stand: one about an address a user agent publishes
+    (its session VM on a system bridge) would tell the user "not published" about
+    an address that answers. Only a peer's record makes it moot: another of the
+    system's own sources holding the address is a conflict worth showing. Display
+    only: nothing is written because of it, so a peer claiming an address can at
+    most quiet this line, and its name for the address shows in the table."""
     about = [r for r in rejections if r.address is not None]
     if not about:
         return rejections
@@ -160,7 +169,7 @@ def _not_moot(rejections: set[Rejection], entries: Mapping[str, Entry]) -> Itera
     holders: dict[Address, set[str]] = {}
     for entry in entries.values():
         for address in entry.addresses:
-            if address in wanted:
+            if address in wanted and entry.provenance.kind == PEER_KIND:
                 holders.setdefault(address, set()).add(entry.provenance.source)
     return [r for r in rejections
             if r.address is None or not holders.get(r.address, set()) - {r.provenance.source}]

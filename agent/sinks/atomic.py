@@ -57,12 +57,16 @@ NOT_A_FILE = b"\0"
 MAX_COMPARE_BYTES = 256 << 20  # 100,000 names render to ~3 MiB
 
 
-def read_bytes(path: Path, max_bytes: int = MAX_COMPARE_BYTES) -> bytes | None:
+def read_bytes(path: Path, max_bytes: int = MAX_COMPARE_BYTES, *,
+               follow: bool = True) -> bytes | None:
     """The bytes of the regular file at ``path`` (None: nothing there), to compare
-    with what should be there. A symlink, FIFO, device or an oversized file is not
-    followed, opened for blocking or read whole: it reads as NOT_A_FILE."""
+    with what should be there. A FIFO, device or an oversized file is not opened
+    for blocking or read whole, and without ``follow`` neither is a symlink: it
+    reads as NOT_A_FILE. ``follow`` as replace_file() writes (a symlinked file
+    that already holds the bytes must compare equal, or every sync rewrites it)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -279,6 +283,45 @@ def _write_temp(
         os.close(fd)
 
 
+def _open_directory(path: Path) -> int:
+    # O_NOFOLLOW: a directory someone else may replace by a symlink between our
+    # checks and our writes (static.d in resolved's /run/systemd/resolve).
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _replace_in_directory(path: Path, data: bytes, mode: int) -> str:
+    """replace_file() through a descriptor of ``path``'s directory, nothing followed."""
+    dfd = _open_directory(path.parent)
+    try:
+        tmp = f"{temp_prefix(path)}{os.urandom(6).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode, dir_fd=dfd)
+        try:
+            _write_temp(fd, data, path, None, mode)
+            os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return "rename"
+
+
+def remove_in_directory(path: Path) -> None:
+    """Unlink ``path`` (whatever it is) through its directory, nothing followed."""
+    try:
+        dfd = _open_directory(path.parent)
+    except FileNotFoundError:
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
 def replace_file(
     path: Path,
     data: bytes,
@@ -296,11 +339,12 @@ def replace_file(
     With ``follow`` false, whatever is at ``path`` (a symlink, a FIFO) is replaced,
     never followed: for a directory someone else may write to.
     """
-    # A symlinked /etc/hosts stays a symlink (follow); in another's directory it must not.
-    target = Path(os.path.realpath(path)) if follow else path
+    if not follow:
+        return _replace_in_directory(path, data, 0o644 if mode is None else mode)
+    target = Path(os.path.realpath(path))  # a symlinked /etc/hosts stays a symlink
     directory = target.parent
     try:
-        st: os.stat_result | None = os.stat(target) if follow else os.lstat(target)
+        st: os.stat_result | None = os.stat(target)
     except FileNotFoundError:
         st = None
     if st is not None and not stat.S_ISREG(st.st_mode):

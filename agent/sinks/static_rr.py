@@ -34,7 +34,12 @@ from typing import Protocol
 import structlog
 
 from agent.plan.table import Table
-from agent.sinks.atomic import cleanup_stale_temps, read_bytes, replace_file
+from agent.sinks.atomic import (
+    cleanup_stale_temps,
+    read_bytes,
+    remove_in_directory,
+    replace_file,
+)
 from agent.sinks.base import ReloadInfo, Sink
 
 log = structlog.get_logger(component="sinks.static_rr")
@@ -154,7 +159,7 @@ class StaticRecordsSink(Sink):
         self.status.lines = sum(len(e.addresses) for e in table.entries.values()) if serving else 0
         self.status.extra["serving"] = serving
         try:
-            current = read_bytes(self.path)
+            current = read_bytes(self.path, follow=False)
             if current == data:
                 if not self._signal_owed:
                     self.status.unchanged += 1
@@ -171,7 +176,7 @@ class StaticRecordsSink(Sink):
     def _change(self, data: bytes | None) -> None:
         t0 = time.monotonic()
         if data is None:
-            self.path.unlink(missing_ok=True)
+            remove_in_directory(self.path)
             method = "removed"
         else:
             # /run/systemd/resolve is resolved's; static.d in it is made by whoever needs it.

@@ -39,7 +39,7 @@ from agent.control import protocol
 from agent.control.server import ControlServer, Limits, LineRefusal, Peer
 from agent.control.server import Refusal as Refused
 from agent.daemon.status import ts
-from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
+from agent.model.record import PEER_KIND, Address, ObjectState, Provenance, Record, Rejection
 from agent.peer.identity import Directory, Identity
 from agent.peer.policy import Push, PushRefused, Refusal, Scope, TokenBucket, decode_push
 from agent.sources.base import Objects, ServiceSource, SnapshotSink, Source
@@ -396,7 +396,7 @@ class PeerSource(ServiceSource[ControlServer]):
         source, who = self._key(state.uid), f"uid {state.uid} ({state.ident.login})"
         objects: dict[str, ObjectState] = {}
         for claim in state.push.claims:
-            prov = Provenance(source, claim.name, "peer", f"{who}: {claim.what}")
+            prov = Provenance(source, claim.name, PEER_KIND, f"{who}: {claim.what}")
             addrs = claim.addresses
             if claim.via_host:
                 addrs = self._host.addresses

@@ -291,5 +291,46 @@ def test_read_bytes_reads_only_regular_files_of_a_bounded_size(tmp_path: Path) -
     assert read_bytes(tmp_path / "f", max_bytes=2) == NOT_A_FILE
     os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would hang
     (tmp_path / "link").symlink_to(tmp_path / "f")
-    for other in ("fifo", "link"):
-        assert read_bytes(tmp_path / other) == NOT_A_FILE
+    assert read_bytes(tmp_path / "fifo") == NOT_A_FILE
+    assert read_bytes(tmp_path / "link") == b"abc"  # as replace_file writes through it
+    assert read_bytes(tmp_path / "link", follow=False) == NOT_A_FILE
+
+
+def test_a_symlinked_addn_hosts_that_holds_the_bytes_is_not_written_or_signalled_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.plan.table import Table
+    from agent.sinks import addn_hosts
+    from agent.sinks.addn_hosts import AddnHostsSink
+    from agent.sinks.dnsmasq_target import Candidate, SignalResult
+
+    class Fixed:
+        def candidates(self) -> list[Candidate]:
+            return [Candidate(7, "test")]
+
+    signals: list[object] = []
+    monkeypatch.setattr(addn_hosts, "reload_dnsmasq",
+                        lambda locator, **kw: signals.append(locator) or SignalResult(
+                            7, "test", True, None))
+    real, link = tmp_path / "real", tmp_path / "addn-hosts"
+    link.symlink_to(real)
+    sink = AddnHostsSink(link, Fixed())
+    assert sink.apply(Table(), 0.0) and len(signals) == 1
+    ino = real.stat().st_ino
+    assert sink.apply(Table(), 0.0) and len(signals) == 1  # the same bytes: nothing to do
+    assert link.is_symlink() and real.stat().st_ino == ino and sink.status.unchanged == 1
+
+
+def test_writing_without_follow_never_goes_through_a_symlinked_directory(
+        tmp_path: Path) -> None:
+    # What a directory swapped for a symlink after every check (a race) meets.
+    from agent.sinks.atomic import remove_in_directory, replace_file
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "f.rr").write_bytes(b"theirs\n")
+    (tmp_path / "static.d").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        replace_file(tmp_path / "static.d" / "f.rr", b"ours\n", mode=0o644, follow=False)
+    with pytest.raises(OSError):
+        remove_in_directory(tmp_path / "static.d" / "f.rr")
+    assert [p.name for p in elsewhere.iterdir()] == ["f.rr"]
+    assert (elsewhere / "f.rr").read_bytes() == b"theirs\n"

@@ -155,3 +155,7 @@ def test_a_lease_refusal_is_moot_while_another_source_publishes_its_address() ->
     # Nobody else publishes it (or only the refusing source itself): the refusal stands.
     alone = Planner().plan([rec("x.dns.libvirt", lease, "192.168.122.50")], [refusal, other])
     assert set(alone.rejections) == {refusal, other}
+    # One of the system's own sources holding it is a conflict to show, not moot.
+    static = Provenance("static", "s", "static", "s")
+    clash = Planner().plan([rec("s.dns.libvirt", static, "192.168.122.50")], [refusal])
+    assert clash.rejections == (refusal,)
