@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.model.names import InvalidName, parse_fqdn
+from agent.peer.wire import VIA_HOST
 
 Verdict = dict[str, Any]
 
@@ -70,7 +71,10 @@ def _claimed(doc: dict[str, Any]) -> Verdict:
     res = doc.get("resolver")
     if res is None and doc.get("mode") == "user":
         # A user agent serves nothing itself: the system agent publishes its table.
-        return _v(True, f"{name} is published by this user agent as {', '.join(want)} and "
+        kind = claim.get("kind")
+        what = ("as the host's addresses" + (f" among {', '.join(want)}" if want else "")
+                if kind == VIA_HOST else f"as {', '.join(want)}")
+        return _v(True, f"{name} is published by this user agent {what} and "
                   "pushed to the system agent, which serves it (what it answers: "
                   f"`sudo agentctl explain {name}`)")
     if res is None:

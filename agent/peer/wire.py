@@ -43,7 +43,10 @@ def bound_addresses(hosts: Iterable[str]) -> tuple[Address, ...]:
         if addr.is_unspecified:
             return ()
         out.append(addr)
-    return tuple(dict.fromkeys(out))
+    # A port also bound to a link-local address: the name answers the others (the
+    # system agent refuses a claim naming one); bound to nothing else, it says so.
+    reachable = [a for a in out if not (a.is_link_local or a.is_loopback)]
+    return tuple(dict.fromkeys(reachable or out))
 
 
 def _cut(text: str) -> str:

@@ -270,6 +270,8 @@ def test_drifted_inspect_data_is_an_inspect_error_never_a_crash(
       "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}]}, ["192.0.2.7"]),
     ({"80/tcp": [{"HostIp": "192.0.2.7", "HostPort": "8080"}],
       "443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8443"}]}, []),  # one on all: all
+    ({"80/tcp": [{"HostIp": "192.0.2.7", "HostPort": "8080"}],
+      "81/tcp": [{"HostIp": "fe80::7", "HostPort": "8081"}]}, ["192.0.2.7"]),
 ])
 def test_rootless_ports_bound_to_one_host_address_answer_only_it(
         ports: dict[str, object], bound: list[str]) -> None:

@@ -50,6 +50,14 @@ def test_user_agent_points_at_the_system_agent() -> None:
     assert v["ok"] and "`sudo agentctl explain web.dns.podman`" in v["text"]
 
 
+def test_a_user_agents_via_host_name_says_it_answers_the_hosts_addresses() -> None:
+    user = {"mode": "user", "resolver": None, "files": [], "answer": None}
+    v = verdict(chain(claim={"addresses": [], "kind": "via-host"}, **user))
+    assert "published by this user agent as the host's addresses and pushed" in v["text"]
+    v = verdict(chain(claim={"addresses": ["192.0.2.7"], "kind": "via-host"}, **user))
+    assert "as the host's addresses among 192.0.2.7 and pushed" in v["text"]
+
+
 def test_a_source_hook_miss_comes_first_with_its_fix() -> None:
     hook = {"kind": "no_port", "text": "container web has no published port: unreachable "
             "outside the rootless network", "fix": "podman run -p 8080:80 ..."}
