@@ -30,6 +30,7 @@ import signal
 import site
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,29 @@ from .wait import until
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@contextlib.contextmanager
+def host_bridge(name: str, address: str) -> Iterator[str]:
+    """A port-less bridge with ``address``/24 in the test's netns: the "host" interface
+    the system agent's [host] names, whose address via-host names answer."""
+    subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{address}/24", "dev", name], check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+def skip_without_user_python() -> None:
+    """Skip the calling module's tests when a real user cannot run this venv's Python."""
+    import pytest
+
+    why = user_python_problem()
+    if why:
+        pytest.skip(why)
 
 
 def user_python_problem() -> str | None:

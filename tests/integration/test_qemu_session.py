@@ -21,7 +21,6 @@ record_property; they are not asserted.
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import qemu_image
+from tests.harness import qemu_image, rootless
 from tests.harness.agent import Agent, toml_config
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network
@@ -41,7 +40,7 @@ from tests.harness.qemu_session import (
     UserNic,
     unavailable,
 )
-from tests.harness.rootless import Session, UserAgent, user_python_problem
+from tests.harness.rootless import Session, UserAgent, skip_without_user_python
 from tests.harness.users import User
 from tests.harness.wait import until
 
@@ -57,9 +56,7 @@ BOOT_TIMEOUT_S = 90  # TCG on a loaded 2-CPU machine; ~5 s when quiet
 
 @pytest.fixture(scope="module", autouse=True)
 def _user_python() -> None:
-    why = user_python_problem()
-    if why:
-        pytest.skip(why)
+    skip_without_user_python()
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +70,8 @@ def image() -> GuestImage:
 
 @pytest.fixture
 def host_bridge() -> Iterator[str]:
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", f"{HOST_IP}/24", "dev", BRIDGE], check=True)
-    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
-    yield BRIDGE
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    with rootless.host_bridge(BRIDGE, HOST_IP) as name:
+        yield name
 
 
 @pytest.fixture

@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 
+from tests.harness import rootless
 from tests.harness.agent import Agent, agentctl, status_text, toml_config
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network
 from tests.harness.proc import terminate
-from tests.harness.rootless import Session, UserAgent, user_python_problem
+from tests.harness.rootless import Session, UserAgent, skip_without_user_python
 from tests.harness.users import User, ensure_user, remove, subuid_range
 from tests.harness.wait import until
 
@@ -45,9 +46,7 @@ RESTART_GRACE_S = 8
 
 @pytest.fixture(scope="module", autouse=True)
 def _user_python() -> None:
-    why = user_python_problem()
-    if why:
-        pytest.skip(why)
+    skip_without_user_python()
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +59,8 @@ def users() -> Iterator[tuple[User, User]]:
 
 @pytest.fixture
 def host_bridge() -> Iterator[str]:
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", f"{HOST_IP}/24", "dev", BRIDGE], check=True)
-    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
-    yield BRIDGE
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    with rootless.host_bridge(BRIDGE, HOST_IP) as name:
+        yield name
 
 
 def system_config(agent: Agent, dnsmasq: Dnsmasq, peers: str = "",
