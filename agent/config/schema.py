@@ -302,6 +302,15 @@ class LibvirtConfig:
         PATH,
         "Where libvirt's per-network dnsmasq writes <bridge>.status lease files.",
     )
+    dhcp_trigger: bool = setting(
+        True,
+        BOOL,
+        "Publish a lease the moment libvirt's dnsmasq sends its DHCPACK on the network's "
+        "bridge (15-90 ms before the lease file is written), provisionally until the "
+        "lease file confirms it (withdrawn if it does not within 5 s). Only frames the "
+        "host itself sent count, never a guest's. Needs CAP_NET_RAW; without it the lease "
+        "files alone publish and status says why.",
+    )
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ addn-hosts file and a managed block of a hosts file, and reload dnsmasq the
 moment they change. Runs in the foreground (systemd style).
 
 sources: libvirt domains (<domain>.dns.libvirt, from lifecycle events and DHCP
-leases), Podman containers (<name>.dns.podman, from the event stream and
+leases, sped up by the DHCPACKs libvirt's dnsmasq sends: [libvirt]
+dhcp_trigger), Podman containers (<name>.dns.podman, from the event stream and
 netavark's files), the host's own addresses (host.dns.host, over netlink) and
 [[static]] records from the config file.
 

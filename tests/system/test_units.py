@@ -75,9 +75,9 @@ name = "mine.dns.test"
 addresses = ["10.7.0.1"]
 """
 # CapabilityBoundingSet=CAP_KILL CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER
-#   CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID
+#   CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID
 CAP_BND = ((1 << 5) | (1 << 1) | (1 << 2) | (1 << 0) | (1 << 3)
-           | (1 << 12) | (1 << 10) | (1 << 7) | (1 << 6))
+           | (1 << 12) | (1 << 13) | (1 << 10) | (1 << 7) | (1 << 6))
 
 
 def static(names: dict[str, str]) -> str:

@@ -7,11 +7,13 @@ then call into), so all RPC happens off the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
 from typing import Any
 
 import structlog
 
 from agent.model.record import Address, AddressError, parse_address
+from agent.sources.libvirt.dhcp_ack import dhcp_servers
 from agent.sources.libvirt.domain_xml import Domain, DomainXMLError, normalise_mac, parse_domain
 from agent.sources.libvirt.leases import Lease, from_dhcp_leases
 
@@ -24,6 +26,8 @@ class Inventory:
     bridges: dict[str, str] = field(default_factory=dict)  # network -> bridge
     # bridge -> leases as DHCPLeases() reports them (active networks only)
     dhcp: dict[str, list[Lease]] = field(default_factory=dict)
+    # bridge -> its DHCP server addresses (active networks only): the DHCPACK trigger
+    servers: dict[str, tuple[IPv4Interface, ...]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -58,10 +62,13 @@ def read_networks(lv: Any, conn: Any, inv: Inventory, *, leases: bool) -> None:
     for net in conn.listAllNetworks(0):
         try:
             name = net.name()
-            inv.bridges[name] = net.bridgeName()
-            if leases and net.isActive():
-                for bridge, found in from_dhcp_leases(net.DHCPLeases()).items():
-                    inv.dhcp.setdefault(bridge, []).extend(found)
+            bridge = inv.bridges[name] = net.bridgeName()
+            if not net.isActive():
+                continue
+            inv.servers[bridge] = dhcp_servers(net.XMLDesc(0))
+            if leases:
+                for iface, found in from_dhcp_leases(net.DHCPLeases()).items():
+                    inv.dhcp.setdefault(iface, []).extend(found)
         except lv.libvirtError as e:
             if _no_such(lv, e, "VIR_ERR_NO_NETWORK"):
                 continue  # undefined meanwhile: its lifecycle event follows

@@ -265,3 +265,11 @@ def unsuperseded(probed: Probed, domains: Mapping[str, Domain], bridges: Mapping
                       if nic.mac in found and (nic_bridge(nic, bridges), nic.mac) in leased}
         out[uuid] = {m: a for m, a in found.items() if m not in superseded}
     return out
+
+
+def nic_on(domains: Iterable[Domain], bridges: Mapping[str, str], bridge: str,
+           mac: str) -> bool:
+    """Whether a known domain has a NIC with ``mac`` on ``bridge`` (running or not:
+    an ACK may come before the domain's STARTED event has been read)."""
+    return any(nic.mac == mac and nic_bridge(nic, bridges) == bridge
+               for dom in domains for nic in dom.nics)

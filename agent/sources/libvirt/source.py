@@ -36,13 +36,16 @@ from agent.config.schema import Config, LibvirtConfig
 from agent.model.record import Address
 from agent.sources.base import Objects, ServiceSource, Source
 from agent.sources.libvirt import client
+from agent.sources.libvirt.dhcp_ack import Ack, AckTrigger
 from agent.sources.libvirt.domain_xml import Domain, DomainXMLError
 from agent.sources.libvirt.leases import Lease, LeaseFile, bridge_of, parse_status
+from agent.sources.libvirt.provisional import Provisional
 from agent.sources.libvirt.records import (
     Naming,
     leased_nics,
     needs_probe,
     next_expiry,
+    nic_on,
     snapshot,
     unsuperseded,
 )
@@ -160,6 +163,10 @@ class LibvirtSource(ServiceSource[_Conn]):
         self._api: ApiView | None = None  # None until the first listing
         self._expiry: asyncio.TimerHandle | None = None
         self._detail: str | None = None
+        # DHCPACKs: a lease published before its file is written (dhcp_ack.py).
+        self._acks = AckTrigger(self._on_ack) if config.dhcp_trigger else None
+        self._provisional = Provisional()
+        self._withdraw: asyncio.TimerHandle | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> list[Source]:
@@ -215,6 +222,8 @@ class LibvirtSource(ServiceSource[_Conn]):
         old = self._api
         probed = {} if old is None else {u: p for u, p in old.probed.items() if u in inv.domains}
         self._api = ApiView(inv.domains, inv.bridges, probed, self._cross_check(inv.dhcp))
+        if self._acks is not None:
+            self._acks.watch(inv.servers)
         objects, leased = self._build()
         log.info("libvirt listed", uri=self.uri, domains=len(inv.domains))
         for dom in inv.domains.values():
@@ -254,6 +263,10 @@ class LibvirtSource(ServiceSource[_Conn]):
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
+            if self._withdraw is not None:
+                self._withdraw.cancel()
+            if self._acks is not None:
+                self._acks.close()
 
     # --- following ----------------------------------------------------------------
 
@@ -262,6 +275,8 @@ class LibvirtSource(ServiceSource[_Conn]):
         await asyncio.to_thread(client.read_networks, conn.lv, conn.handle, inv, leases=False)
         if self._api is not None:
             self._api.bridges = inv.bridges
+        if self._acks is not None:
+            self._acks.watch(inv.servers)
 
     async def _reread_domains(self, conn: _Conn, uuids: list[str]) -> list[str]:
         """Read the named domains again; returns those that just started and need a probe."""
@@ -341,6 +356,40 @@ class LibvirtSource(ServiceSource[_Conn]):
             out += overrides[bridge] if bridge in overrides else files[bridge].leases
         return out
 
+    # --- DHCPACKs (dhcp_ack.py, provisional.py) ----------------------------------------
+
+    def _on_ack(self, bridge: str, ack: Ack) -> None:
+        """libvirt's dnsmasq just granted a lease: publish it now, until the file says."""
+        api = self._api
+        if api is None or not nic_on(api.domains.values(), api.bridges, bridge, ack.mac):
+            log.debug("DHCPACK for no NIC of ours", bridge=bridge, mac=ack.mac)
+            return
+        expiry = 0 if ack.lease_s is None else int(time.time()) + ack.lease_s
+        self._provisional.add(Lease(bridge, ack.mac, ack.address, None, expiry),
+                              time.monotonic())
+        self.saw_event()
+        self._publish()
+
+    def _with_provisional(self, leases: list[Lease], now: float) -> list[Lease]:
+        merged, withdrawn = self._provisional.merge(leases, time.monotonic(), now)
+        for p in withdrawn:
+            log.warning("provisional lease withdrawn: the lease file did not confirm it",
+                        bridge=p.lease.bridge, mac=p.lease.mac, address=str(p.lease.address),
+                        after_s=self._provisional.confirm_s)
+        if self._withdraw is not None:
+            self._withdraw.cancel()
+            self._withdraw = None
+        deadline = self._provisional.next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - time.monotonic()) + 0.01
+            self._withdraw = asyncio.get_running_loop().call_later(delay, self._publish)
+        return merged
+
+    def _ack_state(self) -> str | None:
+        if self._acks is None:
+            return "DHCPACK trigger off ([libvirt] dhcp_trigger = false)"
+        return self._acks.state()
+
     # --- publishing -------------------------------------------------------------------
 
     def _build(self) -> tuple[Objects, frozenset[tuple[str, str]]]:
@@ -351,6 +400,7 @@ class LibvirtSource(ServiceSource[_Conn]):
         leases = self._all_leases()
         leased = leased_nics(leases)
         api.probed = unsuperseded(api.probed, api.domains, api.bridges, leased)
+        leases = self._with_provisional(leases, now)
         objects, summary = snapshot(
             api.domains.values(), self._naming, api.bridges, leases, api.probed, now,
             # A session agent reads the system's lease files for its bridged NICs;
@@ -362,6 +412,9 @@ class LibvirtSource(ServiceSource[_Conn]):
             parts.append("no address yet: " + ", ".join(sorted(summary.waiting)))
         for bridge, why in sorted(self._leases.view.refused.items()):
             parts.append(f"{bridge}.status refused ({why})")
+        ack_state = self._ack_state()
+        if ack_state:
+            parts.append(ack_state)
         self._detail = "; ".join(parts)
         self._arm_expiry(leases, now)
         return objects, leased
