@@ -19,10 +19,8 @@ container cannot do like Fedora is bridged, each bridge said here:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,9 +28,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from . import rpm
+from .cache import cached_build
 from .isolation import original_network
 from .nspawn import Container
-from .rootfs import CACHE
 
 PAYLOAD = "/namesync-test/payload"
 WHEELS = "/namesync-test/wheels"
@@ -51,24 +49,15 @@ def dependency_wheels(python: str = sys.executable) -> Path:
     version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     key = hashlib.sha256("\n".join([version, *sorted(reqs)]).encode()).hexdigest()[:16]
-    target = CACHE / f"wheels-{key}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        tmp = target.with_name(target.name + ".building")
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def pip_wheel(out: Path) -> None:
         r = subprocess.run([*original_network(), python, "-m", "pip", "wheel", "-q",
-                            "--wheel-dir", str(tmp), *reqs],
+                            "--wheel-dir", str(out), *reqs],
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeError(f"pip wheel failed:\n{r.stderr[-4000:]}")
-        (tmp / ".complete").write_text("\n".join(reqs) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        return target
+
+    return cached_build(f"wheels-{key}", pip_wheel, note="\n".join(reqs))
 
 
 def _project(requirement: str) -> str:

@@ -10,9 +10,8 @@ console.
 Both files are cached in /var/cache/namesync-tests/qemu-guest-KEY/, where KEY
 hashes everything that goes into them (the kernel package and version, the
 busybox binary, the init and udhcpc scripts, the module list), so CI pays for
-the build once per machine (a ~27 MB download and ~2 s of work). The build
-runs under an flock, into a temporary directory renamed into place when
-complete, like tests/harness/rootfs.py.
+the build once per machine (a ~27 MB download and ~2 s of work), made by
+cache.cached_build like the rootfs images.
 
 No /boot here: the kernel comes from ``apt-get download`` of the package
 linux-image-cloud-amd64 depends on (run in the machine's network namespace:
@@ -25,7 +24,6 @@ are modules; their load order comes from each module's own ``depends=``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -36,9 +34,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import cached_build
 from .isolation import original_network
 from .libvirt.busybox import static_busybox
-from .rootfs import CACHE
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 # What eth0 needs: virtio_pci finds the device, virtio_net drives it (their
@@ -143,31 +141,18 @@ def build() -> GuestImage:
     if why:
         raise FileNotFoundError(why)
     package, version = kernel_package()
-    target = CACHE / f"qemu-guest-{cache_key(package, version)}"
-    image = GuestImage(target / "vmlinuz", target / "initrd.cpio")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return image
-        tmp = target.with_name(target.name + ".building")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            _build_into(tmp, package, version)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        (tmp / ".complete").write_text(f"{package} {version}\n")
-        # Read by the session user's QEMU: world-readable files in a traversable dir.
-        tmp.chmod(0o755)
-        tmp.rename(target)
-        return image
+    target = cached_build(f"qemu-guest-{cache_key(package, version)}",
+                          lambda out: _build_into(out, package, version),
+                          note=f"{package} {version}")
+    return GuestImage(target / "vmlinuz", target / "initrd.cpio")
 
 
 def _build_into(out: Path, package: str, version: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="qemu-guest-", dir=CACHE) as work_dir:
+    out.mkdir()
+    # Read by the session user's QEMU: world-readable files in a traversable dir.
+    out.chmod(0o755)
+    # The download and unpacking go beside ``out``, in the build's own directory.
+    with tempfile.TemporaryDirectory(prefix="qemu-guest-", dir=out.parent) as work_dir:
         work = Path(work_dir)
         # apt's sandbox user cannot write into a root-only temp dir: download as root.
         _run([*original_network(), "apt-get", "download", "-q",

@@ -4,11 +4,10 @@ One builder for all: the systemd-under-nspawn tests (tests/system) and the
 standalone systemd-resolved tests chroot into the same kind of tree. A rootfs
 is cached in /var/cache/namesync-tests/rootfs-NAME-KEY, where KEY hashes
 everything that goes into it (suite, mirrors, package list, directories made),
-so a changed package list builds a new one and never reuses a stale one. The
-build runs under an flock (several suites on one machine may ask at once),
-into a temporary directory renamed into place when complete, so a half-built
-tree is never used; a crash leaves only the temporary directory, removed by
-the next build. Mirrors are the machine's own apt sources, never a hard-coded
+so a changed package list builds a new one and never reuses a stale one. It is
+built by cache.cached_build (an flock, a temporary directory renamed into place
+when complete: several suites on one machine may ask at once, a killed build
+is never used). Mirrors are the machine's own apt sources, never a hard-coded
 host. Nothing here writes into a cached tree after the build: users boot it
 with ``--volatile=overlay`` or bind it read-only.
 
@@ -18,7 +17,6 @@ with ``--volatile=overlay`` or bind it read-only.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import shlex
 import shutil
@@ -26,9 +24,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import CACHE, cached_build
 from .isolation import original_network
 
-CACHE = Path("/var/cache/namesync-tests")
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
 SOURCES_LIST = Path("/etc/apt/sources.list")
 BUILD_TIMEOUT_S = 900
@@ -145,10 +143,13 @@ def cache_key(image: Image, suite: str, mirrors: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def _cache_name(image: Image, suite: str, mirrors: list[str]) -> str:
+    return f"rootfs-{image.name}-{cache_key(image, suite, mirrors)}"
+
+
 def path_for(image: Image) -> Path:
     """Where ``image`` is (or will be) cached on this machine."""
-    suite, mirrors = mirrors_for(image, apt_mirrors())
-    return CACHE / f"rootfs-{image.name}-{cache_key(image, suite, mirrors)}"
+    return CACHE / _cache_name(image, *mirrors_for(image, apt_mirrors()))
 
 
 def unavailable() -> str | None:
@@ -166,26 +167,17 @@ def build(image: Image = SYSTEMD_IMAGE) -> Path:
     if why:
         raise FileNotFoundError(why)
     suite, mirrors = mirrors_for(image, apt_mirrors())
-    target = CACHE / f"rootfs-{image.name}-{cache_key(image, suite, mirrors)}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        tmp = target.with_name(target.name + ".building")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(target, ignore_errors=True)
+
+    def mmdebstrap(out: Path) -> None:
         # "$1" is the new root, expanded by the hook's shell
         made = " ".join(f'"$1"{shlex.quote(d)}' for d in image.dirs)
         hooks = [f"--customize-hook=mkdir -p {made}"] if image.dirs else []
         hooks += [f"--aptopt={o}" for o in image.apt_options]
         r = subprocess.run(
             [*original_network(), "mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
-             f"--include={','.join(image.packages)}", *hooks, suite, str(tmp), *mirrors],
+             f"--include={','.join(image.packages)}", *hooks, suite, str(out), *mirrors],
             capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeError(f"mmdebstrap failed ({r.returncode}):\n{r.stderr[-4000:]}")
-        (tmp / ".complete").write_text(f"{image}\n")
-        tmp.rename(target)
-        return target
+
+    return cached_build(_cache_name(image, suite, mirrors), mmdebstrap, note=f"{image}")

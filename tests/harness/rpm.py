@@ -10,17 +10,15 @@ and builds without isolation as Fedora does).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import cached_build
 from .isolation import original_network
-from .rootfs import CACHE
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "packaging" / "namesync.spec"
@@ -62,27 +60,13 @@ def version() -> str:
     return spec_query(SPEC, "%{version}")
 
 
-def _cached(name: str, make: Callable[[Path], None]) -> Path:
-    """CACHE/NAME, made once per machine by ``make(path)`` under an flock."""
-    target = CACHE / name
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / ".complete").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir()
-            make(target)
-            (target / ".complete").write_text(name + "\n")
-    return target
-
-
 def pypi_sdist(name: str, version: str) -> Path:
     """The PyPI sdist NAME-VERSION.tar.gz (Source0 of a packaging/deps/ spec), cached."""
     def fetch(d: Path) -> None:
         subprocess.run([*original_network(), sys.executable, "-m", "pip", "download", "-q",
                         "--no-deps", "--no-binary", ":all:", "-d", str(d), f"{name}=={version}"],
                        check=True, capture_output=True, timeout=300)
-    d = _cached(f"sdist-{name}-{version}", fetch)
+    d = cached_build(f"sdist-{name}-{version}", fetch)
     found, = d.glob("*.tar.gz")
     return found
 
@@ -99,7 +83,7 @@ def build_venv() -> Path:
         subprocess.run([*original_network(), str(d / "bin" / "python"), "-m", "pip",
                         "install", "-q", *DEP_BUILD_BACKENDS],
                        check=True, capture_output=True, timeout=600)
-    return _cached(f"rpm-build-venv-{key}", make)
+    return cached_build(f"rpm-build-venv-{key}", make, in_place=True)
 
 
 def source_tarball(sources: Path, name_version: str) -> Path:
