@@ -68,6 +68,21 @@ def parse_address(raw: object) -> Address:
     return addr
 
 
+def usable(addr: Address) -> bool:
+    """An address other machines can reach: what a published name may point at.
+
+    The one rule for every source that drops addresses it observes (Podman's
+    networks) and for what a user agent pushes (agent/peer/policy.py refuses
+    the push's name): a name pointing at a loopback or link-local address
+    sends whoever resolves it to themselves, or to a link they cannot name.
+    Reserved covers IPv4's 240/4 and IPv6's unassigned ranges, among them
+    ::ffff:0:0/96: ``::ffff:127.0.0.1`` is loopback, which ``is_loopback``
+    (Python 3.11) does not see through.
+    """
+    return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified
+                or addr.is_multicast or addr.is_reserved)
+
+
 def _file_order(a: Address) -> tuple[int, int]:
     return (a.version, int(a))
 

@@ -14,7 +14,8 @@ nothing in the message says who it is.
   is some uid's sub-zone label (identity.py: uid -> login -> label).
 * Never: a zone apex, the host's name, anything outside the peer zones.
 * Addresses are parsed like every source's; loopback, link-local and the
-  like are refused (they would point other machines at themselves).
+  like are refused (model.record.usable, the rule Podman's source applies too:
+  they would point other machines at themselves).
 * A push over ``max_names``, or whose names have more than ``max_addresses``
   addresses together (each one a line of the addn-hosts file dnsmasq re-reads
   on every change: 512 names of 64 addresses were 32,768 lines from one
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.model.names import InvalidName, parse_fqdn
-from agent.model.record import Address, AddressError, parse_address
+from agent.model.record import Address, AddressError, parse_address, usable
 
 from .wire import MAX_TEXT
 
@@ -82,11 +83,6 @@ def _text(raw: object, limit: int = MAX_TEXT) -> str:
     if not text.isprintable():
         text = "".join(map(_printable, text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def usable(addr: Address) -> bool:
-    return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified
-                or addr.is_multicast or addr.is_reserved)
 
 
 class Scope:

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.model.names import InvalidName, join, normalise_label
-from agent.model.record import Address, ObjectState, Provenance, Record, Rejection
+from agent.model.record import Address, ObjectState, Provenance, Record, Rejection, usable
 from agent.peer.wire import VIA_HOST, bound_addresses
 
 SHORT_ID = 12  # Podman's short container id, added as an alias on every network
@@ -84,12 +84,6 @@ class ContainerView:
         for net in self.networks:
             seen.update(dict.fromkeys(net.addresses))
         return tuple(seen)
-
-
-def usable(addr: Address) -> bool:
-    """An address another host can reach; the rest would only mislead a resolver."""
-    return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified
-                or addr.is_multicast)
 
 
 def _unreachable(view: ContainerView) -> str:
