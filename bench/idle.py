@@ -1,8 +1,9 @@
 """Idle wakeups of a real namesync-agent whose services are all absent.
 
 Run as root from the repo root:
-    .venv/bin/python bench/idle.py [SECONDS] [--libvirtd [--libvirtd-keepalive-off]]
-                                   [--podman] [--bus] [--no-podman]
+    .venv/bin/python bench/idle.py [SECONDS] [--libvirtd [--libvirtd-keepalive-off]
+                                   [--keep-connected] [--guest]] [--podman] [--bus]
+                                   [--no-podman]
 
 The agent runs in the tests' private namespaces (a private /run: no system
 bus, no libvirtd, no Podman socket) with every default source on, as on a
@@ -12,7 +13,12 @@ are the context switches of all its threads over the window, from
 With ``--libvirtd`` a private libvirtd (LXC driver, one NAT network) is
 there and watched instead: the case "with the services present";
 ``--libvirtd-keepalive-off`` runs it with ``keepalive_interval = -1`` in its
-libvirtd.conf (its own keepalive probes off, a server setting). ``--podman``
+libvirtd.conf (its own keepalive probes off, a server setting). With
+libvirtd the window starts once the libvirt source has released its idle
+connection (``[libvirt] release_idle_s``, default 10 s);
+``--keep-connected`` sets ``release_idle_s = 0`` (never released: libvirtd's
+pings are counted), ``--guest`` runs one LXC guest with a lease meanwhile.
+``--podman``
 runs a private ``podman system service`` for the Podman source, ``--bus`` a
 private system bus (with no NetworkManager on it).
 ``--no-podman`` turns the Podman source off; IDLE_STRACE=FILE writes an
@@ -34,6 +40,7 @@ from bench.data import ADDR_A
 from bench.memory import SETTLE_S, _config, _kib
 from bench.setup import bench_root, isolate
 from tests.harness.agent import Agent
+from tests.harness.wait import until
 
 
 def switches(pid: int) -> int:
@@ -55,11 +62,19 @@ def _libvirtd(root: Path, stack: contextlib.ExitStack, config: str) -> str:
         with (daemon.etc_copy / "libvirtd.conf").open("a") as conf:
             conf.write("\nkeepalive_interval = -1\n")
         daemon.restart()
-    daemon.network()
+    net = daemon.network()
+    if "--guest" in sys.argv:  # a running domain, named from its lease
+        daemon.guest("idler", [net]).wait_for_lease()
+    release = 0 if "--keep-connected" in sys.argv else 10
     config = config.replace("[libvirt]\nenabled = true",
-                            '[libvirt]\nenabled = true\nuris = ["lxc:///system"]')
+                            '[libvirt]\nenabled = true\nuris = ["lxc:///system"]\n'
+                            f"release_idle_s = {release}")
     assert "lxc:///system" in config, config
     return config
+
+
+def _libvirt_state(agent: Agent) -> str:
+    return next(s["state"] for s in agent.status()["sources"] if s["kind"] == "libvirt")
 
 
 def _podman(root: Path, stack: contextlib.ExitStack, config: str) -> str:
@@ -81,7 +96,10 @@ def _services(root: Path, stack: contextlib.ExitStack,
     if "--libvirtd" in sys.argv:
         config = _libvirtd(root, stack, config)
         present.append("libvirtd" + (" (keepalive_interval = -1)"
-                                     if "--libvirtd-keepalive-off" in sys.argv else ""))
+                                     if "--libvirtd-keepalive-off" in sys.argv else "")
+                       + (" + 1 guest" if "--guest" in sys.argv else "")
+                       + (", kept connected" if "--keep-connected" in sys.argv
+                          else ", connection released while idle"))
     if "--podman" in sys.argv:
         config = _podman(root, stack, config)
         present.append("Podman")
@@ -113,6 +131,9 @@ def main() -> int:
             assert agent.proc is not None
             pid = agent.proc.pid
             time.sleep(SETTLE_S)
+            if "--libvirtd" in sys.argv and "--keep-connected" not in sys.argv:
+                until(lambda: _libvirt_state(agent) == "released", timeout=30,
+                      interval=0.2, what="the idle libvirt connection released")
             sources = {s["name"]: s["detail"] for s in agent.status()["sources"]}
             nm = agent.status()["networkmanager"]
             before = switches(pid)

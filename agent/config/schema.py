@@ -311,6 +311,13 @@ class LibvirtConfig:
         "host itself sent count, never a guest's. Needs CAP_NET_RAW; without it the lease "
         "files alone publish and status says why.",
     )
+    release_idle_s: int = setting(
+        10,
+        Int(0, 86_400),
+        "After this long without a libvirt event, release the connection (libvirtd "
+        "pings every client every 5 s) and watch libvirt's state and config files "
+        "instead; the first change reconnects and lists everything again. 0: never.",
+    )
 
 
 @dataclass(frozen=True)

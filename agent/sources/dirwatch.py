@@ -133,3 +133,65 @@ def _watch_ancestors(inotify: Inotify, paths: tuple[Path, ...]) -> list[Watch]:
     if not watches and failed is not None:
         raise failed  # waiting on nothing would wait for ever
     return watches
+
+
+class Changes:
+    """The first change in any of ``dirs`` once armed: a file written, renamed in or
+    out, or removed there, or a missing one of ``dirs`` appearing.
+
+    Armed on entry, so whatever happens after ``with`` is seen by ``wait``, even
+    a change made before ``wait`` is called (the kernel queues it). Waiting costs
+    no wakeup until something changes: this is how a source that released its
+    connection while idle learns that there is something to read again.
+    """
+
+    def __init__(self, dirs: tuple[Path, ...]) -> None:
+        self.dirs = dirs
+        self._inotify: Inotify | None = None
+        # watched directory -> the names in it that matter (None: every name)
+        self._wanted: dict[Watch, frozenset[str] | None] = {}
+
+    def __enter__(self) -> Changes:
+        self._inotify = Inotify()
+        try:
+            self._arm(self._inotify)
+        except BaseException:
+            self._inotify.close()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    def _arm(self, inotify: Inotify) -> None:
+        every: set[Path] = set()  # watched for any change in them
+        appear: dict[Path, set[str]] = {}  # ancestor -> the next components awaited there
+        for d in self.dirs:
+            base = _nearest_existing(d)
+            if base == d:
+                every.add(d)
+            else:
+                appear.setdefault(base, set()).add(d.relative_to(base).parts[0])
+        for base in every:
+            watch = inotify.add_watch(base, _FILE_EVENTS | _SELF_GONE | Mask.ONLYDIR)
+            self._wanted[watch] = None
+        for base, names in appear.items():
+            if base not in every:
+                watch = inotify.add_watch(base, _APPEAR | _SELF_GONE | Mask.ONLYDIR)
+                self._wanted[watch] = frozenset(names)
+
+    async def wait(self) -> Path:
+        """The path whose change ended the wait (a watched directory on overflow)."""
+        assert self._inotify is not None, "not armed"
+        async for event in self._inotify:
+            if event.mask & Mask.Q_OVERFLOW:
+                return self.dirs[0]
+            watch = event.watch
+            if watch is None or watch not in self._wanted:
+                continue
+            names = self._wanted[watch]
+            if event.mask & _SELF_GONE or names is None or str(event.name) in names:
+                return event.path or watch.path
+        raise AssertionError("inotify stream ended")  # pragma: no cover

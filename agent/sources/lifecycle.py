@@ -14,7 +14,14 @@ wording of status and logs, so every source behaves (and reads) the same:
   service that is there and failing;
 - "cannot connect" is logged once per outage with the reason and the fix,
   further attempts at debug; "connection lost" when it had been connected;
-  "recovered" when it is back.
+  "recovered" when it is back;
+- a service that keeps an idle connection awake (libvirtd pings every client
+  every 5 s) may be *released* while nothing happens: ``follow`` returns
+  ``Idle`` after a quiet spell, ``release_watch`` names the files the service
+  writes for every change that matters, and the lifecycle arms inotify on
+  them, lists once more (what changed before the watch is in that listing),
+  disconnects, and reconnects with no backoff at the first change. The last
+  snapshot stays published meanwhile; status shows "released", not an error.
 """
 
 from __future__ import annotations
@@ -24,18 +31,18 @@ import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import structlog
 
-from agent.sources.dirwatch import wait_for_any
+from agent.sources.dirwatch import Changes, wait_for_any
 
 log = structlog.get_logger(component="sources.lifecycle")
 
-LinkState = Literal["starting", "connected", "disconnected", "stopped"]
+LinkState = Literal["starting", "connected", "released", "disconnected", "stopped"]
 
 C = TypeVar("C")  # whatever connect() returns: a connection, a bus, a socket pair
 S = TypeVar("S")  # whatever list_all() returns: a snapshot of objects, a resolver view
@@ -66,6 +73,28 @@ class Awaited:
 
     def problem(self) -> Problem:
         return Problem(f"{self.what} {self.paths[0]} does not exist", self.fix)
+
+
+def _nothing_pending() -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """What ``follow`` returns to offer its connection for release after ``quiet_s``
+    without events; ``pending`` says whether hints arrived meanwhile (then it follows on)."""
+
+    quiet_s: float
+    pending: Callable[[], bool] = _nothing_pending
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """A connection given up while idle: the armed watch that brings it back."""
+
+    awaited: Awaited
+    changes: Changes
+    quiet_s: float
 
 
 class Unavailable(Exception):
@@ -116,6 +145,16 @@ class Hints(Generic[T]):
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
         return items
+
+    async def batch_within(self, quiet_s: float) -> list[T] | None:
+        """The next batch, or None after ``quiet_s`` without one (one timer, not a poll)."""
+        try:
+            return await asyncio.wait_for(self.batch(), quiet_s)
+        except TimeoutError:
+            return None
+
+    def pending(self) -> bool:
+        return not self._queue.empty()
 
     def clear(self) -> None:
         while not self._queue.empty():
@@ -190,6 +229,8 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
     while_down: str = "keeping the last snapshot"  # what a lost connection leaves
     _outage = _Outage()  # replaced, never mutated: a shared default is safe
     _problem: Problem | None = None  # what fails now; None while connected
+    _released_detail: str | None = None  # what status adds while released
+    _woken: Path | None = None  # what ended the last release, until reconnected
 
     # --- hooks ---------------------------------------------------------------
 
@@ -213,8 +254,15 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
         """Replace everything known with ``snapshot`` (on every (re)connect)."""
 
     @abstractmethod
-    async def follow(self, conn: C) -> str:
-        """Follow events until the connection ends; return why it ended (or raise)."""
+    async def follow(self, conn: C) -> str | Idle:
+        """Follow events until the connection ends; return why it ended (or raise),
+        or ``Idle`` after a quiet spell to have it released (see ``release_watch``)."""
+
+    def release_watch(self) -> Awaited | None:
+        """What to watch while the connection is released after ``follow`` returned
+        ``Idle``: directories in which the service writes a file for every change
+        that matters. None: keep the connection (status should say why)."""
+        return None
 
     async def disconnect(self, conn: C) -> None:
         """Release the connection (it may be dead already)."""
@@ -260,7 +308,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
                 await wait_for_any(awaited.paths)
                 continue
             try:
-                reason = await self._session(backoff)
+                ended = await self._session(backoff)
             except asyncio.CancelledError:
                 raise
             except Unavailable as e:
@@ -270,7 +318,10 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
             except Exception as e:
                 problem = self.describe(e)
             else:
-                problem = Problem(reason)
+                if isinstance(ended, _Release):
+                    await self._wait_released(ended)
+                    continue  # reconnect now: something changed, no backoff
+                problem = Problem(ended)
             self.on_disconnected()
             if awaited is not None and not awaited.present():
                 # Gone with its socket: wait for it to come back, no timer.
@@ -281,18 +332,68 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
             self._failed(problem, f"reconnecting in {delay:g}s")
             await asyncio.sleep(delay)
 
-    async def _session(self, backoff: Backoff) -> str:
+    async def _session(self, backoff: Backoff) -> str | _Release:
         conn = await self.connect()
         try:
             await self.subscribe(conn)
             self.take(await self.list_all(conn))
             self._connected()
             backoff.reset()
-            return await self.follow(conn)
+            while True:
+                ended = await self.follow(conn)
+                if not isinstance(ended, Idle):
+                    return ended
+                release = await self._release(conn, ended)
+                if release is not None:
+                    return release
         finally:
             # Releasing a dead connection may fail; cancellation must not skip it.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.disconnect(conn))
+
+    async def _release(self, conn: C, idle: Idle) -> _Release | None:
+        """Arm the watch, then list once more, then give the connection up; None: keep it.
+
+        Armed first: a change after that wakes the watch, one before it is in
+        the listing, so nothing falls between the last event and the release.
+        """
+        awaited = self.release_watch()
+        if awaited is None:
+            return None
+        with contextlib.ExitStack() as stack:
+            try:
+                changes = stack.enter_context(Changes(awaited.paths))
+            except OSError as e:  # inotify limits: stay connected rather than blind
+                log.debug(f"{self.kind} not released", source=self.name, error=str(e))
+                return None
+            self.take(await self.list_all(conn))
+            if idle.pending() or self.release_watch() is None:
+                return None  # something happened meanwhile: follow it
+            stack.pop_all()
+            return _Release(awaited, changes, idle.quiet_s)
+        return None  # pragma: no cover (mypy: the with may swallow)
+
+    async def _wait_released(self, release: _Release) -> None:
+        paths = ", ".join(str(p) for p in release.awaited.paths)
+        self._released_detail = (f"idle: connection released after {release.quiet_s:g}s "
+                                 f"without events; reconnects when {release.awaited.what} "
+                                 f"change ({paths})")
+        self.set_state("released", self._detail_while("released"))
+        log.debug(f"{self.kind} released while idle", source=self.name, watching=paths)
+        with release.changes:
+            self._woken = await release.changes.wait()
+        self._released_detail = None
+
+    def _detail_while(self, state: LinkState) -> str | None:
+        detail = self.connected_detail()
+        if state != "released":
+            return detail
+        return "; ".join(d for d in (detail, self._released_detail) if d)
+
+    def refresh_detail(self) -> None:
+        """Show ``connected_detail()`` again (connected or released) after it changed."""
+        if self.health.state in ("connected", "released"):
+            self.set_state(self.health.state, self._detail_while(self.health.state))
 
     def fix_hint(self) -> str | None:
         return None if self._problem is None else self._problem.fix
@@ -303,8 +404,11 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
         self.set_state("connected", self.connected_detail())
         self.mark_synced()
         self.record_recovery()
+        woken, self._woken = self._woken, None
         if outage.warned:
             log.info(f"{self.kind} recovered", source=self.name)
+        elif woken is not None:  # back from a release: routine, not news
+            log.debug(f"{self.kind} reconnected", source=self.name, woken_by=str(woken))
         else:
             log.info(f"{self.kind} synced", source=self.name)
 

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from agent.sources.dirwatch import RESCAN, watch_dir
+from agent.sources.dirwatch import RESCAN, Changes, watch_dir
 
 
 async def _next(changes: asyncio.Queue[str], *want: str) -> None:
@@ -55,5 +55,28 @@ def test_an_existing_directory_starts_with_a_rescan(tmp_path: Path) -> None:
         async with asyncio.timeout(5):
             assert await anext(gen) == RESCAN
         await gen.aclose()
+
+    asyncio.run(body())
+
+
+def test_changes_sees_what_happens_after_arming_even_before_wait(tmp_path: Path) -> None:
+    state, config = tmp_path / "run" / "lxc", tmp_path / "etc" / "lxc"
+    state.mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+
+    async def body() -> None:
+        with Changes((state, config)) as changes:
+            (state / "web.xml.new").write_text("<domstatus/>")  # before wait(): queued
+            async with asyncio.timeout(5):
+                assert await changes.wait() == state / "web.xml.new"
+        with Changes((state, config)) as changes:
+            waiting = asyncio.create_task(changes.wait())
+            # A missing directory's ancestor: only the awaited component counts.
+            (tmp_path / "etc" / "unrelated.conf").write_text("x")
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            config.mkdir()
+            async with asyncio.timeout(5):
+                assert await waiting == config
 
     asyncio.run(body())

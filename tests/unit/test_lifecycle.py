@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from agent.model.record import ObjectState
 from agent.sources.base import Objects, ServiceSource
-from agent.sources.lifecycle import Awaited, Backoff, Hints, Problem, Unavailable
+from agent.sources.lifecycle import Awaited, Backoff, Hints, Idle, Problem, Unavailable
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
@@ -275,5 +275,107 @@ def test_backoff_and_hints() -> None:
         hints.clear()
         hints.put("d")
         assert await hints.batch() == ["d"]
+
+    run(body)
+
+
+class Releasing(Scripted):
+    """Offers its connection for release whenever ``idle`` is set (follow returns Idle)."""
+
+    def __init__(self, watched: tuple[Path, ...]) -> None:
+        super().__init__()
+        self.watched: tuple[Path, ...] | None = watched
+        self.idle = asyncio.Event()
+        self.hints_pending = False
+
+    async def follow(self, conn: int) -> str | Idle:  # type: ignore[override]
+        self.calls.append("follow")
+        ended = asyncio.create_task(self.end.wait())
+        idle = asyncio.create_task(self.idle.wait())
+        done, pending = await asyncio.wait({ended, idle}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        if idle in done:
+            self.idle.clear()
+            return Idle(7, lambda: self.hints_pending)
+        self.end.clear()
+        return "the service closed the connection"
+
+    def release_watch(self) -> Awaited | None:
+        return None if self.watched is None else Awaited(self.watched, "the service's files")
+
+    def connected_detail(self) -> str | None:
+        return "2 objects"
+
+
+def test_an_idle_connection_is_released_watched_without_wakeups_and_back_at_a_change(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, CountingLoop)
+        src, store = Releasing((state, tmp_path / "config")), Store()
+        with capture_logs() as logs:
+            task = asyncio.create_task(src.run(store))
+            await until(lambda: src.health.state == "connected", "connected")
+            src.idle.set()
+            await until(lambda: src.health.state == "released", "released")
+        # Listed once more after the watch was armed, then disconnected.
+        assert src.calls == ["connect", "subscribe", "list", "follow", "list", "disconnect"]
+        assert src.health.detail == (
+            "2 objects; idle: connection released after 7s without events; reconnects "
+            f"when the service's files change ({state}, {tmp_path / 'config'})")
+        assert not src.health.error_active
+        assert not [e for e in logs if e["log_level"] in ("warning", "error")]
+        # While released: no timer, no wakeup (the snapshot stays as listed).
+        await asyncio.sleep(0)
+        assert loop.timers() == 0
+        before = loop.iterations
+        await asyncio.to_thread(time.sleep, 0.5)
+        assert loop.iterations - before <= 2
+        assert loop.timers() == 0
+        assert len(store.replaced) == 2
+        # A change reconnects at once (no backoff) and lists everything again.
+        src.snapshot = {"b": ObjectState()}
+        (state / "web.xml").write_text("<domstatus/>")
+        await until(lambda: src.health.state == "connected" and src.connects == 2, "woken")
+        assert src.calls[6:] == ["connect", "subscribe", "list", "follow"]
+        assert store.replaced[-1] == {"b": ObjectState()}
+        assert src.health.detail == "2 objects"
+        await cancel(task)
+
+    run(body)
+
+
+def test_no_release_when_hints_came_meanwhile_or_the_source_must_stay(tmp_path: Path) -> None:
+    async def body() -> None:
+        src = Releasing((tmp_path,))
+        task = asyncio.create_task(src.run(Store()))
+        await until(lambda: src.health.state == "connected", "connected")
+        src.hints_pending = True  # an event arrived during the last listing
+        src.idle.set()
+        await until(lambda: src.calls.count("follow") == 2, "following on")
+        assert src.calls == ["connect", "subscribe", "list", "follow", "list", "follow"]
+        src.hints_pending = False
+        src.watched = None  # e.g. a domain whose address only probing finds
+        src.idle.set()
+        await until(lambda: src.calls.count("follow") == 3, "following on")
+        assert src.calls[6:] == ["follow"]  # not even listed: nothing to release to
+        assert src.health.state == "connected"
+        await cancel(task)
+
+    run(body)
+
+
+def test_batch_within_gives_none_after_a_quiet_spell() -> None:
+    async def body() -> None:
+        hints: Hints[str] = Hints()
+        assert await hints.batch_within(0.01) is None
+        hints.put("a")
+        assert hints.pending()
+        assert await hints.batch_within(5) == ["a"]
+        assert not hints.pending()
 
     run(body)

@@ -14,6 +14,11 @@ While libvirtd is away (restart, upgrade) the last snapshot stays published;
 lease changes still are; the reconnect's resync replaces it all. While its
 socket is absent (no libvirtd on this machine) nothing is retried: the
 lifecycle waits for the socket to appear.
+
+After ``release_idle_s`` without an event the connection is released (libvirtd
+would ping it every 5 s for ever) and libvirt's state and config directories
+are watched instead (release.py); the first change there reconnects, lists
+and follows again. A domain whose address comes from probing keeps it.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ from agent.sources.libvirt.records import (
     snapshot,
     unsuperseded,
 )
-from agent.sources.lifecycle import Awaited, Hints, Problem, Unavailable
+from agent.sources.libvirt.release import release_dirs
+from agent.sources.lifecycle import Awaited, Hints, Idle, Problem, Unavailable
 from agent.sources.parsed_dir import DirView, FileFormat, ParsedDir
 
 log = structlog.get_logger(component="sources.libvirt")
@@ -61,6 +67,7 @@ KEEPALIVE_COUNT = 3
 
 # Hints queued by libvirt callbacks; the follower reads the named objects again.
 _NETWORKS = ("networks", "")
+_LEASES = ("leases", "")  # a lease file changed: the quiet spell starts again
 # virConnectCloseReason, as the close callback reports it.
 _CLOSE_REASONS = {
     0: "connection closed on a read/write error",
@@ -167,6 +174,8 @@ class LibvirtSource(ServiceSource[_Conn]):
         self._acks = AckTrigger(self._on_ack) if config.dhcp_trigger else None
         self._provisional = Provisional()
         self._withdraw: asyncio.TimerHandle | None = None
+        self._hints: Hints[tuple[str, str]] | None = None  # while following
+        self._kept: str | None = None  # why the connection is not released now
 
     @classmethod
     def from_config(cls, config: Config) -> list[Source]:
@@ -231,18 +240,51 @@ class LibvirtSource(ServiceSource[_Conn]):
                 conn.hints.put(("probe", dom.uuid))
         return objects
 
-    async def follow(self, conn: _Conn) -> str:
+    def release_watch(self) -> Awaited | None:
+        watched = release_dirs(self.uri)
+        why = watched.why_not or self._needs_connection()
+        if why != self._kept:
+            self._kept = why
+            self._publish()  # status says why it stays connected
+            if why is not None:
+                log.info("libvirt connection kept while idle", uri=self.uri, reason=why)
+        if why is not None:
+            return None
+        return Awaited(watched.dirs, "libvirt's state and config files")
+
+    async def follow(self, conn: _Conn) -> str | Idle:
+        self._hints = conn.hints
+        try:
+            return await self._follow(conn)
+        finally:
+            self._hints = None
+
+    async def _follow(self, conn: _Conn) -> str | Idle:
+        quiet = self.config.release_idle_s
         while True:
-            batch = await conn.hints.batch()
-            self.saw_event()
-            closed = [why for kind, why in batch if kind == "closed"]
-            if closed:
-                return closed[0]
-            if _NETWORKS in batch:
-                await self._reread_networks(conn)
-            started = await self._reread_domains(conn, [u for k, u in batch if k == "domain"])
-            self._publish()
-            await self._probe(conn, started + [u for k, u in batch if k in ("probe", "agent")])
+            found = await conn.hints.batch_within(quiet) if quiet else await conn.hints.batch()
+            if found is None:  # a quiet spell: release, unless something needs the connection
+                if self.release_watch() is not None:
+                    return Idle(quiet, conn.hints.pending)
+                found = await conn.hints.batch()
+            closed = await self._handle(conn, found)
+            if closed is not None:
+                return closed
+
+    async def _handle(self, conn: _Conn, batch: list[tuple[str, str]]) -> str | None:
+        """Read again what the hints name; returns why the connection closed, if it did."""
+        if all(hint == _LEASES for hint in batch):
+            return None  # the lease watcher published it already
+        self.saw_event()
+        closed = [why for kind, why in batch if kind == "closed"]
+        if closed:
+            return closed[0]
+        if _NETWORKS in batch:
+            await self._reread_networks(conn)
+        started = await self._reread_domains(conn, [u for k, u in batch if k == "domain"])
+        self._publish()
+        await self._probe(conn, started + [u for k, u in batch if k in ("probe", "agent")])
+        return None
 
     async def disconnect(self, conn: _Conn) -> None:
         # Deregistering on a dead connection fails; closing frees it anyway.
@@ -316,6 +358,19 @@ class LibvirtSource(ServiceSource[_Conn]):
 
     # --- leases ---------------------------------------------------------------------
 
+    def _needs_connection(self) -> str | None:
+        """Why a domain keeps the connection: addresses no lease file tells of."""
+        api = self._api
+        if api is None:
+            return "not listed yet"
+        leased = leased_nics(self._all_leases())
+        probed = sorted(d.name for d in api.domains.values()
+                        if needs_probe(d, api.bridges, leased))
+        if probed:
+            return (f"{', '.join(probed)}: addresses from interfaceAddresses(), "
+                    "whose changes no file shows")
+        return None
+
     async def _follow_leases(self) -> None:
         await self._leases.run()
 
@@ -335,6 +390,8 @@ class LibvirtSource(ServiceSource[_Conn]):
                 log.warning("lease entries skipped", bridge=bridge, skipped=file.skipped)
         self.saw_event()
         self._publish()
+        if self._hints is not None:
+            self._hints.put(_LEASES)  # e.g. a lease that makes a probe unneeded
 
     def _cross_check(self, dhcp: dict[str, list[Lease]]) -> dict[str, tuple[Lease, ...]]:
         """DHCPLeases() reads the same files: where it disagrees, libvirt's reading wins."""
@@ -415,6 +472,8 @@ class LibvirtSource(ServiceSource[_Conn]):
         ack_state = self._ack_state()
         if ack_state:
             parts.append(ack_state)
+        if self._kept is not None and self.config.release_idle_s:
+            parts.append(f"kept connected while idle: {self._kept}")
         self._detail = "; ".join(parts)
         self._arm_expiry(leases, now)
         return objects, leased
@@ -424,8 +483,7 @@ class LibvirtSource(ServiceSource[_Conn]):
             return  # nothing listed yet: the listing publishes everything
         objects, _ = self._build()
         self.replace(objects)
-        if self.health.state == "connected":
-            self.set_state("connected", self._detail)
+        self.refresh_detail()
 
     def _arm_expiry(self, leases: list[Lease], now: float) -> None:
         if self._expiry is not None:
