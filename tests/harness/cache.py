@@ -3,8 +3,9 @@
 Everything the tests build once per machine is built here, the same way: the
 Debian root filesystems (rootfs.py), the QEMU guest's kernel + initramfs
 (qemu_image.py), the dependency wheels (installed.py), the RPM build's sdists
-and its venv (rpm.py). Several test runs share a machine (CI jobs side by side,
-engineers' suites), and runs get killed (a timeout, ^C, SIGKILL), so:
+and its venv (rpm.py), test_rpm.py's setuptools wheels. Several test runs
+share a machine (CI jobs side by side, engineers' suites), and runs get killed
+(a timeout, ^C, SIGKILL), so:
 
 * The check and the build run under an flock on CACHE/NAME.lock: one run
   builds, the others wait and then use its result. The lock file is never

@@ -9,7 +9,6 @@ semodule_package); nothing here runs SELinux, so it is never loaded.
 from __future__ import annotations
 
 import bz2
-import fcntl
 import os
 import re
 import subprocess
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import rootfs, rpm
+from tests.harness import rpm
+from tests.harness.cache import cached_build
 from tests.harness.isolation import original_network
 
 pytestmark = pytest.mark.rpm
@@ -218,21 +218,21 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+SETUPTOOLS_FLOOR = ("76.1.0", "77.0.3")
+
+
 def _setuptools_wheels() -> Path:
     """setuptools 76.1 and 77.0 wheels, downloaded once per machine (cached)."""
-    cache = rootfs.CACHE / "setuptools-floor"
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for v in ("76.1.0", "77.0.3"):
-            if not (cache / f"setuptools-{v}-py3-none-any.whl").exists():
-                subprocess.run([*original_network(), sys.executable, "-m", "pip", "download",
-                                "-q", "--no-deps", "-d", str(cache), f"setuptools=={v}"],
-                               check=True, capture_output=True, timeout=300)
-    return cache
+    def download(out: Path) -> None:
+        for v in SETUPTOOLS_FLOOR:
+            subprocess.run([*original_network(), sys.executable, "-m", "pip", "download",
+                            "-q", "--no-deps", "-d", str(out), f"setuptools=={v}"],
+                           check=True, capture_output=True, timeout=300)
+    return cached_build(f"setuptools-{'-'.join(SETUPTOOLS_FLOOR)}", download)
 
 
-@pytest.mark.parametrize(("setuptools", "builds"), [("76.1.0", False), ("77.0.3", True)])
+@pytest.mark.parametrize(("setuptools", "builds"),
+                         list(zip(SETUPTOOLS_FLOOR, (False, True), strict=True)))
 def test_setuptools_floor_is_77(setuptools: str, builds: bool, tmp_path: Path) -> None:
     """A distribution build (no isolation: the system's setuptools, as %pyproject_wheel
     does) of `license = "MIT"` fails below 77; pip's isolated builds hide that."""
