@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,9 @@ class NameHistory:
         self.gone: OrderedDict[str, Gone] = OrderedDict()
         self._watchers: set[_Watcher] = set()
 
-    def observe(self, old: Table, new: Table) -> None:
+    def observe(self, old: Table, new: Table, changed: Sequence[str] | None = None) -> None:
+        """``changed``: the names whose entry differs, in order, if the planner knows
+        (a sync after one container start looks at one name, not at 10,000)."""
         now = self._clock()
         first = self.since.first is None
         if first:  # every name of the first table is held since now: kept once, not per name
@@ -102,8 +104,10 @@ class NameHistory:
         # Events are made only for watchers: at startup every name "appears", and a
         # dict per name nobody reads would set the daemon's RSS for good.
         events: list[dict[str, Any]] | None = [] if self._watchers else None
-        self._arrivals(old.entries, new.entries, now, events, keep_since=not first)
-        self._departures(old.entries, new.entries, now, events)
+        came = new.entries.keys() if changed is None else [n for n in changed if n in new.entries]
+        went = old.entries.keys() if changed is None else [n for n in changed if n in old.entries]
+        self._arrivals(old.entries, new.entries, came, now, events, keep_since=not first)
+        self._departures(old.entries, new.entries, went, now, events)
         while len(self.gone) > GONE_KEPT:
             self.gone.popitem(last=False)
         if events is None:
@@ -115,9 +119,11 @@ class NameHistory:
             for ev in events:
                 w.put(ev)
 
-    def _arrivals(self, before: Mapping[str, Entry], after: Mapping[str, Entry], now: float,
-                  events: list[dict[str, Any]] | None, keep_since: bool) -> None:
-        for name, e in after.items():
+    def _arrivals(self, before: Mapping[str, Entry], after: Mapping[str, Entry],
+                  names: Iterable[str], now: float, events: list[dict[str, Any]] | None,
+                  keep_since: bool) -> None:
+        for name in names:
+            e = after[name]
             o = before.get(name)
             if o is e:  # an unchanged record is the same entry object: the usual case
                 continue
@@ -132,9 +138,11 @@ class NameHistory:
             elif o.addresses != e.addresses and events is not None:
                 events.append(entry_event("changed", e, now, self.since.get(name)))
 
-    def _departures(self, before: Mapping[str, Entry], after: Mapping[str, Entry], now: float,
+    def _departures(self, before: Mapping[str, Entry], after: Mapping[str, Entry],
+                    names: Iterable[str], now: float,
                     events: list[dict[str, Any]] | None) -> None:
-        for name, o in before.items():
+        for name in names:
+            o = before[name]
             if name not in after:
                 held = self.since.pop(name)
                 since = now if held is None else held

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -43,9 +43,10 @@ class Pipeline:
         self.syncs = 0
         self.last_sync: float | None = None
         self.last_sync_ok = True
-        # Called with (old, new) after every sync's plan, on the loop: watchers
-        # of the table (agentctl list's "since", watch) hook in here.
-        self.observers: list[Callable[[Table, Table], None]] = []
+        # Called with (old, new, names) after every sync's plan, on the loop:
+        # watchers of the table (agentctl list's "since", watch) hook in here.
+        # ``names``: those whose entry changed, in order (None: look at every name).
+        self.observers: list[Callable[[Table, Table, Sequence[str] | None], None]] = []
 
     def _on_change(self) -> None:
         self.coalescer.poke()
@@ -101,12 +102,12 @@ class Pipeline:
         first = time.monotonic() if first_change_at is None else first_change_at
         self._loop = asyncio.get_running_loop()
         async with self._lock:
-            self.store.take_batch()
-            table = self.planner.plan(self.store.records(), self.store.rejections())
+            changes = self.store.take_batch()
+            table = self.planner.plan(self.store.records(), self.store.rejections(), changes)
             self._log_differences(self.table, table)
             old, self.table = self.table, table
             for observe in self.observers:
-                observe(old, table)
+                observe(old, table, self.planner.changed)
             sinks = list(self.sinks)
             results = await asyncio.gather(
                 *(asyncio.to_thread(s.apply, table, first) for s in sinks),

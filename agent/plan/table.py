@@ -78,25 +78,30 @@ def _rank(p: Provenance) -> tuple[int, Provenance]:
 _name = attrgetter("name")
 
 
-def _claims(records: Iterable[Record]) -> tuple[dict[str, Record], dict[str, list[Record]]]:
-    """The first record per name, and the further records of names claimed again.
+def claims(records: Iterable[Record]) -> tuple[dict[str, Record], dict[str, list[Record]]]:
+    """The first record per name, and every record of the names claimed more than once.
 
     Nearly every name is claimed by exactly one record and this runs for every
-    name on every sync, so the usual case is built in C (map, zip, dict) and only
-    a table with a name claimed twice takes the loop. (The same record object
-    seen twice is one claim: merging it with itself is a no-op.)
+    name on a full plan, so the usual case is built in C (map, zip, dict) and
+    only a table with a name claimed twice takes the loop. (The same record
+    object seen twice is two claims of one holder: merging it with itself is a
+    no-op, and the planner's patches count claims the same way.)
     """
     recs = list(records)
     first = dict(zip(map(_name, recs), recs, strict=True))
     if len(first) == len(recs):
         return first, {}
     first = {}
-    again: dict[str, list[Record]] = {}
-    claim = first.setdefault
+    multi: dict[str, list[Record]] = {}
     for rec in recs:
-        if claim(rec.name, rec) is not rec:
-            again.setdefault(rec.name, []).append(rec)
-    return first, again
+        held = first.get(rec.name)
+        if held is None:
+            first[rec.name] = rec
+        elif rec.name in multi:
+            multi[rec.name].append(rec)
+        else:
+            multi[rec.name] = [held, rec]
+    return first, multi
 
 
 def _in_name_order(first: dict[str, Record]) -> dict[str, Record]:
@@ -106,16 +111,20 @@ def _in_name_order(first: dict[str, Record]) -> dict[str, Record]:
     return dict(zip(names, map(first.__getitem__, names), strict=True))
 
 
-def _decide(
+def decide(
     name: str, claims: list[Record], kept: Holder | None
 ) -> tuple[Entry, Conflict | None]:
+    """The entry for a name claimed by several records, whatever their order."""
     # holder -> (provenance, addresses); one object may claim a name through
     # several records (e.g. two NICs), which merge.
     by_holder: dict[Holder, tuple[Provenance, set[Address]]] = {}
     for r in claims:
         key = _holder(r.provenance)
         if key in by_holder:
-            by_holder[key][1].update(r.addresses)
+            prov, addrs = by_holder[key]
+            addrs.update(r.addresses)
+            if (r.provenance, r.provenance.label) < (prov, prov.label):
+                by_holder[key] = (r.provenance, addrs)
         else:
             by_holder[key] = (r.provenance, set(r.addresses))
     if kept is not None and kept in by_holder:
@@ -137,25 +146,49 @@ def make_table(
     lines: Callable[[dict[str, Entry]], tuple[bytes, ...]] | None = None,
 ) -> Table:
     """The table for these claims; ``kept(name)`` is who held a contested name before."""
-    first, again = _claims(records)
+    return build(records, rejections, kept, lines)[0]
+
+
+def build(
+    records: Iterable[Record],
+    rejections: Iterable[Rejection],
+    kept: Callable[[str], Holder | None],
+    lines: Callable[[dict[str, Entry]], tuple[bytes, ...]] | None = None,
+) -> tuple[Table, dict[str, list[Record]]]:
+    """``make_table``'s table, and the claims of every name claimed more than once
+    (what the planner needs to patch the table later)."""
+    first, multi = claims(records)
     entries = _in_name_order(first)  # name order, as always
     conflicts: list[Conflict] = []
-    for name in sorted(again):
-        entry, conflict = _decide(name, [first[name], *again[name]], kept(name))
+    for name in sorted(multi):
+        entry, conflict = decide(name, multi[name], kept(name))
         entries[name] = entry  # keeps its sorted place
         if conflict is not None:
             conflicts.append(conflict)
-    ordered_rejections = tuple(sorted(_not_moot(set(rejections), entries),
-                                      key=lambda r: (r.provenance, r.value)))
-    return Table(
+    refused = set(rejections)
+    # Only a refusal about an address can be moot: else no entry needs a look.
+    about_addresses = any(r.address is not None for r in refused)
+    table = Table(
         entries=entries,
         conflicts=tuple(conflicts),
-        rejections=ordered_rejections,
+        rejections=standing(refused, peer_entries(entries) if about_addresses else ()),
         lines=lines(entries) if lines is not None else None,  # type: ignore[arg-type]
     )
+    return table, multi
 
 
-def _not_moot(rejections: set[Rejection], entries: Mapping[str, Entry]) -> Iterable[Rejection]:
+def peer_entries(entries: Mapping[str, Entry]) -> list[Entry]:
+    return [e for e in entries.values() if e.provenance.kind == PEER_KIND]
+
+
+def standing(rejections: Iterable[Rejection], peers: Iterable[Entry]) -> tuple[Rejection, ...]:
+    """The refusals that still stand, in display order; ``peers``: the entries a
+    user agent holds (the only ones that can make a refusal moot)."""
+    return tuple(sorted(_not_moot(set(rejections), peers),
+                        key=lambda r: (r.provenance, r.value)))
+
+
+def _not_moot(rejections: set[Rejection], peers: Iterable[Entry]) -> Iterable[Rejection]:
     """The refusals that still stand: one about an address a user agent publishes
     (its session VM on a system bridge) would tell the user "not published" about
     an address that answers. Only a peer's record makes it moot: another of the
@@ -167,9 +200,9 @@ def _not_moot(rejections: set[Rejection], entries: Mapping[str, Entry]) -> Itera
         return rejections
     wanted = {r.address for r in about}
     holders: dict[Address, set[str]] = {}
-    for entry in entries.values():
+    for entry in peers:
         for address in entry.addresses:
-            if address in wanted and entry.provenance.kind == PEER_KIND:
+            if address in wanted:
                 holders.setdefault(address, set()).add(entry.provenance.source)
     return [r for r in rejections
             if r.address is None or not holders.get(r.address, set()) - {r.provenance.source}]

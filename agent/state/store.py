@@ -1,8 +1,9 @@
 """Snapshots of what every source currently observes.
 
-The store never patches the output: it only holds snapshots and tells the
-pipeline that something changed. The desired table is recomputed from all
-snapshots each time (plan.table), which is what keeps files from rotting.
+The store never patches the output: it holds snapshots, tells the pipeline
+that something changed, and lists which objects did (``take_batch``). The
+planner patches its last table with those; the table can always be planned
+again from all snapshots (plan.table), which is what keeps files from rotting.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from itertools import chain, compress
 from operator import attrgetter, ne
 
+from agent.model.change import Changes, ObjectChange
 from agent.model.record import ObjectState, Record, Rejection
+
+# Changed objects listed per batch. Past this (a config reload of a big static
+# table, a source dropped) the batch says "everything", and the planner starts
+# from the snapshots: listing more would cost what planning them all does.
+MAX_LISTED = 4096
 
 _records = attrgetter("records")
 _rejections = attrgetter("rejections")
@@ -19,8 +26,9 @@ _rejections = attrgetter("rejections")
 
 def _keep_equal(
     old: dict[str, ObjectState], objects: Mapping[str, ObjectState]
-) -> tuple[dict[str, ObjectState], bool]:
-    """``objects``, holding the old state object wherever it equals the new one.
+) -> tuple[dict[str, ObjectState], list[str]]:
+    """``objects``, holding the old state object wherever it equals the new one,
+    and the ids of the objects that came, went or changed.
 
     A resync or a config reload hands over a whole new snapshot in which nearly
     every object is unchanged. Keeping the old objects frees the new copies at
@@ -32,17 +40,22 @@ def _keep_equal(
         olds = list(map(old.__getitem__, objects))
         differ = list(compress(objects, map(ne, olds, objects.values())))
         if not differ:
-            return old, False
+            return old, []
         new = dict(zip(objects, olds, strict=True))
         for oid in differ:
             new[oid] = objects[oid]
-        return new, True
+        return new, differ
     get = old.get
     new = {}
+    changed = [oid for oid in old if oid not in objects]
     for oid, state in objects.items():
         prev = get(oid)
-        new[oid] = prev if prev is not None and prev == state else state
-    return new, True
+        if prev is not None and prev == state:
+            new[oid] = prev
+        else:
+            new[oid] = state
+            changed.append(oid)
+    return new, changed
 
 
 class StateStore:
@@ -56,6 +69,11 @@ class StateStore:
         self.generation = 0
         self._coming: dict[str, int] = {}  # source -> changes it says are on their way
         self._changed_sources: set[str] = set()  # since the pipeline last took a batch
+        # (source, object id) -> its state when the last batch was taken, for every
+        # object changed since; None in ``_was`` = it was not there.
+        self._was: dict[tuple[str, str], ObjectState | None] = {}
+        self._unlisted = False  # more changed than MAX_LISTED: the batch is "everything"
+        self._taken = 0  # the generation the last batch was taken at
 
     def expect(self, source: str, count: int) -> None:
         """``source`` knows ``count`` more changes are on their way (Podman: containers
@@ -66,9 +84,36 @@ class StateStore:
         """False only if every source with a change pending said nothing more is coming."""
         return any(self._coming.get(s, 1) > 0 for s in self._changed_sources)
 
-    def take_batch(self) -> None:
-        """The pipeline starts a sync: what changed so far is in it."""
+    def take_batch(self) -> Changes:
+        """The pipeline starts a sync: what changed so far is in it, and listed here."""
         self._changed_sources.clear()
+        objects: tuple[ObjectChange, ...] | None = None
+        if not self._unlisted:
+            snaps = self._snapshots
+            objects = tuple(ObjectChange(was, snaps.get(source, {}).get(oid))
+                            for (source, oid), was in self._was.items())
+        changes = Changes(self._taken, self.generation, objects)
+        self._was = {}
+        self._unlisted = False
+        self._taken = self.generation
+        return changes
+
+    def _note(self, source: str, oid: str, before: ObjectState | None) -> None:
+        """``source``'s object ``oid``, ``before`` now, is about to change."""
+        if self._unlisted or (source, oid) in self._was:
+            return  # the batch keeps the state it had when the last one was taken
+        if len(self._was) >= MAX_LISTED:
+            self._unlisted = True
+            self._was = {}
+            return
+        self._was[(source, oid)] = before
+
+    def _note_all(self, source: str, old: Mapping[str, ObjectState], oids: list[str]) -> None:
+        if len(oids) + len(self._was) > MAX_LISTED:
+            self._unlisted = True
+            self._was = {}
+        for oid in oids:
+            self._note(source, oid, old.get(oid))
 
     def _changed_by(self, source: str) -> None:
         self._changed_sources.add(source)
@@ -80,9 +125,10 @@ class StateStore:
 
     def replace(self, source: str, objects: Mapping[str, ObjectState]) -> None:
         old = self._snapshots.get(source)
-        new, changed = _keep_equal(old, objects) if old else (dict(objects), True)
+        new, changed = _keep_equal(old, objects) if old else (dict(objects), list(objects))
         if not changed:
             return
+        self._note_all(source, old or {}, changed)
         self._snapshots[source] = new
         self._rejecting[source] = sum(1 for obj in new.values() if obj.rejections)
         self._changed_by(source)
@@ -90,13 +136,16 @@ class StateStore:
     def update(self, source: str, object_id: str, state: ObjectState | None) -> None:
         snap = self._snapshots.setdefault(source, {})
         if state is None or (not state.records and not state.rejections):
-            old = snap.pop(object_id, None)
+            old = snap.get(object_id)
             if old is None:
                 return
+            self._note(source, object_id, old)
+            del snap[object_id]
         else:
             old = snap.get(object_id)
             if old == state:
                 return
+            self._note(source, object_id, old)
             snap[object_id] = state
             if state.rejections:
                 self._rejecting[source] = self._rejecting.get(source, 0) + 1
@@ -107,7 +156,9 @@ class StateStore:
     def drop(self, source: str) -> None:
         self._rejecting.pop(source, None)
         self._coming.pop(source, None)
-        if self._snapshots.pop(source, None) is not None:
+        old = self._snapshots.pop(source, None)
+        if old is not None:
+            self._note_all(source, old, list(old))
             self._changed_by(source)
 
     def object_count(self, source: str) -> int:
