@@ -25,7 +25,7 @@ from operator import attrgetter, is_not
 
 from agent.model.change import Changes, ObjectChange
 from agent.model.record import PEER_KIND, Record, Rejection
-from agent.plan.render import entry_lines
+from agent.plan.render import entry_line
 from agent.plan.table import Conflict, Entry, Holder, Table, _holder, build, decide, standing
 
 _END = (chr(0x10FFFF), None)  # sorts after every name (names are ASCII)
@@ -172,56 +172,31 @@ class Planner:
         old = self.table
         if list(entries) != list(old.entries):
             return self._walk(entries)
-        # The same names (the usual sync: some addresses changed, or nothing did):
-        # find the entries that are new objects, in C, and format only those.
+        # The same names (a reload that changed some addresses, or none): find the
+        # entries that are new objects, in C, and format only those.
         changed = list(compress(count(), map(is_not, old.entries.values(), entries.values())))
         if not changed:
             return old.lines
-        if len(changed) > len(entries) // 8:  # a reload of new records: walk, not patch
-            return self._walk(entries)
-        return _patch(old, entries, changed)
+        lines = list(old.lines)
+        names = list(entries)
+        values = list(entries.values())
+        for i in changed:
+            lines[i] = entry_line(names[i], values[i])
+        return tuple(lines)
 
     def _walk(self, entries: dict[str, Entry]) -> tuple[bytes, ...]:
         """Names came or went: walk both tables (both in name order) side by side."""
-        old = iter(self.table.entries.items())
-        old_lines = self.table.lines
-        pos = 0
-        old_name, old_entry = next(old, _END)
+        old = zip(self.table.entries.items(), self.table.lines, strict=True)
+        (old_name, old_entry), old_line = next(old, (_END, b""))
         out: list[bytes] = []
         for name, entry in entries.items():
             while old_name < name:
-                pos += len(old_entry.addresses)  # type: ignore[union-attr]
-                old_name, old_entry = next(old, _END)
+                (old_name, old_entry), old_line = next(old, (_END, b""))
             if old_entry is entry and old_name == name:
-                n = len(entry.addresses)
-                if n == 1:
-                    out.append(old_lines[pos])
-                else:
-                    out.extend(old_lines[pos : pos + n])
+                out.append(old_line)
             else:
-                out.extend(entry_lines(name, entry))
+                out.append(entry_line(name, entry))
         return tuple(out)
-
-
-_addresses = attrgetter("addresses")
-
-
-def _patch(old: Table, entries: dict[str, Entry], changed: list[int]) -> tuple[bytes, ...]:
-    """``old.lines`` with the lines of the ``changed`` entries (same names) made anew."""
-    old_entries = iter(old.entries.values())
-    names = list(entries)
-    new_entries = list(entries.values())
-    parts: list[Iterable[bytes]] = []
-    done = pos = 0  # entries and lines of ``old`` already accounted for
-    for i in changed:
-        # Lines of the unchanged entries before this one, counted and sliced in C.
-        n = sum(map(len, map(_addresses, islice(old_entries, i - done))))
-        parts.append(old.lines[pos : pos + n])
-        pos += n + len(next(old_entries).addresses)
-        parts.append(entry_lines(names[i], new_entries[i]))
-        done = i + 1
-    parts.append(old.lines[pos:])
-    return tuple(chain.from_iterable(parts))
 
 
 class _Touched:
@@ -250,22 +225,16 @@ _conflict_name = attrgetter("name")
 
 def _spliced(old: Table, old_names: list[str], entries: Mapping[str, Entry],
              changed: list[str]) -> tuple[bytes, ...]:
-    """``old.lines`` with the lines of the ``changed`` names (in order) made anew:
-    the lines between them are sliced from the old tuple, counted in C."""
-    old_entries = iter(old.entries.values())
+    """``old.lines`` with the lines of the ``changed`` names (in order) made anew;
+    the runs between them are sliced from the old tuple, by position, in C."""
     parts: list[Iterable[bytes]] = []
-    done = pos = 0  # entries and lines of ``old`` already accounted for
+    done = 0  # entries of ``old`` already accounted for
     for name in changed:
         i = bisect_left(old_names, name)
-        n = sum(map(len, map(_addresses, islice(old_entries, i - done))))
-        parts.append(old.lines[pos : pos + n])
-        pos += n
-        done = i
-        if i < len(old_names) and old_names[i] == name:  # its old lines go
-            pos += len(next(old_entries).addresses)
-            done = i + 1
+        parts.append(old.lines[done:i])
+        done = i + 1 if i < len(old_names) and old_names[i] == name else i  # its old line goes
         e = entries.get(name)
         if e is not None:
-            parts.append(entry_lines(name, e))
-    parts.append(old.lines[pos:])
+            parts.append((entry_line(name, e),))
+    parts.append(old.lines[done:])
     return tuple(chain.from_iterable(parts))

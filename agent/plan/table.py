@@ -26,7 +26,7 @@ from agent.model.record import (
     Rejection,
     sort_addresses,
 )
-from agent.plan.render import entry_lines
+from agent.plan.render import entry_line
 
 Holder = tuple[str, str]  # (source, object_id)
 # A table entry is the record that won its name: a name claimed once (nearly all of
@@ -50,9 +50,12 @@ class Conflict:
 class Table:
     """Entries by name, in name order, and their hosts-format ``lines``.
 
-    ``lines`` holds one ``b"ADDRESS NAME"`` per address of each entry, in entry
-    order (IPv4 before IPv6): what every sink writes. Derived from the entries
-    when not given; the planner gives it, reusing the previous table's lines.
+    ``lines`` holds, for each entry in entry order, its ``b"ADDRESS NAME"`` lines
+    (one per address, IPv4 before IPv6) joined by newlines: what every sink
+    writes. One item per entry, so the lines of entry i are ``lines[i]``: a
+    patch of the table slices them by position, never counts addresses.
+    Derived from the entries when not given; the planner gives it, reusing the
+    previous table's lines.
     """
 
     entries: Mapping[str, Entry] = field(default_factory=dict)
@@ -63,7 +66,7 @@ class Table:
     def __post_init__(self) -> None:
         if self.lines is None:
             entries = {name: self.entries[name] for name in sorted(self.entries)}
-            lines = tuple(b for name, e in entries.items() for b in entry_lines(name, e))
+            lines = tuple(entry_line(name, e) for name, e in entries.items())
             object.__setattr__(self, "entries", entries)
             object.__setattr__(self, "lines", lines)
 
@@ -216,13 +219,10 @@ def select(table: Table, keep: Callable[[str], bool]) -> Table:
     """
     entries: dict[str, Entry] = {}
     lines: list[bytes] = []
-    pos = 0
-    for name, entry in table.entries.items():
-        n = len(entry.addresses)
+    for (name, entry), line in zip(table.entries.items(), table.lines, strict=True):
         if keep(name):
             entries[name] = entry
-            lines.extend(table.lines[pos : pos + n])
-        pos += n
+            lines.append(line)
     return Table(entries, table.conflicts, table.rejections, tuple(lines))
 
 

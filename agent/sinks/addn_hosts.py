@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.plan.render import host_lines, render_addn_hosts
+from agent.plan.render import ADDN_HOSTS_HEADER, render_addn_hosts
 from agent.plan.table import Table
 from agent.sinks.atomic import cleanup_stale_temps, read_bytes, replace_file
 from agent.sinks.base import ReloadInfo, Sink
@@ -78,7 +78,7 @@ class AddnHostsSink(Sink):
     def apply(self, table: Table, changed_at: float) -> bool:
         data = render_addn_hosts(table)
         self.status.names = len(table.entries)
-        self.status.lines = len(host_lines(table))
+        self.status.lines = data.count(b"\n") - ADDN_HOSTS_HEADER.count(b"\n")
         try:
             if read_bytes(self.path) == data:
                 if not self._signal_owed:
