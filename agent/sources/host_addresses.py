@@ -53,6 +53,10 @@ class Netlink:
 
 
 _EVENTS = frozenset({"RTM_NEWADDR", "RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK"})
+# Only these multicast groups (linux/rtnetlink.h): pyroute2's default adds
+# neighbours, routes, rules and qdiscs, and a guest's ARP entry going stale
+# would wake the daemon every half minute (issue 11: no wakeups while idle).
+_GROUPS = 0x1 | 0x10 | 0x100  # RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 
 
 class HostAddressSource(ServiceSource[Netlink]):
@@ -117,7 +121,7 @@ class HostAddressSource(ServiceSource[Netlink]):
         return Netlink(async_iproute(self.netns), async_iproute(self.netns))
 
     async def subscribe(self, conn: Netlink) -> None:
-        await conn.monitor.bind()
+        await conn.monitor.bind(groups=_GROUPS)
 
     async def list_all(self, conn: Netlink) -> Objects:
         return {"host": await self._read(conn.request)}
