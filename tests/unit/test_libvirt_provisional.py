@@ -122,11 +122,35 @@ def test_an_ack_for_a_mac_no_domain_has_publishes_nothing(
         r.source._on_ack("virbr0", ack("192.168.122.51", mac="52:54:00:99:99:99"))
         # Nor for our MAC on another bridge than its NIC's.
         r.source._on_ack("virbr9", ack("192.168.122.52"))
-        assert r.sink.replaced == before and len(r.source._provisional) == 0
+        assert r.sink.replaced == before
+        assert r.sink.names() == {"test.dns.libvirt": ["192.168.122.3"]}
+        r.source._publish()  # any later rebuild: still not in it, not even as a refusal
+        assert r.sink.names() == {"test.dns.libvirt": ["192.168.122.3"]}
         assert not any(rj.name == "52:54:00:99:99:99" for s in r.sink.objects.values()
                        for rj in s.rejections)
         await stop(r)
     run(body)
+
+
+def test_an_ack_for_a_nic_not_known_yet_counts_once_it_is_known() -> None:
+    # The source's ``wanted``: a NIC of a known domain on that bridge. An ACK that came
+    # before its domain was listed waits (its few seconds) instead of being lost.
+    p = Provisional(confirm_s=5)
+    p.add(mk("10.0.0.5"), now=100)
+    known: set[str] = set()
+    merged, _ = p.merge([], now=101, wall=WALL, wanted=lambda x: x.mac in known)
+    assert merged == [] and len(p) == 1
+    known.add(MAC)
+    merged, _ = p.merge([], now=102, wall=WALL, wanted=lambda x: x.mac in known)
+    assert merged == [mk("10.0.0.5")]
+
+
+def test_a_flood_of_acks_keeps_only_the_latest() -> None:
+    p = Provisional(confirm_s=5, limit=3)
+    for i in range(10):
+        p.add(mk(f"10.0.0.{i}", mac=f"52:54:00:00:00:{i:02x}"), now=100 + i)
+    merged, _ = p.merge([], now=110, wall=WALL)
+    assert [str(x.address) for x in merged] == ["10.0.0.7", "10.0.0.8", "10.0.0.9"]
 
 
 def test_the_file_wins_and_an_unconfirmed_ack_is_withdrawn(

@@ -9,7 +9,7 @@ not confirm within ``confirm_s`` is withdrawn (the caller logs it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.sources.libvirt.leases import Lease
@@ -17,6 +17,9 @@ from agent.sources.libvirt.leases import Lease
 # libvirt's lease helper wrote the file 15-90 ms after the ACK on a busy machine,
 # once 1.05 s (docs/benchmarks.md): a few seconds is long past any of that.
 CONFIRM_S = 5.0
+# ACKs are the host's, but a guest decides how many: DHCP requests for made-up MACs
+# are each acknowledged. Past this many waiting, the oldest goes (the file follows).
+MAX_PENDING = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,20 +31,26 @@ class Pending:
 @dataclass
 class Provisional:
     confirm_s: float = CONFIRM_S
+    limit: int = MAX_PENDING
     _pending: dict[tuple[str, str], Pending] = field(default_factory=dict)
 
     def add(self, lease: Lease, now: float) -> None:
         """The latest ACK for a NIC replaces an earlier one still unconfirmed."""
-        self._pending[(lease.bridge, lease.mac)] = Pending(lease, now)
+        key = (lease.bridge, lease.mac)
+        self._pending.pop(key, None)
+        self._pending[key] = Pending(lease, now)  # dicts keep order: oldest first
+        while len(self._pending) > self.limit:
+            del self._pending[next(iter(self._pending))]
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def merge(self, trusted: Sequence[Lease], now: float,
-              wall: float) -> tuple[list[Lease], list[Pending]]:
-        """``trusted`` plus the provisional leases it does not contradict; and the
-        entries withdrawn now (unconfirmed for ``confirm_s``). ``now`` is monotonic
-        (the ACKs' clock), ``wall`` the epoch time leases expire by."""
+    def merge(self, trusted: Sequence[Lease], now: float, wall: float,
+              wanted: Callable[[Lease], bool] = lambda _: True,
+              ) -> tuple[list[Lease], list[Pending]]:
+        """``trusted`` plus the ``wanted`` provisional leases it does not contradict;
+        and the entries withdrawn now (unconfirmed for ``confirm_s``). ``now`` is
+        monotonic (the ACKs' clock), ``wall`` the epoch time leases expire by."""
         live = [x for x in trusted if x.live(wall)]
         confirmed = {(x.bridge, x.mac, x.address) for x in live}
         claimed = {(x.bridge, x.mac, x.address.version) for x in live}
@@ -54,7 +63,8 @@ class Provisional:
             elif now - p.seen >= self.confirm_s:
                 del self._pending[key]
                 withdrawn.append(p)
-            elif (lease.bridge, lease.mac, lease.address.version) not in claimed:
+            elif (lease.bridge, lease.mac, lease.address.version) not in claimed \
+                    and wanted(lease):
                 out.append(lease)
         return out, withdrawn
 

@@ -416,21 +416,30 @@ class LibvirtSource(ServiceSource[_Conn]):
     # --- DHCPACKs (dhcp_ack.py, provisional.py) ----------------------------------------
 
     def _on_ack(self, bridge: str, ack: Ack) -> None:
-        """libvirt's dnsmasq just granted a lease: publish it now, until the file says."""
-        api = self._api
-        if api is None or not nic_on(api.domains.values(), api.bridges, bridge, ack.mac):
-            log.debug("DHCPACK for no NIC of ours", bridge=bridge, mac=ack.mac)
-            return
+        """libvirt's dnsmasq just granted a lease: publish it now, until the file says.
+        Kept (for its few seconds) even for a MAC no known domain has: a domain
+        listed meanwhile gets it; published only once one has."""
         expiry = 0 if ack.lease_s is None else int(time.time()) + ack.lease_s
         self._provisional.add(Lease(bridge, ack.mac, ack.address, None, expiry),
                               time.monotonic())
+        if not self._ours(bridge, ack.mac):
+            log.debug("DHCPACK for no NIC of ours", bridge=bridge, mac=ack.mac)
+            return
         self.saw_event()
         self._publish()
 
+    def _ours(self, bridge: str, mac: str) -> bool:
+        api = self._api
+        return api is not None and nic_on(api.domains.values(), api.bridges, bridge, mac)
+
     def _with_provisional(self, leases: list[Lease], now: float) -> list[Lease]:
-        merged, withdrawn = self._provisional.merge(leases, time.monotonic(), now)
+        merged, withdrawn = self._provisional.merge(
+            leases, time.monotonic(), now, lambda x: self._ours(x.bridge, x.mac))
         for p in withdrawn:
-            log.warning("provisional lease withdrawn: the lease file did not confirm it",
+            # Only those that were ours said anything: an ACK for anyone else is
+            # a guest's business (its DHCP requests), not worth a warning each.
+            warn = log.warning if self._ours(p.lease.bridge, p.lease.mac) else log.debug
+            warn("provisional lease withdrawn: the lease file did not confirm it",
                         bridge=p.lease.bridge, mac=p.lease.mac, address=str(p.lease.address),
                         after_s=self._provisional.confirm_s)
         if self._withdraw is not None:
