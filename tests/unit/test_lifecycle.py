@@ -288,7 +288,7 @@ class Releasing(Scripted):
         self.idle = asyncio.Event()
         self.hints_pending = False
 
-    async def follow(self, conn: int) -> str | Idle:  # type: ignore[override]
+    async def follow(self, conn: int) -> str | Idle:
         self.calls.append("follow")
         ended = asyncio.create_task(self.end.wait())
         idle = asyncio.create_task(self.idle.wait())
