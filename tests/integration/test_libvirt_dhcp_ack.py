@@ -42,6 +42,12 @@ def test_a_guest_answers_with_the_trigger_on_and_status_says_so(
     guest = libvirtd.guest("acked", [libvirt_network])
     ip = guest.wait_for_lease()
     answers(dnsmasq, f"acked.{ZONE}", ip)
+    # The file confirms what the ACK published: the same table, so no write, no
+    # reload (one re-read with the name in it, whichever came first).
+    until(lambda: "awaiting the lease file" not in detail(agent), timeout=10,
+          what="confirmed by the lease file")
+    assert ask(dnsmasq, f"acked.{ZONE}").records == (ip,)
+    assert [n for n in dnsmasq.reads() if n] == [1]
 
 
 def test_without_the_file_the_ack_alone_publishes_then_is_withdrawn_and_forgeries_are_not(

@@ -454,7 +454,10 @@ class LibvirtSource(ServiceSource[_Conn]):
     def _ack_state(self) -> str | None:
         if self._acks is None:
             return "DHCPACK trigger off ([libvirt] dhcp_trigger = false)"
-        return self._acks.state()
+        state = self._acks.state()
+        if state and self._provisional:
+            state += f"; {len(self._provisional)} ACKed, awaiting the lease file"
+        return state
 
     # --- publishing -------------------------------------------------------------------
 
