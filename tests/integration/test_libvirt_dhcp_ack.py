@@ -6,6 +6,8 @@ a veth port, as a guest would (tests/harness/dhcp.py)."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,3 +118,29 @@ def test_with_the_trigger_off_status_says_so_and_the_file_still_publishes(
     ip = guest.wait_for_lease()
     answers(dnsmasq, f"fileonly.{ZONE}", ip)
     assert "DHCPACK trigger off ([libvirt] dhcp_trigger = false)" in detail(agent)
+
+
+def test_the_trigger_survives_its_bridge_going_down_and_follows_a_restarted_network(
+        libvirtd: Libvirtd, libvirt_network: Network, dnsmasq: Dnsmasq, agent: Agent,
+        watch_lxc: Callable[..., None], tmp_path: Path) -> None:
+    """No lease file again (``lease_dir`` empty): an answer can only come from an ACK."""
+    empty = tmp_path / "no-leases"
+    empty.mkdir()
+    watch_lxc(f'lease_dir = "{empty}"\n')
+    agent.start()
+    bridge = libvirt_network.bridge
+    until(lambda: f"DHCPACK trigger on {bridge}" in detail(agent), timeout=10,
+          what="status: trigger on")
+    subprocess.run(["ip", "link", "set", bridge, "down"], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    first = libvirtd.guest("after-down", [libvirt_network])
+    answers(dnsmasq, f"after-down.{ZONE}", first.wait_for_lease())
+    first.destroy()
+
+    old = socket.if_nametoindex(bridge)
+    libvirt_network.destroy()
+    libvirt_network.start()
+    assert socket.if_nametoindex(bridge) != old  # a new link under the same name
+    second = libvirtd.guest("after-restart", [libvirt_network])
+    answers(dnsmasq, f"after-restart.{ZONE}", second.wait_for_lease())
+    assert list(empty.iterdir()) == []

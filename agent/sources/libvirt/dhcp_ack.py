@@ -354,8 +354,13 @@ class AckTrigger:
             except BlockingIOError:
                 return
             except OSError as e:
-                # ENETDOWN: the bridge went away under the socket.
-                log.info("DHCPACK trigger lost its bridge", bridge=bridge, error=str(e))
+                if e.errno == errno.ENETDOWN:
+                    # The bridge went down (reported once): the kernel hooks the socket
+                    # in again when it comes back up; one recreated under the same
+                    # name is a new link, replaced at the network's next event (watch).
+                    log.info("DHCPACK trigger: bridge down", bridge=bridge)
+                    return
+                log.warning("DHCPACK trigger lost its bridge", bridge=bridge, error=str(e))
                 self._drop(bridge)
                 self._absent[bridge] = f"socket error: {e.strerror or e}"
                 return
