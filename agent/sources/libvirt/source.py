@@ -9,6 +9,8 @@ DHCP leases have no libvirt event: the lease directory is followed with
 inotify (sources/parsed_dir.py), independently of the connection, and a
 lease change is published straight from the file's new reading: no libvirt
 call sits between the inotify event and the snapshot the pipeline sees.
+Sooner still, the DHCPACK libvirt's dnsmasq sends on the bridge publishes the
+lease provisionally until the file confirms it (dhcp_ack.py, provisional.py).
 
 While libvirtd is away (restart, upgrade) the last snapshot stays published;
 lease changes still are; the reconnect's resync replaces it all. While its
