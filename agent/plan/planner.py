@@ -19,7 +19,7 @@ gives the same table.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import chain, compress, count, islice
 from operator import attrgetter, is_not
 
@@ -132,36 +132,35 @@ class Planner:
     def _entries(self, old: Table, patch: Mapping[str, Entry | None],
                  changed: list[str]) -> tuple[dict[str, Entry], list[str]]:
         """The patched entries, in name order, and their names."""
-        entries = dict(old.entries)  # a copy in C, in name order
-        came = [(n, e) for n in changed if n not in old.entries and (e := patch[n]) is not None]
-        went = [n for n in changed if patch[n] is None]
-        for name in changed:
+        if all(n in old.entries for n in changed):  # replaced or gone: the order holds
+            entries = dict(old.entries)  # a copy in C
+            for name in changed:
+                e = patch[name]
+                if e is None:
+                    del entries[name]
+                else:
+                    entries[name] = e
+            gone = len(entries) != len(old.entries)
+            return entries, list(entries) if gone else self._names
+        # A new name goes to its place in the order: the dict is made once, from
+        # runs of the old items (sliced in C) with the changed ones between them.
+        names = self._names
+        items = iter(old.entries.items())
+        runs: list[Iterable[tuple[str, Entry]]] = []
+        done = 0
+        for name in changed:  # in order
+            i = bisect_left(names, name)
+            runs.append(islice(items, i - done))
+            done = i
+            if i < len(names) and names[i] == name:  # its old entry goes
+                runs.append(_skip_one(items))
+                done = i + 1
             e = patch[name]
-            if e is None:
-                del entries[name]
-            elif name in old.entries:
-                entries[name] = e  # replaced: keeps its place
-        if not came and not went:
-            return entries, self._names
-        names = self._names.copy()
-        for name in went:
-            del names[bisect_left(names, name)]
-        if came:
-            # Each new name goes to its place: the dict is made again from runs of
-            # the old items (sliced in C) with the new ones between them.
-            items = iter(entries.items())
-            runs: list[Iterable[tuple[str, Entry]]] = []
-            done = 0
-            at = [bisect_left(names, name) for name, _ in came]  # ``changed`` is in order
-            for item, i in zip(came, at, strict=True):
-                runs.append(islice(items, i - done))
-                runs.append((item,))
-                done = i
-            runs.append(items)
-            entries = dict(chain.from_iterable(runs))
-            for (name, _), i in zip(reversed(came), reversed(at), strict=True):
-                names.insert(i, name)  # the last first: the earlier places stay right
-        return entries, names
+            if e is not None:
+                runs.append(((name, e),))
+        runs.append(items)
+        entries = dict(chain.from_iterable(runs))
+        return entries, list(entries)
 
     def _kept(self, name: str) -> Holder | None:
         entry = self.table.entries.get(name)
@@ -214,6 +213,12 @@ class _Touched:
                     into.setdefault(rec.name, []).append(rec)
                 self.rejections = self.rejections or bool(state.rejections)
         self.names = self.gone.keys() | self.came.keys()
+
+
+def _skip_one(items: Iterator[tuple[str, Entry]]) -> Iterator[tuple[str, Entry]]:
+    """Drops the next item of ``items`` when reached (lazily, in its run's turn)."""
+    next(items, None)
+    yield from ()
 
 
 def _peer(e: Entry) -> bool:

@@ -187,8 +187,15 @@ def peer_entries(entries: Mapping[str, Entry]) -> list[Entry]:
 def standing(rejections: Iterable[Rejection], peers: Iterable[Entry]) -> tuple[Rejection, ...]:
     """The refusals that still stand, in display order; ``peers``: the entries a
     user agent holds (the only ones that can make a refusal moot)."""
-    return tuple(sorted(_not_moot(set(rejections), peers),
-                        key=lambda r: (r.provenance, r.value)))
+    return tuple(sorted(_not_moot(set(rejections), peers), key=_rejection_order))
+
+
+def _rejection_order(r: Rejection) -> tuple[Provenance, str, str, tuple[int, int]]:
+    # A total order: one object's refusals of one value (two leases, one bad
+    # hostname) must not be left in set order, which a patch would keep from an
+    # older plan (and which hash(None) makes differ from run to run).
+    a = r.address
+    return (r.provenance, r.value, r.reason, (0, 0) if a is None else (a.version, int(a)))
 
 
 def _not_moot(rejections: set[Rejection], peers: Iterable[Entry]) -> Iterable[Rejection]:

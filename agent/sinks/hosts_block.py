@@ -25,28 +25,49 @@ class MarkerError(ValueError):
 @dataclass(frozen=True)
 class Split:
     prefix: bytes  # everything before the BEGIN line
-    body: tuple[bytes, ...] | None  # lines inside the block (no line ends); None: no block
+    region: bytes | None  # the block's lines with their line ends; None: no block
     suffix: bytes  # everything after the END line and its line end
     newline: bytes  # line end used for the block
     end_terminator: bytes  # the END line's own line end (b"" if the file ends there)
 
+    @property
+    def body(self) -> tuple[bytes, ...] | None:
+        """The lines inside the block (no line ends); None: no block."""
+        if self.region is None:
+            return None
+        return tuple(line[:-1] if line.endswith(b"\r") else line
+                     for line in self.region.split(b"\n")[:-1])
 
-def _lines(data: bytes) -> list[tuple[int, bytes, bytes]]:
-    """(offset, content, line end) for each line; only ``\\n`` ends a line."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            out.append((pos, data[pos:], b""))
-            break
-        content = data[pos:nl]
-        if content.endswith(b"\r"):
-            out.append((pos, content[:-1], b"\r\n"))
-        else:
-            out.append((pos, content, b"\n"))
-        pos = nl + 1
+
+# A sync rewrites the block on every change, and /etc/hosts holds one line per
+# published address (10,000 and more): the file is searched in C for the lines
+# that start like a marker, never walked line by line in Python.
+
+
+def _starts(data: bytes, stem: bytes) -> list[int]:
+    """Offsets of the lines that start with ``stem``; only ``\\n`` ends a line."""
+    out = [0] if data.startswith(stem) else []
+    needle = b"\n" + stem
+    at = data.find(needle)
+    while at >= 0:
+        out.append(at + 1)
+        at = data.find(needle, at + 1)
     return out
+
+
+def _line_at(data: bytes, off: int) -> tuple[bytes, bytes]:
+    """The content and the line end of the line at ``off``."""
+    nl = data.find(b"\n", off)
+    if nl < 0:
+        return data[off:], b""
+    content = data[off:nl]
+    if content.endswith(b"\r"):
+        return content[:-1], b"\r\n"
+    return content, b"\n"
+
+
+def _line_number(data: bytes, off: int) -> int:
+    return data.count(b"\n", 0, off) + 1
 
 
 def _detect_newline(data: bytes) -> bytes:
@@ -54,45 +75,43 @@ def _detect_newline(data: bytes) -> bytes:
     return b"\r\n" if nl > 0 and data[nl - 1 : nl] == b"\r" else b"\n"
 
 
-def _markers(lines: list[tuple[int, bytes, bytes]]) -> tuple[list[int], list[int]]:
-    """Indexes of the BEGIN and END lines; MarkerError for an altered marker."""
+def _markers(data: bytes) -> tuple[list[int], list[int]]:
+    """Offsets of the BEGIN and END lines; MarkerError for an altered marker."""
+    found = sorted([(off, BEGIN, "BEGIN") for off in _starts(data, _BEGIN_STEM)]
+                   + [(off, END, "END") for off in _starts(data, _END_STEM)])
     begins: list[int] = []
     ends: list[int] = []
-    for i, (_, content, _) in enumerate(lines):
-        stripped = content.rstrip(b" \t")
-        for stem, exact, found, name in (
-            (_BEGIN_STEM, BEGIN, begins, "BEGIN"),
-            (_END_STEM, END, ends, "END"),
-        ):
-            if stripped.startswith(stem):
-                if stripped != exact:
-                    raise MarkerError(f"line {i + 1}: altered {name} marker {stripped[:80]!r}")
-                found.append(i)
+    for off, exact, name in found:
+        stripped = _line_at(data, off)[0].rstrip(b" \t")
+        if stripped != exact:
+            raise MarkerError(f"line {_line_number(data, off)}: altered {name} marker "
+                              f"{stripped[:80]!r}")
+        (begins if exact is BEGIN else ends).append(off)
     return begins, ends
 
 
 def split(data: bytes) -> Split:
-    lines = _lines(data)
-    begins, ends = _markers(lines)
+    begins, ends = _markers(data)
     if not begins and not ends:
         return Split(data, None, b"", _detect_newline(data), b"")
     if len(begins) != 1 or len(ends) != 1:
-        where = ", ".join(str(i + 1) for i in begins) or "none"
-        where_end = ", ".join(str(i + 1) for i in ends) or "none"
+        where = ", ".join(str(_line_number(data, o)) for o in begins) or "none"
+        where_end = ", ".join(str(_line_number(data, o)) for o in ends) or "none"
         raise MarkerError(
             f"expected one BEGIN and one END marker, found BEGIN at line(s) {where} "
             f"and END at line(s) {where_end}"
         )
-    b, e = begins[0], ends[0]
-    if e < b:
-        raise MarkerError(f"END marker (line {e + 1}) comes before BEGIN marker (line {b + 1})")
-    b_off, _, b_nl = lines[b]
-    e_off, e_content, e_nl = lines[e]
-    body = tuple(content for _, content, _ in lines[b + 1 : e])
+    b_off, e_off = begins[0], ends[0]
+    if e_off < b_off:
+        raise MarkerError(f"END marker (line {_line_number(data, e_off)}) comes before "
+                          f"BEGIN marker (line {_line_number(data, b_off)})")
+    b_content, b_nl = _line_at(data, b_off)
+    e_content, e_nl = _line_at(data, e_off)
+    region_start = b_off + len(b_content) + len(b_nl)
     end_of_block = e_off + len(e_content) + len(e_nl)
     return Split(
         prefix=data[:b_off],
-        body=body,
+        region=data[region_start:e_off],
         suffix=data[end_of_block:],
         newline=b_nl or _detect_newline(data),
         end_terminator=e_nl,
@@ -108,13 +127,16 @@ def compose(data: bytes, lines: Sequence[bytes]) -> bytes:
     An existing block stays in place even when emptied, so the user's
     choice of where it sits is kept.
     """
-    for line in lines:
-        if b"\n" in line or b"\r" in line:
-            raise ValueError(f"line break inside a block line: {line!r}")
+    joined = b"\n".join(lines)
+    if b"\r" in joined or joined.count(b"\n") != max(len(lines) - 1, 0):
+        bad = next(line for line in lines if b"\n" in line or b"\r" in line)
+        raise ValueError(f"line break inside a block line: {bad!r}")
     parts = split(data)
     nl = parts.newline
-    inner = b"".join(line + nl for line in lines)
-    if parts.body is None:
+    inner = joined + b"\n" if lines else b""
+    if nl != b"\n":
+        inner = inner.replace(b"\n", nl)
+    if parts.region is None:
         if not lines:
             return data
         head = data if not data or data.endswith(b"\n") else data + nl

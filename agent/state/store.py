@@ -47,7 +47,7 @@ def _keep_equal(
         return new, differ
     get = old.get
     new = {}
-    changed = [oid for oid in old if oid not in objects]
+    changed = []
     for oid, state in objects.items():
         prev = get(oid)
         if prev is not None and prev == state:
@@ -55,6 +55,7 @@ def _keep_equal(
         else:
             new[oid] = state
             changed.append(oid)
+    changed += [oid for oid in old if oid not in new]  # the new dict: never the lazy mapping
     return new, changed
 
 
@@ -109,9 +110,12 @@ class StateStore:
         self._was[(source, oid)] = before
 
     def _note_all(self, source: str, old: Mapping[str, ObjectState], oids: list[str]) -> None:
+        if self._unlisted:
+            return
         if len(oids) + len(self._was) > MAX_LISTED:
             self._unlisted = True
             self._was = {}
+            return
         for oid in oids:
             self._note(source, oid, old.get(oid))
 
