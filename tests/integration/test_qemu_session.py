@@ -20,6 +20,7 @@ record_property; they are not asserted.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -108,18 +109,30 @@ def session_libvirtd(alice: Session, libvirt_network: Network,
     daemon.stop()
 
 
-@pytest.fixture
-def user_agent(alice: Session, system: Agent, public_tmp: Path) -> Iterator[UserAgent]:
+@contextlib.contextmanager
+def _user_agent(alice: Session, system: Agent, workdir: Path,
+                release_idle_s: int) -> Iterator[UserAgent]:
     # Everything else is the user-mode default: qemu:///session, the system's
     # lease directory, zones <user>.dns.libvirt. LIBVIRT_AUTOSTART=0 as the user unit.
     # guest_hostnames: the guest's own DHCP name, only as <hostname>.guest.<user>.<zone>.
-    agent = UserAgent(alice, public_tmp / "alice-agent", env_extra={"LIBVIRT_AUTOSTART": "0"})
+    agent = UserAgent(alice, workdir, env_extra={"LIBVIRT_AUTOSTART": "0"})
     agent.set_config(f'[daemon]\ncoalesce_ms = 20\nlog_level = "debug"\n'
                      f'[peers]\nsocket = "{system.dir / "peer.sock"}"\n'
-                     f"[podman]\nenabled = false\n[libvirt]\nguest_hostnames = true\n")
+                     f"[podman]\nenabled = false\n[libvirt]\nguest_hostnames = true\n"
+                     f"release_idle_s = {release_idle_s}\n")
     agent.start()
-    yield agent
-    agent.stop()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def user_agent(alice: Session, system: Agent, public_tmp: Path) -> Iterator[UserAgent]:
+    """Never released while idle: these tests follow the connection itself (a crashed
+    daemon, a restart); test_a_released_session_agent_... has the release."""
+    with _user_agent(alice, system, public_tmp / "alice-agent", 0) as agent:
+        yield agent
 
 
 def system_refusals(agent: Agent, mac: str) -> list[dict[str, Any]]:
@@ -200,6 +213,44 @@ def test_bridged_session_vm_answers_its_system_lease_until_destroyed(
                       for r in system_refusals(system, guest.mac)),
           timeout=15, what="the system agent to show the leftover lease as not published")
     until(lambda: guest.qemu_pid() is None, timeout=15, what="QEMU to exit")
+
+
+def test_a_released_session_agent_is_woken_by_the_session_daemon_s_files(
+        image: GuestImage, libvirt_network: Network, session_libvirtd: SessionLibvirtd,
+        system: Agent, dnsmasq: Dnsmasq, alice: Session, public_tmp: Path) -> None:
+    """Issue 11, idle: the user agent lets go of an idle qemu:///session connection
+    and watches the session daemon's own files ($XDG_RUNTIME_DIR/libvirt/qemu/run,
+    ~/.config/libvirt/qemu): a VM defined, started and destroyed meanwhile is
+    followed as if it had stayed connected."""
+    session_libvirtd.start()
+    with _user_agent(alice, system, public_tmp / "alice-agent", 1) as agent:
+        def listings() -> int:  # each wake lists twice: on reconnect, before releasing
+            return agent.log.read_text().count('"event": "libvirt listed"')
+
+        def released(after: int = -2) -> dict[str, Any]:
+            src = libvirt_source(agent)
+            return src if src["state"] == "released" and listings() >= after + 2 else {}
+
+        src = until(released, timeout=20, what="the idle session connection released")
+        runtime, home = alice.runtime, alice.user.home
+        assert (f"({runtime}/libvirt/qemu/run, {home}/.config/libvirt/qemu, "
+                f"{runtime}/libvirt/network/lib, {home}/.config/libvirt/qemu/networks)"
+                in src["detail"]), src
+        before = listings()
+        guest = session_libvirtd.guest("vm3", image, BridgeNic(libvirt_network.bridge))
+        name = f"vm3.{alice.user.name}.dns.libvirt"
+        until(lambda: released(before), timeout=20, what="woken by the define, released again")
+        before = listings()
+        guest.start()
+        lease = until(lambda: libvirt_network.lease_for(guest.mac) or {},
+                      timeout=BOOT_TIMEOUT_S, interval=0.05, what=f"a lease for vm3 ({guest.mac})")
+        ip = str(lease["ip-address"])
+        until(lambda: dnsmasq.query(name).records == (ip,), timeout=15, what=f"{name} -> {ip}")
+        until(lambda: released(before), timeout=20, what="woken by the start, released again")
+        guest.destroy()
+        until(lambda: dnsmasq.query(name).status == "NXDOMAIN", timeout=15,
+              what=f"{name} gone after a destroy while released")
+        until(lambda: guest.qemu_pid() is None, timeout=15, what="QEMU to exit")
 
 
 def test_two_nic_session_vm_names_each_nic_by_its_user_alias(
