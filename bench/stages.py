@@ -14,11 +14,13 @@ import time
 import tomllib
 from collections.abc import Callable
 from ipaddress import ip_address
+from itertools import count
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config.load import parse_config
+from agent.daemon.history import NameHistory
 from agent.model.record import ObjectState, Provenance, Record
 from agent.plan.planner import Planner
 from agent.plan.render import host_lines, render_addn_hosts
@@ -119,14 +121,36 @@ def main() -> None:
     prov = Provenance("bench", name, "static", f"[[static]] {name}")
     addr = [ADDR_B]
 
-    def source_update() -> None:
+    def source_update(patched: bool) -> None:
         addr[0] = ADDR_A if addr[0] == ADDR_B else ADDR_B
         store1.update("static", name, ObjectState(
             records=(Record(name, (ip_address(addr[0]),), prov),)))
-        t = planner.plan(store1.records(), store1.rejections())
+        changes = store1.take_batch() if patched else None
+        t = planner.plan(store1.records(), store1.rejections(), changes)
         render_addn_hosts(t)
-        host_lines(t)
-    timed("source update: update+plan+render", source_update)
+    timed("source update: update+plan+render, every name", lambda: source_update(False))
+    store1.take_batch()
+    planner.plan(store1.records(), store1.rejections())  # the generation the batches follow
+    timed("source update: update+plan+render, patched", lambda: source_update(True))
+
+    # What a container start costs a sync (the daemon's path: the store lists the
+    # change, the planner patches its table, history looks at the one name).
+    history = NameHistory()
+    history.observe(Table(), planner.table)
+    started = count()
+
+    def container_start() -> None:
+        k = next(started)
+        cid = f"c{k}"
+        cprov = Provenance("podman", cid, "container", cid)
+        store1.update("podman", cid, ObjectState(
+            records=(Record(f"c{k}.dns.podman", (ip_address(f"10.88.{k // 250}.{k % 250 + 2}"),),
+                            cprov),)))
+        old = planner.table
+        t = planner.plan(store1.records(), store1.rejections(), store1.take_batch())
+        history.observe(old, t, planner.changed)
+        render_addn_hosts(t)
+    timed("container start: update+plan+history+render, patched", container_start)
     assert render_addn_hosts(table_a) != render_addn_hosts(table_b)
 
 
