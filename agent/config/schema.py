@@ -318,6 +318,15 @@ class LibvirtConfig:
         "pings every client every 5 s) and watch libvirt's state and config files "
         "instead; the first change reconnects and lists everything again. 0: never.",
     )
+    call_timeout_s: int = setting(
+        10,
+        Int(0, 3600),
+        "A libvirt call that has not returned after this long means libvirtd hangs "
+        "(stopped, deadlocked, stuck on storage): status says which call waits, the "
+        "names stay, the connection is abandoned and namesync reconnects; it resyncs "
+        "once libvirtd answers. A busy libvirtd answers within a few seconds. 0: wait "
+        "for ever.",
+    )
 
 
 @dataclass(frozen=True)

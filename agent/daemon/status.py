@@ -56,6 +56,8 @@ def source_status(src: Source, store: StateStore, table: Table | None = None) ->
     fix = getattr(src, "fix_hint", None)
     # A source with more to show than its health (the peer source's peers).
     extra = getattr(src, "status_extra", None)
+    # A detail with a clock in it (how long a call has been stuck) is made when asked.
+    detail_now = getattr(src, "detail_now", None)
     return {
         "name": src.name,
         "kind": src.kind,
@@ -68,7 +70,7 @@ def source_status(src: Source, store: StateStore, table: Table | None = None) ->
         "last_error_at": ts(h.last_error_at),
         "error_active": h.error_active,
         "recovered_at": ts(h.recovered_at),
-        "detail": h.detail,
+        "detail": detail_now() if callable(detail_now) else h.detail,
         # Fields added in status_version 1 (issue 15): what the source's objects add
         # up to in the table, and the plain fix for its last error, if it knows one.
         **counts,

@@ -21,7 +21,12 @@ wording of status and logs, so every source behaves (and reads) the same:
   writes for every change that matters, and the lifecycle arms inotify on
   them, lists once more (what changed before the watch is in that listing),
   disconnects, and reconnects with no backoff at the first change. The last
-  snapshot stays published meanwhile; status shows "released", not an error.
+  snapshot stays published meanwhile; status shows "released", not an error;
+- a service that hangs (alive but not answering) is noticed by ``watchdog``, the
+  watchdog its blocking calls go through (watchdog.py): a call not back in
+  time fails the session with ``Stalled`` like a lost connection, status
+  shows what waits and for how long, and while too many calls are stuck no
+  new attempt is made until one returns (no timer: the return wakes it).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any, Generic, Literal, TypeVar
 import structlog
 
 from agent.sources.dirwatch import Changes, wait_for_any
+from agent.sources.watchdog import Watchdog
 
 log = structlog.get_logger(component="sources.lifecycle")
 
@@ -231,6 +237,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
     _problem: Problem | None = None  # what fails now; None while connected
     _released_detail: str | None = None  # what status adds while released
     _woken: Path | None = None  # what ended the last release, until reconnected
+    watchdog: Watchdog | None = None  # the watchdog of the hooks' blocking calls, if any
 
     # --- hooks ---------------------------------------------------------------
 
@@ -328,6 +335,11 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
                 self._failed(problem, f"waiting for {awaited.paths[0]} to appear")
                 await wait_for_any(awaited.paths)
                 continue
+            if self.watchdog is not None and self.watchdog.at_bound():
+                # Threads stuck in the service: add none; the first to return wakes this.
+                self._failed(problem, "reconnecting when it answers")
+                await self.watchdog.settled()
+                continue
             delay = backoff.next()
             self._failed(problem, f"reconnecting in {delay:g}s")
             await asyncio.sleep(delay)
@@ -397,6 +409,18 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
 
     def fix_hint(self) -> str | None:
         return None if self._problem is None else self._problem.fix
+
+    def detail_now(self) -> str | None:
+        """``health.detail`` with what the calls stuck in the service wait for, as of now."""
+        calls = self.watchdog
+        if calls is None or not calls.stuck:
+            return self.health.detail
+        waiting = ", ".join(s.waiting() for s in calls.stuck)
+        if self.health.state == "connected":
+            note = f"an abandoned call still waits: {waiting}"
+        else:
+            note = f"{calls.service} not answering: {waiting}"
+        return "; ".join(d for d in (note, self.health.detail) if d)
 
     def _connected(self) -> None:
         self._problem = None

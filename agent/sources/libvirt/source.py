@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import os
 import time
@@ -59,6 +60,7 @@ from agent.sources.libvirt.records import (
 from agent.sources.libvirt.release import release_dirs
 from agent.sources.lifecycle import Awaited, Hints, Idle, Problem, Unavailable
 from agent.sources.parsed_dir import DirView, FileFormat, ParsedDir
+from agent.sources.watchdog import Line, Stalled, Watchdog
 
 log = structlog.get_logger(component="sources.libvirt")
 
@@ -66,6 +68,12 @@ log = structlog.get_logger(component="sources.libvirt")
 # the connection is dead after 3 unanswered.
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
+# ... and on a local connection abandoned with a call stuck (the watchdog): libvirt
+# closes it once a stopped libvirtd missed 2 probes 2 s apart, which fails the
+# stuck call and ends its thread. A libvirtd whose event loop still runs answers
+# them: then the thread waits for its call, and the probes with it.
+STUCK_KEEPALIVE_INTERVAL_S = 2
+STUCK_KEEPALIVE_COUNT = 2
 
 # Hints queued by libvirt callbacks; the follower reads the named objects again.
 _NETWORKS = ("networks", "")
@@ -143,6 +151,7 @@ class _Conn:
     handle: Any
     hints: Hints[tuple[str, str]]
     registered: list[tuple[str, int]] = field(default_factory=list)
+    line: Line = field(default_factory=Line)  # its calls: none while one is stuck
 
 
 @dataclass
@@ -162,6 +171,7 @@ class LibvirtSource(ServiceSource[_Conn]):
     kind = "libvirt"
     retry_first_s = 0.25
     retry_max_s = 10.0
+    watchdog: Watchdog
 
     def __init__(self, uri: str, config: LibvirtConfig) -> None:
         super().__init__(f"libvirt:{uri}")
@@ -178,6 +188,8 @@ class LibvirtSource(ServiceSource[_Conn]):
         self._withdraw: asyncio.TimerHandle | None = None
         self._hints: Hints[tuple[str, str]] | None = None  # while following
         self._kept: str | None = None  # why the connection is not released now
+        # Every blocking libvirt call goes through it: a hung libvirtd is said (watchdog.py).
+        self.watchdog = Watchdog("libvirtd", config.call_timeout_s or None)
 
     @classmethod
     def from_config(cls, config: Config) -> list[Source]:
@@ -216,17 +228,21 @@ class LibvirtSource(ServiceSource[_Conn]):
         ensure_event_loop(asyncio.get_running_loop())
         # Subscribe before listing: leases first (the lease watcher's first read).
         await self._leases.read.wait()
-        handle = await asyncio.to_thread(lv.openReadOnly, self.uri)
+        handle = await self.watchdog.call("openReadOnly", lv.openReadOnly, self.uri,
+                                       late=functools.partial(_close, lv, registered=[]))
         return _Conn(lv, handle, Hints())
 
     async def subscribe(self, conn: _Conn) -> None:
-        conn.registered = await asyncio.to_thread(
-            _register, conn.lv, conn.handle, conn.hints.put, self.uri
-        )
+        conn.registered = await self._call(
+            conn, "event registration", _register, conn.hints.put, self.uri)
+
+    async def _call(self, conn: _Conn, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(lv, handle, *args)`` in a thread, watched (``what`` names its first RPC)."""
+        return await self.watchdog.call(what, fn, conn.lv, conn.handle, *args, line=conn.line)
 
     async def list_all(self, conn: _Conn) -> Objects:
         conn.hints.clear()  # hints queued before this listing are answered by it
-        inv = await asyncio.to_thread(client.read_all, conn.lv, conn.handle)
+        inv: client.Inventory = await self._call(conn, "listAllDomains", client.read_all)
         for problem in inv.problems:
             self.record_error(problem)
             log.warning("domain skipped", uri=self.uri, problem=problem)
@@ -290,9 +306,21 @@ class LibvirtSource(ServiceSource[_Conn]):
 
     async def disconnect(self, conn: _Conn) -> None:
         # Deregistering on a dead connection fails; closing frees it anyway.
-        await asyncio.to_thread(_close, conn.lv, conn.handle, conn.registered)
+        close = functools.partial(_close, conn.lv, conn.handle, conn.registered)
+        if conn.line.stuck is None:
+            await self.watchdog.call("close", close, line=conn.line)
+            return
+        # A call is stuck in it: closing now would free what that call uses. Close
+        # once it returns; libvirt's keepalive makes it return if libvirtd is stopped
+        # (the one call made on a stuck connection: it only arms a timer, no RPC).
+        self.watchdog.after(conn.line, close)
+        await self.watchdog.call("setKeepAlive", _wake, conn.lv, conn.handle)
 
     def describe(self, error: BaseException) -> Problem:
+        if isinstance(error, Stalled):
+            return Problem(f"{self.uri}: {error}",
+                           "check libvirtd (systemctl status libvirtd); namesync keeps "
+                           "the names and resyncs once it answers")
         text = f"{self.uri}: {type(error).__name__}: {error}"
         if "Permission denied" in str(error):
             return Problem(text, "run namesync as root, or let its user read libvirt's socket")
@@ -316,7 +344,8 @@ class LibvirtSource(ServiceSource[_Conn]):
 
     async def _reread_networks(self, conn: _Conn) -> None:
         inv = client.Inventory()
-        await asyncio.to_thread(client.read_networks, conn.lv, conn.handle, inv, leases=False)
+        await self._call(conn, "listAllNetworks",
+                         functools.partial(client.read_networks, leases=False), inv)
         if self._api is not None:
             self._api.bridges = inv.bridges
         if self._acks is not None:
@@ -330,7 +359,7 @@ class LibvirtSource(ServiceSource[_Conn]):
         started: list[str] = []
         for uuid in dict.fromkeys(uuids):
             try:
-                dom = await asyncio.to_thread(client.lookup_domain, conn.lv, conn.handle, uuid)
+                dom = await self._call(conn, "lookupByUUIDString", client.lookup_domain, uuid)
             except DomainXMLError as e:
                 self.record_error(f"domain {uuid}: {e}")
                 continue
@@ -353,7 +382,7 @@ class LibvirtSource(ServiceSource[_Conn]):
             dom = api.domains.get(uuid)
             if dom is None or not dom.active:
                 continue
-            found = await asyncio.to_thread(client.probe_addresses, conn.lv, conn.handle, uuid)
+            found = await self._call(conn, "interfaceAddresses", client.probe_addresses, uuid)
             if found != api.probed.get(uuid, {}):
                 api.probed[uuid] = found
                 self._publish()
@@ -550,6 +579,11 @@ def _register(lv: ModuleType, conn: Any, hint: Callable[[tuple[str, str]], None]
         conn.networkEventRegisterAny(None, lv.VIR_NETWORK_EVENT_ID_LIFECYCLE, net_cb, None),
     ))
     return registered
+
+
+def _wake(lv: ModuleType, conn: Any) -> None:
+    with contextlib.suppress(lv.libvirtError):
+        conn.setKeepAlive(STUCK_KEEPALIVE_INTERVAL_S, STUCK_KEEPALIVE_COUNT)
 
 
 def _close(lv: ModuleType, conn: Any, registered: list[tuple[str, int]]) -> None:
