@@ -235,6 +235,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
     while_down: str = "keeping the last snapshot"  # what a lost connection leaves
     _outage = _Outage()  # replaced, never mutated: a shared default is safe
     _problem: Problem | None = None  # what fails now; None while connected
+    _failing_then: str = ""  # what happens next while failing (status)
     _released_detail: str | None = None  # what status adds while released
     _woken: Path | None = None  # what ended the last release, until reconnected
     watchdog: Watchdog | None = None  # the watchdog of the hooks' blocking calls, if any
@@ -417,10 +418,10 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
             return self.health.detail
         waiting = ", ".join(s.waiting() for s in calls.stuck)
         if self.health.state == "connected":
-            note = f"an abandoned call still waits: {waiting}"
-        else:
-            note = f"{calls.service} not answering: {waiting}"
-        return "; ".join(d for d in (note, self.health.detail) if d)
+            return "; ".join(d for d in (self.health.detail,
+                                         f"an abandoned call still waits: {waiting}") if d)
+        # The stall's own wording, with the clock running, instead of its reason.
+        return f"{calls.service} not answering: {waiting}; {self._failing_then}"
 
     def _connected(self) -> None:
         self._problem = None
@@ -439,6 +440,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
     def _failed(self, problem: Problem, then: str) -> None:
         outage = self._outage
         self._problem = problem
+        self._failing_then = then
         self.record_error(str(problem))
         self.set_state("disconnected", self.failed_detail(problem, then))
         self.mark_synced()  # the daemon must not wait for a service that is down

@@ -126,10 +126,13 @@ class Watchdog:
     def _returned(self, stuck: StuckCall, future: asyncio.Future[T], line: Line | None,
                   late: Callable[[T], object] | None) -> None:
         self._stuck.remove(stuck)
-        failed = future.cancelled() or future.exception() is not None
-        log.info(f"{self.service} answered a stuck call",
-                 call=stuck.what, after_s=round(stuck.waiting_s(), 1),
-                 outcome="failed" if failed else "returned")
+        error = None if future.cancelled() else future.exception()
+        failed = future.cancelled() or error is not None
+        # Returned: the service answers again. Failed: e.g. the keepalive armed on
+        # the abandoned connection closed it (the service may still hang).
+        log.info(f"stuck {self.service} call ended", call=stuck.what,
+                 after_s=round(stuck.waiting_s(), 1),
+                 outcome=f"failed: {error}" if failed else "returned")
         work: list[Callable[[], object]] = []
         if line is not None:
             line.stuck = None
