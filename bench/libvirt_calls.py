@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import subprocess
 import sys
@@ -46,8 +47,8 @@ def _round(lv: Any, times: dict[str, list[float]]) -> None:
     inv = _timed(times, "listing (read_all)", client.read_all, lv, conn)
     uuid = next(iter(inv.domains))
     _timed(times, "lookupByUUIDString+XMLDesc", client.lookup_domain, lv, conn, uuid)
-    _timed(times, "listAllNetworks+XMLDesc", client.read_networks, lv, conn,
-           client.Inventory(), leases=False)
+    _timed(times, "listAllNetworks+XMLDesc",
+           functools.partial(client.read_networks, leases=False), lv, conn, client.Inventory())
     _timed(times, "close", conn.close)
 
 

@@ -70,6 +70,9 @@ class Line:
     """The calls on one connection: none starts while an earlier one is stuck."""
 
     stuck: StuckCall | None = None
+    # The call in flight, stuck or not: one whose caller was cancelled (a config
+    # reload, shutdown) still runs, and closing under it is as unsafe.
+    pending: asyncio.Future[Any] | None = None
     # Blocking work (closing the connection) to run in a thread once the stuck
     # call has returned: before that, libvirt may still be using the connection.
     afterwards: list[Callable[[], object]] = field(default_factory=list)
@@ -110,6 +113,9 @@ class Watchdog:
             raise Stalled(self.service, line.stuck, earlier=True)
         future = _in_thread(fn, *args)
         started = time.monotonic()
+        if line is not None:
+            line.pending = future
+            future.add_done_callback(lambda f: self._free(line, f))
         done, _ = await asyncio.wait((future,), timeout=self.bound_s)
         if done or self.bound_s is None:
             return await future
@@ -145,9 +151,22 @@ class Watchdog:
         if self._settled is not None and not self._settled.done():
             self._settled.set_result(None)
 
+    def _free(self, line: Line, future: asyncio.Future[Any]) -> None:
+        if line.pending is future:
+            line.pending = None
+        if line.stuck is None:  # else _returned, called next, runs them
+            work, line.afterwards = line.afterwards, []
+            for job in work:
+                self._spawn(job)
+
+    @staticmethod
+    def idle(line: Line) -> bool:
+        """No call in flight on ``line``: a new one may start (and close it)."""
+        return line.stuck is None and (line.pending is None or line.pending.done())
+
     def after(self, line: Line, job: Callable[[], object]) -> None:
-        """Run ``job`` in a thread once ``line`` is not stuck (now, if it is not)."""
-        if line.stuck is None:
+        """Run ``job`` in a thread once ``line`` has no call in flight (now, if it has none)."""
+        if self.idle(line):
             self._spawn(job)
         else:
             line.afterwards.append(job)

@@ -133,6 +133,24 @@ def test_a_late_result_is_handed_to_late_and_a_late_failure_is_logged_not_raised
     run(body)
 
 
+def test_a_call_whose_caller_was_cancelled_still_holds_its_line_until_it_returns() -> None:
+    async def body() -> None:
+        dog, line, hang = Watchdog("svc", 5.0), Line(), Hang()
+        call = asyncio.create_task(dog.call("list", hang, line=line))
+        await until(lambda: hang.started, "the call started")
+        await cancel(call)  # e.g. a config reload: the thread cannot be stopped
+        assert not dog.idle(line) and dog.stuck == ()  # in flight, not stuck
+        closed = threading.Event()
+        dog.after(line, closed.set)  # closing under a running call would be unsafe
+        await asyncio.sleep(BOUND_S)
+        assert not closed.is_set()
+        hang.go.set()
+        await until(closed.is_set, "the close once the call returned")
+        assert dog.idle(line)
+
+    run(body)
+
+
 def test_settled_waits_while_max_stuck_calls_are_stuck_and_wakes_when_one_returns() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()

@@ -21,6 +21,11 @@ After ``release_idle_s`` without an event the connection is released (libvirtd
 would ping it every 5 s for ever) and libvirt's state and config directories
 are watched instead (release.py); the first change there reconnects, lists
 and follows again. A domain whose address comes from probing keeps it.
+
+Every blocking call goes through ``self.watchdog`` (sources/watchdog.py): a
+libvirtd that hangs without closing its socket is reported after
+``call_timeout_s``, its connection abandoned and closed once the stuck call
+returns, and the source reconnects; the names stay meanwhile.
 """
 
 from __future__ import annotations
@@ -307,14 +312,16 @@ class LibvirtSource(ServiceSource[_Conn]):
     async def disconnect(self, conn: _Conn) -> None:
         # Deregistering on a dead connection fails; closing frees it anyway.
         close = functools.partial(_close, conn.lv, conn.handle, conn.registered)
-        if conn.line.stuck is None:
+        if self.watchdog.idle(conn.line):
             await self.watchdog.call("close", close, line=conn.line)
             return
-        # A call is stuck in it: closing now would free what that call uses. Close
-        # once it returns; libvirt's keepalive makes it return if libvirtd is stopped
-        # (the one call made on a stuck connection: it only arms a timer, no RPC).
+        # A call is in flight (stuck, or its caller cancelled): closing now would free
+        # what that call uses. Close once it returns; libvirt's keepalive makes a stuck
+        # one return if libvirtd is stopped (the one call made on a stuck connection:
+        # it only arms a timer, no RPC).
         self.watchdog.after(conn.line, close)
-        await self.watchdog.call("setKeepAlive", _wake, conn.lv, conn.handle)
+        if conn.line.stuck is not None:
+            await self.watchdog.call("setKeepAlive", _wake, conn.lv, conn.handle)
 
     def describe(self, error: BaseException) -> Problem:
         if isinstance(error, Stalled):
