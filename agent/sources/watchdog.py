@@ -44,9 +44,16 @@ MAX_STUCK = 2
 class StuckCall:
     """A call that has not returned within its bound (it may still, any time)."""
 
-    what: str  # e.g. "listAllDomains"
+    label: str  # what the caller called it, e.g. "listAllDomains"
     started: float  # time.monotonic()
     bound_s: float
+    line: Line | None = None
+
+    @property
+    def what(self) -> str:
+        """The RPC it waits in now, where the line is told (``Line.doing``), else its label."""
+        doing = None if self.line is None else self.line.doing
+        return doing or self.label
 
     def waiting_s(self) -> float:
         return time.monotonic() - self.started
@@ -73,6 +80,9 @@ class Line:
     # The call in flight, stuck or not: one whose caller was cancelled (a config
     # reload, shutdown) still runs, and closing under it is as unsafe.
     pending: asyncio.Future[Any] | None = None
+    # Which RPC the call in flight is in, set by the worker thread (a plain str
+    # store) where the caller traces it (libvirt/traced.py); None: just the label.
+    doing: str | None = None
     # Blocking work (closing the connection) to run in a thread once the stuck
     # call has returned: before that, libvirt may still be using the connection.
     afterwards: list[Callable[[], object]] = field(default_factory=list)
@@ -111,6 +121,8 @@ class Watchdog:
         (in a thread, e.g. to close a connection opened too late)."""
         if line is not None and line.stuck is not None:
             raise Stalled(self.service, line.stuck, earlier=True)
+        if line is not None:
+            line.doing = None
         future = _in_thread(fn, *args)
         started = time.monotonic()
         if line is not None:
@@ -119,7 +131,7 @@ class Watchdog:
         done, _ = await asyncio.wait((future,), timeout=self.bound_s)
         if done or self.bound_s is None:
             return await future
-        stuck = StuckCall(what, started, self.bound_s)
+        stuck = StuckCall(what, started, self.bound_s, line)
         self._stuck.append(stuck)
         if line is not None:
             line.stuck = stuck

@@ -63,6 +63,7 @@ from agent.sources.libvirt.records import (
     unsuperseded,
 )
 from agent.sources.libvirt.release import release_dirs
+from agent.sources.libvirt.traced import Traced
 from agent.sources.lifecycle import Awaited, Hints, Idle, Problem, Unavailable
 from agent.sources.parsed_dir import DirView, FileFormat, ParsedDir
 from agent.sources.watchdog import Line, Stalled, Watchdog
@@ -242,8 +243,10 @@ class LibvirtSource(ServiceSource[_Conn]):
             conn, "event registration", _register, conn.hints.put, self.uri)
 
     async def _call(self, conn: _Conn, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(lv, handle, *args)`` in a thread, watched (``what`` names its first RPC)."""
-        return await self.watchdog.call(what, fn, conn.lv, conn.handle, *args, line=conn.line)
+        """``fn(lv, handle, *args)`` in a thread, watched; ``what`` names its first RPC
+        (status names the one it waits in: traced.py)."""
+        return await self.watchdog.call(what, fn, conn.lv, Traced(conn.handle, conn.line),
+                                        *args, line=conn.line)
 
     async def list_all(self, conn: _Conn) -> Objects:
         conn.hints.clear()  # hints queued before this listing are answered by it
