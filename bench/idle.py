@@ -52,6 +52,19 @@ def switches(pid: int) -> int:
     return total
 
 
+def quiescent(pid: int, quiet_s: float = 1.0, timeout: float = 30.0) -> int:
+    """The context switches of ``pid`` once a ``quiet_s`` span passes without one."""
+    deadline = time.monotonic() + timeout
+    last = switches(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = switches(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def _libvirtd(root: Path, stack: contextlib.ExitStack, config: str) -> str:
     from tests.harness.libvirt import Libvirtd
 
@@ -136,7 +149,9 @@ def main() -> int:
                       interval=0.2, what="the idle libvirt connection released")
             sources = {s["name"]: s["detail"] for s in agent.status()["sources"]}
             nm = agent.status()["networkmanager"]
-            before = switches(pid)
+            # The agent answers those queries and then sees each client hang up: the
+            # window starts once its threads are back asleep, not while it closes them.
+            before = quiescent(pid)
             if os.environ.get("IDLE_STRACE"):  # where the wakeups come from, if any
                 subprocess.run(["timeout", str(window), "strace", "-f", "-tt", "-p", str(pid),
                                 "-o", os.environ["IDLE_STRACE"]])
