@@ -32,8 +32,8 @@ default config (/run/namesync): on a disk, its two fsyncs alone measured
 ``--paired`` also times, per guest, the DHCPACK libvirt's dnsmasq sends on
 the bridge (a packet socket of the bench's own, as the agent's DHCPACK trigger
 reads it), and ``--trigger off|on|both`` runs it with ``[libvirt]
-dhcp_trigger`` off (the lease file alone: the "before"), on (the default), or
-both one after the other in the same run.
+dhcp_trigger`` off (the lease file alone: the "before", and the config's
+default), on, or both one after the other in the same run.
 
 ``--timeline`` shows where libvirt's head start comes from, per guest, in ms
 after libvirt's own dnsmasq answers the guest's name: when the lease helper
@@ -309,8 +309,8 @@ def main() -> int:
                    help="where libvirt's head start comes from (see above)")
     p.add_argument("--busy", type=int, default=0, help="busy loops to run meanwhile")
     p.add_argument("--trigger", choices=("on", "off", "both"), default="on",
-                   help="with --paired: [libvirt] dhcp_trigger on (default), off, or "
-                        "off then on in the same run")
+                   help="with --paired: [libvirt] dhcp_trigger on (this default; the "
+                        "config's is off), off, or off then on in the same run")
     args = p.parse_args()
     if not isolate("libvirt_latency", ("dnsmasq", "libvirtd", "virtlogd", "busybox")):
         return 2

@@ -303,13 +303,20 @@ class LibvirtConfig:
         "Where libvirt's per-network dnsmasq writes <bridge>.status lease files.",
     )
     dhcp_trigger: bool = setting(
-        True,
+        False,
         BOOL,
         "Publish a lease the moment libvirt's dnsmasq sends its DHCPACK on the network's "
         "bridge (15-90 ms before the lease file is written), provisionally until the "
-        "lease file confirms it (withdrawn if it does not within 5 s). Only frames the "
-        "host itself sent count, never a guest's. Needs CAP_NET_RAW; without it the lease "
-        "files alone publish and status says why.",
+        "lease file confirms it (withdrawn if it does not within 5 s). Off by default: "
+        "the kernel cannot tell libvirt's dnsmasq from another sender of UDP 67 -> 68 "
+        "frames leaving the bridge from the host, so do NOT turn it on where a "
+        "MASQUERADE rule NATs other subnets out of a libvirt bridge (Podman/netavark, "
+        "Docker or a VPN on the same host: a guest's or container's datagram then leaves "
+        "as the host's) or where untrusted users may bind port 67 "
+        "(CAP_NET_BIND_SERVICE, net.ipv4.ip_unprivileged_port_start=0). Off, leases "
+        "publish from the lease file, +15-25 ms behind libvirt's dnsmasq on a quiet "
+        "machine, more when loaded. Needs CAP_NET_RAW; without it the lease files alone "
+        "publish and status says why.",
     )
     release_idle_s: int = setting(
         10,

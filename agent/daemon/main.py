@@ -30,8 +30,9 @@ addn-hosts file and a managed block of a hosts file, and reload dnsmasq the
 moment they change. Runs in the foreground (systemd style).
 
 sources: libvirt domains (<domain>.dns.libvirt, from lifecycle events and DHCP
-leases, sped up by the DHCPACKs libvirt's dnsmasq sends: [libvirt]
-dhcp_trigger), Podman containers (<name>.dns.podman, from the event stream and
+leases; [libvirt] dhcp_trigger, off by default and unsafe where other subnets
+are masqueraded out of a libvirt bridge, publishes from libvirt's DHCPACKs
+sooner), Podman containers (<name>.dns.podman, from the event stream and
 netavark's files), the host's own addresses (host.dns.host, over netlink) and
 [[static]] records from the config file.
 

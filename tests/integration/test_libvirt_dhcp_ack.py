@@ -5,6 +5,7 @@ a veth port, as a guest would (tests/harness/dhcp.py)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
@@ -25,8 +26,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
 
 @pytest.fixture
 def watch_lxc(write_config: Callable[..., None]) -> Callable[..., None]:
-    def configure(extra: str = "") -> None:
-        write_config(libvirt='uris = ["lxc:///system"]\n' + extra)
+    """The trigger is off by default (review F2/F3): these tests turn it on, except
+    where ``trigger=None`` leaves the default."""
+    def configure(extra: str = "", trigger: bool | None = True) -> None:
+        on = "" if trigger is None else f"dhcp_trigger = {str(trigger).lower()}\n"
+        write_config(libvirt='uris = ["lxc:///system"]\n' + on + extra)
     return configure
 
 
@@ -80,7 +84,10 @@ def test_without_the_file_the_ack_alone_publishes_then_is_withdrawn_and_forgerie
           timeout=5, what="the withdrawals logged")
 
     net = libvirt_network.subnet
-    forged_ip, wrong_src_ip, control_ip = (str(net.network_address + n) for n in (250, 251, 252))
+    # In the network's DHCP range (an ACK outside it is refused), not A's or B's.
+    lo, hi = (ipaddress.IPv4Address(a) for a in libvirt_network.range)
+    free = [str(a) for a in net.hosts() if lo <= a <= hi and str(a) not in (ip_a, ip_b)]
+    forged_ip, wrong_src_ip, control_ip = free[-3:]
     capture = dhcp.Capture(bridge)
     try:
         with dhcp.port_on(bridge, f"nsfk{os.getpid() % 10000}") as port:
@@ -109,10 +116,13 @@ def test_without_the_file_the_ack_alone_publishes_then_is_withdrawn_and_forgerie
     assert wrong_src_ip not in dnsmasq.addn_hosts.read_text()
 
 
-def test_with_the_trigger_off_status_says_so_and_the_file_still_publishes(
+def test_the_trigger_is_off_by_default_status_says_so_and_the_file_still_publishes(
         libvirtd: Libvirtd, libvirt_network: Network, dnsmasq: Dnsmasq, agent: Agent,
         watch_lxc: Callable[..., None]) -> None:
-    watch_lxc("dhcp_trigger = false\n")
+    """Off by default (review F2/F3: a guest's datagram masqueraded out of the bridge,
+    or a local process on port 67, leaves it as the host's; the kernel cannot tell
+    libvirt's dnsmasq from them). No packet socket is opened; the file publishes."""
+    watch_lxc(trigger=None)
     agent.start()
     guest = libvirtd.guest("fileonly", [libvirt_network])
     ip = guest.wait_for_lease()

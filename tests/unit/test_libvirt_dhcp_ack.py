@@ -18,10 +18,14 @@ import pytest
 
 from agent.sources.libvirt.dhcp_ack import (
     ETH_P_IP,
+    OPT_LEASE_TIME,
     PACKET_OUTGOING,
     SNAP_BYTES,
     Ack,
+    Pool,
     Refused,
+    _options,
+    dhcp_pool,
     dhcp_servers,
     filter_bytes,
     parse_ack,
@@ -153,6 +157,38 @@ def test_a_nak_and_the_ack_of_an_inform_grant_nothing() -> None:
     assert parse_ack(with_dhcp(ACK, 16, bytes(4)), PACKET_OUTGOING, SERVERS) is None
 
 
+def test_the_ack_dnsmasq_really_sent_to_a_guest_s_inform_grants_nothing() -> None:
+    """Review F1: dnsmasq answers a DHCPINFORM with a type-5 ACK that keeps the
+    guest's own yiaddr and chaddr (a victim's MAC, an address of its choice) and
+    has no lease time: taken as an infinite lease, it published that address."""
+    inform = frame("inform_ack")
+    opts = _options(inform[28:])
+    assert opts[53] == b"\x05" and OPT_LEASE_TIME not in opts
+    assert inform[28 + 12:28 + 16] != bytes(4)  # ciaddr: the guest's own
+    assert inform[28 + 16:28 + 20] == IPv4Address("10.213.0.66").packed  # as it asked
+    assert parse_ack(inform, PACKET_OUTGOING, SERVERS) is None
+
+
+def without_lease_time(packet: bytes) -> bytes:
+    at = packet.index(bytes.fromhex("330400000e10"), options_at(packet))
+    return packet[:at] + packet[at + 6:] + bytes(6)  # padding keeps the lengths
+
+
+def test_an_ack_without_a_4_byte_lease_time_grants_nothing() -> None:
+    assert parse_ack(without_lease_time(ACK), PACKET_OUTGOING, SERVERS) is None
+    at = ACK.index(bytes.fromhex("330400000e10"), options_at(ACK))
+    short = ACK[:at] + bytes.fromhex("3302000e") + bytes(2) + ACK[at + 6:]
+    assert parse_ack(short, PACKET_OUTGOING, SERVERS) is None
+
+
+def test_a_ciaddr_other_than_0_or_yiaddr_grants_nothing() -> None:
+    other = with_dhcp(ACK, 12, IPv4Address("10.213.0.30").packed)
+    assert parse_ack(other, PACKET_OUTGOING, SERVERS) is None
+    renewal = with_dhcp(ACK, 12, IPv4Address("10.213.0.173").packed)  # ciaddr == yiaddr
+    assert parse_ack(renewal, PACKET_OUTGOING, SERVERS) == Ack(
+        MAC, IPv4Address("10.213.0.173"), 3600)
+
+
 @pytest.mark.parametrize("yiaddr", ["10.213.1.5", "10.213.0.0", "10.213.0.255", "10.213.0.1"])
 def test_an_address_that_is_no_client_s_of_the_network_is_refused(yiaddr: str) -> None:
     packet = with_dhcp(ACK, 16, IPv4Address(yiaddr).packed)
@@ -196,6 +232,23 @@ def test_dhcp_servers_from_the_network_xml() -> None:
       <ip address='bogus' prefix='24'><dhcp/></ip></network>"""
     assert dhcp_servers(xml) == (IPv4Interface("10.213.0.1/24"),)
     assert dhcp_servers("<network") == ()
+
+
+def test_the_dhcp_pool_is_the_ranges_and_hosts_of_the_network_xml() -> None:
+    xml = """<network><name>n</name>
+      <ip address='10.213.0.1' netmask='255.255.255.0'><dhcp>
+        <range start='10.213.0.100' end='10.213.0.199'/>
+        <host mac='52:54:00:00:00:01' ip='10.213.0.20'/><host name='x' ip='bogus'/>
+      </dhcp></ip>
+      <ip family='ipv6' address='fd00::1' prefix='64'><dhcp>
+        <range start='fd00::100' end='fd00::1ff'/></dhcp></ip></network>"""
+    pool = dhcp_pool(xml)
+    assert pool == Pool(((IPv4Address("10.213.0.100"), IPv4Address("10.213.0.199")),),
+                        frozenset({IPv4Address("10.213.0.20")}))
+    admitted = [a for a in ("10.213.0.99", "10.213.0.100", "10.213.0.199", "10.213.0.200",
+                            "10.213.0.20", "10.213.0.21") if pool.admits(IPv4Address(a))]
+    assert admitted == ["10.213.0.100", "10.213.0.199", "10.213.0.20"]
+    assert dhcp_pool("<network") == Pool() and not Pool().admits(IPv4Address("10.0.0.1"))
 
 
 # --- the kernel filter, interpreted ---------------------------------------------------

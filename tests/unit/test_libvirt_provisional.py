@@ -5,6 +5,7 @@ socket would, the socket itself is tests/integration/test_libvirt_dhcp_ack.py)."
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from ipaddress import IPv4Address, IPv4Interface, ip_address
 from pathlib import Path
@@ -99,12 +100,17 @@ def ack(address: str, mac: str = MAC) -> Ack:
 def test_an_ack_publishes_at_once_and_the_file_then_takes_over(
         tmp_path: Path, no_sockets: list[dict[str, Any]]) -> None:
     async def body() -> None:
-        r = await start(tmp_path)
+        r = await start(tmp_path, dhcp_trigger=True)
         # The bridge of test:///default's network and its DHCP address, from its XML.
         assert no_sockets[-1] == {"virbr0": (IPv4Interface("192.168.122.1/24"),)}
         await until(lambda: r.sink.names() == {"test.dns.libvirt": ["192.168.122.3"]}, "ARP")
+        before = r.sink.replaced
         r.source._on_ack("virbr0", ack("192.168.122.50"))
-        # Synchronously: the ACK is the next thing published, no libvirt call between.
+        r.source._on_ack("virbr0", ack("192.168.122.50"))  # the same grant again
+        # At the loop's next turn: the ACK is the next thing published, once, with no
+        # libvirt call between.
+        await until(lambda: r.sink.replaced > before, "published")
+        assert r.sink.replaced == before + 1
         assert r.sink.names() == {"test.dns.libvirt": ["192.168.122.50"]}
         write_leases(tmp_path, "virbr0", [lease("192.168.122.50")])
         await until(lambda: len(r.source._provisional) == 0, "confirmed by the file")
@@ -116,7 +122,7 @@ def test_an_ack_publishes_at_once_and_the_file_then_takes_over(
 def test_an_ack_for_a_mac_no_domain_has_publishes_nothing(
         tmp_path: Path, no_sockets: list[dict[str, Any]]) -> None:
     async def body() -> None:
-        r = await start(tmp_path)
+        r = await start(tmp_path, dhcp_trigger=True)
         await until(lambda: r.sink.names() == {"test.dns.libvirt": ["192.168.122.3"]}, "ARP")
         before = r.sink.replaced
         r.source._on_ack("virbr0", ack("192.168.122.51", mac="52:54:00:99:99:99"))
@@ -133,31 +139,61 @@ def test_an_ack_for_a_mac_no_domain_has_publishes_nothing(
 
 
 def test_an_ack_for_a_nic_not_known_yet_counts_once_it_is_known() -> None:
-    # The source's ``wanted``: a NIC of a known domain on that bridge. An ACK that came
-    # before its domain was listed waits (its few seconds) instead of being lost.
+    # ``known``: (bridge, MAC) of the known domains' NICs. An ACK that came before its
+    # domain was listed waits (its few seconds) instead of being lost.
     p = Provisional(confirm_s=5)
+    assert p.add(mk("10.0.0.5"), now=100, ours=False) is False
+    known: set[tuple[str, str]] = set()
+    merged, _ = p.merge([], now=101, wall=WALL, known=known)
+    assert merged == [] and len(p) == 0 and p.foreign() == 1
+    assert p.next_deadline() is None  # a foreign entry wakes nothing
+    known.add(("virbr0", MAC))
+    merged, _ = p.merge([], now=102, wall=WALL, known=known)
+    assert merged == [mk("10.0.0.5")] and len(p) == 1 and p.next_deadline() == 105
+
+
+def test_a_foreign_ack_waits_only_its_few_seconds() -> None:
+    p = Provisional(confirm_s=5)
+    p.add(mk("10.0.0.5"), now=100, ours=False)
+    p.merge([], now=105, wall=WALL, known=set())
+    assert p.foreign() == 0
+    merged, _ = p.merge([], now=106, wall=WALL, known={("virbr0", MAC)})
+    assert merged == []
+
+
+def test_a_flood_of_foreign_acks_never_displaces_ours_nor_arms_the_timer() -> None:
+    """Review F4: a guest's DHCP flood (a made-up MAC per request) filled the one cap
+    and evicted our own entries first; each entry then armed the withdrawal timer."""
+    p = Provisional(confirm_s=5, foreign_limit=8)
     p.add(mk("10.0.0.5"), now=100)
-    known: set[str] = set()
-    merged, _ = p.merge([], now=101, wall=WALL, wanted=lambda x: x.mac in known)
-    assert merged == [] and len(p) == 1
-    known.add(MAC)
-    merged, _ = p.merge([], now=102, wall=WALL, wanted=lambda x: x.mac in known)
+    for i in range(10_000):
+        p.add(mk(f"10.0.{i // 250}.{i % 250}", mac=f"02:00:00:00:{i // 256:02x}:{i % 256:02x}"),
+              now=100 + i / 10_000, ours=False)
+    assert p.foreign() == 8 and len(p) == 1 and p.next_deadline() == 105
+    for i in range(3):
+        p.add(mk("10.9.0.1", mac=f"02:00:00:00:00:{i:02x}", bridge=f"br{i}"), now=101,
+              ours=False)
+    assert p.foreign() == 11  # per bridge: one guest's flood fills its own bucket only
+    merged, _ = p.merge([], now=101, wall=WALL, known={("virbr0", MAC)})
     assert merged == [mk("10.0.0.5")]
 
 
-def test_a_flood_of_acks_keeps_only_the_latest() -> None:
-    p = Provisional(confirm_s=5, limit=3)
-    for i in range(10):
-        p.add(mk(f"10.0.0.{i}", mac=f"52:54:00:00:00:{i:02x}"), now=100 + i)
-    merged, _ = p.merge([], now=110, wall=WALL)
-    assert [str(x.address) for x in merged] == ["10.0.0.7", "10.0.0.8", "10.0.0.9"]
+def test_an_address_a_live_file_lease_gives_another_nic_is_not_published() -> None:
+    p = Provisional(confirm_s=5)
+    p.add(mk("10.0.0.5"), now=100)
+    theirs = mk("10.0.0.5", mac="52:54:00:00:00:09", expiry=int(WALL) + 60)
+    merged, _ = p.merge([theirs], now=101, wall=WALL)
+    assert merged == [theirs]
+    expired = mk("10.0.0.5", mac="52:54:00:00:00:09", expiry=int(WALL) - 60)
+    merged, _ = p.merge([expired], now=101, wall=WALL)
+    assert merged == [expired, mk("10.0.0.5")]
 
 
 def test_the_file_wins_and_an_unconfirmed_ack_is_withdrawn(
         tmp_path: Path, no_sockets: list[dict[str, Any]]) -> None:
     async def body() -> None:
         write_leases(tmp_path, "virbr0", [lease("192.168.122.5")])
-        r = await start(tmp_path)
+        r = await start(tmp_path, dhcp_trigger=True)
         r.source._provisional.confirm_s = 0.3
         await until(lambda: r.sink.names() == {"test.dns.libvirt": ["192.168.122.5"]}, "file")
         r.source._on_ack("virbr0", ack("192.168.122.60"))
@@ -170,6 +206,24 @@ def test_the_file_wins_and_an_unconfirmed_ack_is_withdrawn(
                     "withdrawn, unconfirmed", within=3)
         assert time.monotonic() - t0 < 2
         assert len(r.source._provisional) == 0
+        await stop(r)
+    run(body)
+
+
+def test_the_trigger_is_off_by_default_and_status_says_so(
+        tmp_path: Path, no_sockets: list[dict[str, Any]]) -> None:
+    """Review F2/F3: frames leaving the bridge from the host may be a guest's NATed by a
+    MASQUERADE rule, or a local process's on port 67; nothing tells them from libvirt's
+    dnsmasq yet, so by default no ACK is read and the lease file alone publishes."""
+    from agent.config.schema import LibvirtConfig
+
+    assert LibvirtConfig().dhcp_trigger is False
+
+    async def body() -> None:
+        r = await start(tmp_path)
+        await until(lambda: "DHCPACK trigger off ([libvirt] dhcp_trigger = false)"
+                    in (r.source.health.detail or ""), "status")
+        assert r.source._acks is None and no_sockets == []  # no packet socket at all
         await stop(r)
     run(body)
 
@@ -195,8 +249,39 @@ def test_status_says_why_a_bridge_is_not_followed(tmp_path: Path,
     monkeypatch.setattr("agent.sources.libvirt.dhcp_ack.open_socket", refuse)
 
     async def body() -> None:
-        r = await start(tmp_path)
+        r = await start(tmp_path, dhcp_trigger=True)
         await until(lambda: "DHCPACK trigger off: no CAP_NET_RAW (Operation not permitted)"
                     in (r.source.health.detail or ""), "status")
+        await stop(r)
+    run(body)
+
+
+def test_a_flood_and_acks_that_are_not_libvirt_s_decision_publish_nothing(
+        tmp_path: Path, no_sockets: list[dict[str, Any]]) -> None:
+    """Review F1/F4 in the source: 5000 ACKs for made-up MACs (a guest's DHCP flood),
+    an ACK giving our NIC an address the lease file gives another NIC, and one for an
+    address outside the network's DHCP range: none publishes, none arms the timer;
+    our own ACK after them publishes once."""
+    other = dict(lease("192.168.122.5"), **{"mac-address": "52:54:00:00:00:09"})
+    write_leases(tmp_path, "virbr0", [other])
+
+    async def body() -> None:
+        r = await start(tmp_path, dhcp_trigger=True)
+        await until(lambda: r.sink.names() == {"test.dns.libvirt": ["192.168.122.3"]}, "ARP")
+        before = r.sink.replaced
+        for i in range(5000):
+            r.source._on_ack("virbr0", ack(f"192.168.122.{10 + i % 200}",
+                                           mac=f"02:00:00:00:{i // 256:02x}:{i % 256:02x}"))
+        r.source._on_ack("virbr0", ack("192.168.122.5"))  # the file's, for another MAC
+        r.source._pools["virbr0"] = dataclasses.replace(
+            r.source._pools["virbr0"],
+            ranges=((IPv4Address("192.168.122.2"), IPv4Address("192.168.122.199")),))
+        r.source._on_ack("virbr0", ack("192.168.122.230"))  # outside that range
+        assert r.source._withdraw is None and r.source._soon is None
+        assert r.source._provisional.foreign() <= 64 and len(r.source._provisional) == 0
+        r.source._on_ack("virbr0", ack("192.168.122.77"))  # ours, in range: publishes
+        await until(lambda: r.sink.names() == {"test.dns.libvirt": ["192.168.122.77"]}, "ours")
+        assert r.sink.replaced == before + 1
+        assert "2 ACKs refused" in (r.source.health.detail or "")
         await stop(r)
     run(body)

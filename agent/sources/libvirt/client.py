@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from agent.model.record import Address, AddressError, parse_address
-from agent.sources.libvirt.dhcp_ack import dhcp_servers
+from agent.sources.libvirt.dhcp_ack import Pool, dhcp_pool, dhcp_servers
 from agent.sources.libvirt.domain_xml import Domain, DomainXMLError, normalise_mac, parse_domain
 from agent.sources.libvirt.leases import Lease, from_dhcp_leases
 
@@ -28,6 +28,8 @@ class Inventory:
     dhcp: dict[str, list[Lease]] = field(default_factory=dict)
     # bridge -> its DHCP server addresses (active networks only): the DHCPACK trigger
     servers: dict[str, tuple[IPv4Interface, ...]] = field(default_factory=dict)
+    # bridge -> the addresses its DHCP may hand out (an ACK for another is refused)
+    pools: dict[str, Pool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -65,7 +67,9 @@ def read_networks(lv: Any, conn: Any, inv: Inventory, *, leases: bool) -> None:
             bridge = inv.bridges[name] = net.bridgeName()
             if not net.isActive():
                 continue
-            inv.servers[bridge] = dhcp_servers(net.XMLDesc(0))
+            xml = net.XMLDesc(0)
+            inv.servers[bridge] = dhcp_servers(xml)
+            inv.pools[bridge] = dhcp_pool(xml)
             if leases:
                 for iface, found in from_dhcp_leases(net.DHCPLeases()).items():
                     inv.dhcp.setdefault(iface, []).extend(found)

@@ -69,7 +69,7 @@ class Refused(ValueError):
 class Ack:
     mac: str  # chaddr, lowercase colon form
     address: IPv4Address  # yiaddr
-    lease_s: int | None  # option 51; None: infinite or not given
+    lease_s: int | None  # option 51; None: infinite (an ACK without one grants nothing)
 
 
 # --- the kernel's filter ------------------------------------------------------------
@@ -195,7 +195,7 @@ def _options(msg: bytes) -> dict[int, bytes]:
 
 
 def _lease_s(raw: bytes | None) -> int | None:
-    if raw is None or len(raw) != 4:
+    if raw is None:
         return None
     value = int.from_bytes(raw, "big")
     return None if value == INFINITE_LEASE else value
@@ -209,6 +209,17 @@ def _bootp_reply(msg: bytes) -> dict[int, bytes]:
         raise Refused(f"not an Ethernet BOOTP reply (op {msg[0]}, htype {msg[1]}, "
                       f"hlen {msg[2]})")
     return _options(msg)
+
+
+def _grants(msg: bytes, lease_time: bytes | None) -> bool:
+    """Whether an ACK grants a lease. dnsmasq answers a DHCPINFORM with a type-5 ACK
+    that keeps the guest's own yiaddr and chaddr but has no lease time: it grants
+    nothing, and what it says is the guest's word (issue 11, review F1). A renewal
+    has ciaddr == yiaddr; an INFORM's ACK another ciaddr."""
+    if lease_time is None or len(lease_time) != 4:
+        return False
+    ciaddr, yiaddr = msg[12:16], msg[16:20]
+    return yiaddr != bytes(4) and ciaddr in (bytes(4), yiaddr)
 
 
 def parse_ack(packet: bytes, pkttype: int, servers: Collection[IPv4Interface]) -> Ack | None:
@@ -230,14 +241,15 @@ def parse_ack(packet: bytes, pkttype: int, servers: Collection[IPv4Interface]) -
     if server_id is None or len(server_id) != 4 or IPv4Address(server_id) != server.ip:
         raise Refused("server identifier is not the bridge's address")
     address = IPv4Address(msg[16:20])
-    if address.packed == bytes(4):
-        return None  # the ACK of a DHCPINFORM: no lease
+    lease_time = opts.get(OPT_LEASE_TIME)
+    if not _grants(msg, lease_time):
+        return None
     net = server.network
     if address not in net or address in (net.network_address, net.broadcast_address,
                                          server.ip):
         raise Refused(f"address {address} is not a client address of {net}")
     mac = ":".join(f"{b:02x}" for b in msg[28:34])
-    return Ack(mac, address, _lease_s(opts.get(OPT_LEASE_TIME)))
+    return Ack(mac, address, _lease_s(lease_time))
 
 
 def dhcp_servers(xml: str) -> tuple[IPv4Interface, ...]:
@@ -258,6 +270,46 @@ def dhcp_servers(xml: str) -> tuple[IPv4Interface, ...]:
         except ValueError:
             continue
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """The IPv4 addresses a network's dnsmasq may hand out: its DHCP ``<range>``s
+    and ``<host>`` entries. An ACK for anything else was not libvirt's decision."""
+
+    ranges: tuple[tuple[IPv4Address, IPv4Address], ...] = ()
+    hosts: frozenset[IPv4Address] = frozenset()
+
+    def admits(self, address: IPv4Address) -> bool:
+        return address in self.hosts or any(lo <= address <= hi for lo, hi in self.ranges)
+
+
+def _addr(text: str | None) -> IPv4Address | None:
+    try:
+        return IPv4Address(text or "")
+    except ValueError:
+        return None
+
+
+def dhcp_pool(xml: str) -> Pool:
+    """A network XML's IPv4 DHCP ranges and host addresses (nothing if unreadable)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return Pool()
+    ranges: list[tuple[IPv4Address, IPv4Address]] = []
+    hosts: set[IPv4Address] = set()
+    for ip in root.findall("ip"):
+        if ip.get("family", "ipv4") != "ipv4":
+            continue
+        for r in ip.findall("dhcp/range"):
+            lo, hi = _addr(r.get("start")), _addr(r.get("end"))
+            if lo is not None and hi is not None:
+                ranges.append((lo, hi))
+        hosts.update(a for h in ip.findall("dhcp/host") if (a := _addr(h.get("ip"))))
+    return Pool(tuple(ranges), frozenset(hosts))
 
 
 # --- the sockets, on the loop ---------------------------------------------------------

@@ -267,9 +267,14 @@ def unsuperseded(probed: Probed, domains: Mapping[str, Domain], bridges: Mapping
     return out
 
 
-def nic_on(domains: Iterable[Domain], bridges: Mapping[str, str], bridge: str,
-           mac: str) -> bool:
-    """Whether a known domain has a NIC with ``mac`` on ``bridge`` (running or not:
-    an ACK may come before the domain's STARTED event has been read)."""
-    return any(nic.mac == mac and nic_bridge(nic, bridges) == bridge
-               for dom in domains for nic in dom.nics)
+def known_nics(domains: Iterable[Domain], bridges: Mapping[str, str],
+               ) -> frozenset[tuple[str, str]]:
+    """(bridge, MAC) of every known domain's NIC (running or not: an ACK may come
+    before the domain's STARTED event has been read)."""
+    out: set[tuple[str, str]] = set()
+    for dom in domains:
+        for nic in dom.nics:
+            bridge = nic_bridge(nic, bridges)
+            if bridge is not None and nic.mac is not None:
+                out.add((bridge, nic.mac))
+    return frozenset(out)

@@ -49,16 +49,16 @@ from agent.config.schema import Config, LibvirtConfig
 from agent.model.record import Address
 from agent.sources.base import Objects, ServiceSource, Source
 from agent.sources.libvirt import client
-from agent.sources.libvirt.dhcp_ack import Ack, AckTrigger
+from agent.sources.libvirt.dhcp_ack import Ack, AckTrigger, Pool
 from agent.sources.libvirt.domain_xml import Domain, DomainXMLError
 from agent.sources.libvirt.leases import Lease, LeaseFile, bridge_of, parse_status
 from agent.sources.libvirt.provisional import Provisional
 from agent.sources.libvirt.records import (
     Naming,
+    known_nics,
     leased_nics,
     needs_probe,
     next_expiry,
-    nic_on,
     snapshot,
     unsuperseded,
 )
@@ -192,6 +192,12 @@ class LibvirtSource(ServiceSource[_Conn]):
         self._acks = AckTrigger(self._on_ack) if config.dhcp_trigger else None
         self._provisional = Provisional()
         self._withdraw: asyncio.TimerHandle | None = None
+        self._pools: dict[str, Pool] = {}  # bridge -> what its DHCP may hand out
+        self._acks_refused = 0  # host-sent ACKs that were not libvirt's decision
+        # (bridge, MAC) of every known domain's NIC, as of the last build: an ACK is
+        # checked against it in O(1), whatever a guest's flood holds (review F4).
+        self._known: frozenset[tuple[str, str]] = frozenset()
+        self._soon: asyncio.Handle | None = None  # one publish for a burst of ACKs
         self._hints: Hints[tuple[str, str]] | None = None  # while following
         self._kept: str | None = None  # why the connection is not released now
         # Every blocking libvirt call goes through it: a hung libvirtd is said (watchdog.py).
@@ -258,6 +264,7 @@ class LibvirtSource(ServiceSource[_Conn]):
         probed = {} if old is None else {u: p for u, p in old.probed.items() if u in inv.domains}
         self._api = ApiView(inv.domains, inv.bridges, probed, self._cross_check(inv.dhcp))
         if self._acks is not None:
+            self._pools = inv.pools
             self._acks.watch(inv.servers)
         objects, leased = self._build()
         log.info("libvirt listed", uri=self.uri, domains=len(inv.domains))
@@ -347,6 +354,9 @@ class LibvirtSource(ServiceSource[_Conn]):
                 self._expiry.cancel()
             if self._withdraw is not None:
                 self._withdraw.cancel()
+            if self._soon is not None:
+                self._soon.cancel()
+                self._soon = None
             if self._acks is not None:
                 self._acks.close()
 
@@ -359,6 +369,7 @@ class LibvirtSource(ServiceSource[_Conn]):
         if self._api is not None:
             self._api.bridges = inv.bridges
         if self._acks is not None:
+            self._pools = inv.pools
             self._acks.watch(inv.servers)
 
     async def _reread_domains(self, conn: _Conn, uuids: list[str]) -> list[str]:
@@ -446,6 +457,13 @@ class LibvirtSource(ServiceSource[_Conn]):
                 out[bridge] = tuple(api)
         return out
 
+    def _leases_on(self, bridge: str) -> Sequence[Lease]:
+        overrides = {} if self._api is None else self._api.dhcp
+        if bridge in overrides:
+            return overrides[bridge]
+        found = self._leases.view.files.get(bridge)
+        return () if found is None else found.leases
+
     def _all_leases(self) -> list[Lease]:
         overrides = {} if self._api is None else self._api.dhcp
         files = self._leases.view.files
@@ -460,27 +478,49 @@ class LibvirtSource(ServiceSource[_Conn]):
         """libvirt's dnsmasq just granted a lease: publish it now, until the file says.
         Kept (for its few seconds) even for a MAC no known domain has: a domain
         listed meanwhile gets it; published only once one has."""
+        why = self._refusal(bridge, ack)
+        if why is not None:
+            # A guest decides how many of these there are: counted, not logged each.
+            self._acks_refused += 1
+            log.debug("DHCPACK refused", bridge=bridge, mac=ack.mac,
+                      address=str(ack.address), why=why)
+            return
         expiry = 0 if ack.lease_s is None else int(time.time()) + ack.lease_s
-        self._provisional.add(Lease(bridge, ack.mac, ack.address, None, expiry),
-                              time.monotonic())
-        if not self._ours(bridge, ack.mac):
+        ours = (bridge, ack.mac) in self._known
+        changed = self._provisional.add(Lease(bridge, ack.mac, ack.address, None, expiry),
+                                        time.monotonic(), ours)
+        if not ours:
             log.debug("DHCPACK for no NIC of ours", bridge=bridge, mac=ack.mac)
             return
-        self.saw_event()
-        self._publish()
+        if changed and self._soon is None:
+            # The ACKs read in one wakeup (up to READS_PER_WAKEUP) publish once.
+            self.saw_event()
+            self._soon = asyncio.get_running_loop().call_soon(self._publish_soon)
 
-    def _ours(self, bridge: str, mac: str) -> bool:
-        api = self._api
-        return api is not None and nic_on(api.domains.values(), api.bridges, bridge, mac)
+    def _refusal(self, bridge: str, ack: Ack) -> str | None:
+        """Why an ACK the host sent is still not libvirt's decision (review F1): an
+        address the network's DHCP does not hand out, or one a live lease in the
+        file gives to another NIC."""
+        pool = self._pools.get(bridge)
+        if pool is None or not pool.admits(ack.address):
+            return "outside the network's DHCP ranges and hosts"
+        now = time.time()
+        for x in self._leases_on(bridge):
+            if x.address == ack.address and x.mac != ack.mac and x.live(now):
+                return f"the lease file gives it to {x.mac}"
+        return None
+
+    def _publish_soon(self) -> None:
+        self._soon = None
+        self._publish()
 
     def _with_provisional(self, leases: list[Lease], now: float) -> list[Lease]:
         merged, withdrawn = self._provisional.merge(
-            leases, time.monotonic(), now, lambda x: self._ours(x.bridge, x.mac))
+            leases, time.monotonic(), now, self._known)
         for p in withdrawn:
-            # Only those that were ours said anything: an ACK for anyone else is
-            # a guest's business (its DHCP requests), not worth a warning each.
-            warn = log.warning if self._ours(p.lease.bridge, p.lease.mac) else log.debug
-            warn("provisional lease withdrawn: the lease file did not confirm it",
+            # Only entries of ours are withdrawn: an ACK for anyone else was never
+            # published (it waited apart and just goes).
+            log.warning("provisional lease withdrawn: the lease file did not confirm it",
                         bridge=p.lease.bridge, mac=p.lease.mac, address=str(p.lease.address),
                         after_s=self._provisional.confirm_s)
         if self._withdraw is not None:
@@ -495,10 +535,13 @@ class LibvirtSource(ServiceSource[_Conn]):
     def _ack_state(self) -> str | None:
         if self._acks is None:
             return "DHCPACK trigger off ([libvirt] dhcp_trigger = false)"
-        state = self._acks.state()
-        if state and self._provisional:
-            state += f"; {len(self._provisional)} ACKed, awaiting the lease file"
-        return state
+        parts = [self._acks.state() or ""]
+        if self._acks_refused:
+            parts.append(f"{self._acks_refused} ACKs refused (an address the network's "
+                         "DHCP does not hand out, or leased to another NIC)")
+        if self._provisional:
+            parts.append(f"{len(self._provisional)} ACKed, awaiting the lease file")
+        return "; ".join(p for p in parts if p) or None
 
     # --- publishing -------------------------------------------------------------------
 
@@ -510,6 +553,7 @@ class LibvirtSource(ServiceSource[_Conn]):
         leases = self._all_leases()
         leased = leased_nics(leases)
         api.probed = unsuperseded(api.probed, api.domains, api.bridges, leased)
+        self._known = known_nics(api.domains.values(), api.bridges)
         leases = self._with_provisional(leases, now)
         objects, summary = snapshot(
             api.domains.values(), self._naming, api.bridges, leases, api.probed, now,
