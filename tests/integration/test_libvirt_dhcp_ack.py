@@ -17,7 +17,7 @@ import pytest
 from tests.harness import dhcp
 from tests.harness.agent import Agent
 from tests.harness.dnsmasq import Dnsmasq
-from tests.harness.libvirt import Libvirtd, Network
+from tests.harness.libvirt import Libvirtd, Network, read_leases
 from tests.harness.wait import until
 from tests.integration.test_libvirt import ZONE, answers, ask, libvirt_source, nxdomain
 
@@ -86,7 +86,9 @@ def test_without_the_file_the_ack_alone_publishes_then_is_withdrawn_and_forgerie
     net = libvirt_network.subnet
     # In the network's DHCP range (an ACK outside it is refused), not A's or B's.
     lo, hi = (ipaddress.IPv4Address(a) for a in libvirt_network.range)
-    free = [str(a) for a in net.hosts() if lo <= a <= hi and str(a) not in (ip_a, ip_b)]
+    held = {e.get("ip-address") for e in read_leases(libvirt_network.status_path)}
+    free = [str(a) for a in net.hosts()
+            if lo <= a <= hi and str(a) not in (ip_a, ip_b, *held)]
     forged_ip, wrong_src_ip, control_ip = free[-3:]
     capture = dhcp.Capture(bridge)
     try:

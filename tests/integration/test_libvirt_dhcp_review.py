@@ -29,7 +29,7 @@ import pytest
 from tests.harness import dhcp
 from tests.harness.agent import Agent
 from tests.harness.dnsmasq import Dnsmasq
-from tests.harness.libvirt import Guest, Libvirtd, Network
+from tests.harness.libvirt import Guest, Libvirtd, Network, read_leases
 from tests.harness.podman import Podman
 from tests.harness.wait import until
 from tests.integration.test_libvirt import ZONE, answers, ask, libvirt_source
@@ -62,8 +62,13 @@ def static_guest(libvirtd: Libvirtd, name: str, net: Network, agent: Agent) -> G
 
 
 def in_range(net: Network, *avoid: str) -> list[str]:
+    """Addresses of the DHCP range no lease in the file holds (an ACK giving one that
+    a live lease gives another MAC is refused: leases outlive earlier tests' guests)."""
     lo, hi = (ipaddress.IPv4Address(a) for a in net.range)
-    return [str(a) for a in net.subnet.hosts() if lo <= a <= hi and str(a) not in avoid]
+    held = {e.get("ip-address") for e in read_leases(net.status_path)} | set(avoid)
+    # (The guests' names here are used by no other test: a lease an earlier test's
+    # guest of the same name left in the file, which outlives it, took the name.)
+    return [str(a) for a in net.subnet.hosts() if lo <= a <= hi and str(a) not in held]
 
 
 def host_replies(cap: dhcp.Capture, macs: set[str], timeout: float) -> set[str]:
@@ -90,11 +95,11 @@ def test_a_guest_s_inform_in_a_victim_s_name_publishes_nothing(
     agent.start()
     until(lambda: f"DHCPACK trigger on {net.bridge}" in detail(agent), timeout=10,
           what="trigger on")
-    victim = static_guest(libvirtd, "victim", net, agent)
-    control = static_guest(libvirtd, "control", net, agent)
-    leased = libvirtd.guest("leased", [net])
+    victim = static_guest(libvirtd, "inf-victim", net, agent)
+    control = static_guest(libvirtd, "inf-control", net, agent)
+    leased = libvirtd.guest("inf-leased", [net])
     real = leased.wait_for_lease()
-    answers(dnsmasq, f"leased.{ZONE}", real)
+    answers(dnsmasq, f"inf-leased.{ZONE}", real)
     evil, evil2, ctl = in_range(net, real)[-3:]  # in range: only the lease time stops it
     own = str(net.subnet.network_address + 30)
     vmac, lmac = victim.macs()[0], leased.macs()[0]
@@ -119,9 +124,9 @@ def test_a_guest_s_inform_in_a_victim_s_name_publishes_nothing(
                                                  address=ctl))
         finally:
             cap.close()
-    answers(dnsmasq, f"control.{ZONE}", ctl)
-    assert ask(dnsmasq, f"victim.{ZONE}").status == "NXDOMAIN"
-    assert evil2 not in ask(dnsmasq, f"leased.{ZONE}").records
+    answers(dnsmasq, f"inf-control.{ZONE}", ctl)
+    assert ask(dnsmasq, f"inf-victim.{ZONE}").status == "NXDOMAIN"
+    assert evil2 not in ask(dnsmasq, f"inf-leased.{ZONE}").records
     hosts = dnsmasq.addn_hosts.read_text()
     assert evil not in hosts and evil2 not in hosts
 
@@ -149,7 +154,7 @@ def test_by_default_a_masqueraded_guest_datagram_is_not_read(
             f.write("2")
     watch_lxc(trigger=None)
     agent.start()
-    victim = static_guest(libvirtd, "victim", net, agent)
+    victim = static_guest(libvirtd, "nat-victim", net, agent)
     assert "DHCPACK trigger off ([libvirt] dhcp_trigger = false)" in detail(agent)
     assert agent.proc is not None and dhcp.packet_sockets(agent.proc.pid) == 0
     podman.run("bystander", "--network", f"nsrev{os.getpid() % 10000}")
@@ -173,4 +178,4 @@ def test_by_default_a_masqueraded_guest_datagram_is_not_read(
     assert pkttype == dhcp.PACKET_OUTGOING
     # ... and nothing read it: no socket, the victim still has no address.
     assert dhcp.packet_sockets(agent.proc.pid) == 0
-    assert "victim" in waiting(agent) and evil not in dnsmasq.addn_hosts.read_text()
+    assert "nat-victim" in waiting(agent) and evil not in dnsmasq.addn_hosts.read_text()
