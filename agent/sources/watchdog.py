@@ -122,7 +122,7 @@ class Watchdog:
         if line is not None and line.stuck is not None:
             raise Stalled(self.service, line.stuck, earlier=True)
         if line is not None:
-            line.doing = None
+            line.doing = None  # before the thread starts: it sets it from then on
         future = _in_thread(fn, *args)
         started = time.monotonic()
         if line is not None:
@@ -164,6 +164,8 @@ class Watchdog:
             self._settled.set_result(None)
 
     def _free(self, line: Line, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: a caller cancelled meanwhile cannot
         if line.pending is future:
             line.pending = None
         if line.stuck is None:  # else _returned, called next, runs them
