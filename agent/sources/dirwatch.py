@@ -137,7 +137,8 @@ def _watch_ancestors(inotify: Inotify, paths: tuple[Path, ...]) -> list[Watch]:
 
 class Changes:
     """The first change in any of ``dirs`` once armed: a file written, renamed in or
-    out, or removed there, or a missing one of ``dirs`` appearing.
+    out, or removed there, or a missing one of ``dirs`` appearing. ``counts``
+    (path, closed after writing) says which files' changes count; None: all.
 
     Armed on entry, so whatever happens after ``with`` is seen by ``wait``, even
     a change made before ``wait`` is called (the kernel queues it). Waiting costs
@@ -145,8 +146,10 @@ class Changes:
     connection while idle learns that there is something to read again.
     """
 
-    def __init__(self, dirs: tuple[Path, ...]) -> None:
+    def __init__(self, dirs: tuple[Path, ...],
+                 counts: Callable[[Path, bool], bool] | None = None) -> None:
         self.dirs = dirs
+        self._counts = counts
         self._inotify: Inotify | None = None
         # watched directory -> the names in it that matter (None: every name)
         self._wanted: dict[Watch, frozenset[str] | None] = {}
@@ -192,6 +195,13 @@ class Changes:
             if watch is None or watch not in self._wanted:
                 continue
             names = self._wanted[watch]
-            if event.mask & _SELF_GONE or names is None or str(event.name) in names:
+            if event.mask & _SELF_GONE:
+                return event.path or watch.path
+            if names is not None:
+                if str(event.name) in names:
+                    return event.path or watch.path
+            elif self._counts is None or (event.path is not None and not event.mask & Mask.ISDIR
+                                          and self._counts(event.path,
+                                                           bool(event.mask & Mask.CLOSE_WRITE))):
                 return event.path or watch.path
         raise AssertionError("inotify stream ended")  # pragma: no cover

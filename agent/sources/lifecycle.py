@@ -68,11 +68,14 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Awaited:
-    """What must exist before connecting is worth trying: any one of ``paths``."""
+    """What must exist before connecting is worth trying: any one of ``paths``.
+    As a release watch: the directories whose changes wake the source, and which
+    of their files count (``counts``: path, closed after writing; None: all)."""
 
     paths: tuple[Path, ...]
     what: str  # e.g. "libvirtd's socket"
     fix: str | None = None
+    counts: Callable[[Path, bool], bool] | None = None
 
     def present(self) -> bool:
         return any(p.exists() for p in self.paths)
@@ -238,6 +241,9 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
     _failing_then: str = ""  # what happens next while failing (status)
     _released_detail: str | None = None  # what status adds while released
     _woken: Path | None = None  # what ended the last release, until reconnected
+    # Why the last release could not be armed (inotify limits), until reconnected:
+    # a source's release_watch() offers no release meanwhile.
+    release_refused: str | None = None
     watchdog: Watchdog | None = None  # the watchdog of the hooks' blocking calls, if any
 
     # --- hooks ---------------------------------------------------------------
@@ -347,6 +353,7 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
 
     async def _session(self, backoff: Backoff) -> str | _Release:
         conn = await self.connect()
+        self.release_refused = None
         try:
             await self.subscribe(conn)
             self.take(await self.list_all(conn))
@@ -375,9 +382,13 @@ class Lifecycle(Observed, ABC, Generic[C, S]):
             return None
         with contextlib.ExitStack() as stack:
             try:
-                changes = stack.enter_context(Changes(awaited.paths))
+                changes = stack.enter_context(Changes(awaited.paths, awaited.counts))
             except OSError as e:  # inotify limits: stay connected rather than blind
-                log.debug(f"{self.kind} not released", source=self.name, error=str(e))
+                # ...and do not try again at every quiet spell: until the next
+                # connection (release_watch says why it is kept).
+                self.release_refused = f"cannot watch {awaited.what}: {e.strerror or e}"
+                log.warning(f"{self.kind} kept connected while idle", source=self.name,
+                            reason=self.release_refused)
                 return None
             self.take(await self.list_all(conn))
             if idle.pending() or self.release_watch() is None:

@@ -99,3 +99,35 @@ def test_zero_never_releases(tmp_path: Path, test_domain: Any,
         await stop(r)
 
     run(body)
+
+
+def test_a_user_mode_nic_needs_no_probe_so_its_vm_lets_the_connection_go() -> None:
+    # What a user-mode (slirp/passt) VM publishes comes from its forwards; a probe
+    # would only find the guest's inner address. Such a VM (GNOME Boxes' default)
+    # must not keep the connection, and libvirtd's pings, for as long as it runs.
+    from agent.sources.libvirt.domain_xml import Domain, Nic
+    from agent.sources.libvirt.records import needs_probe
+
+    user = Nic(0, "52:54:00:00:00:01", "user", None, None, None, ("tcp 0.0.0.0:2222->22",))
+    bridged = Nic(1, "52:54:00:00:00:02", "bridge", None, "br0", None)
+    assert not needs_probe(Domain("u", "boxes", True, (user,)), {}, frozenset())
+    assert needs_probe(Domain("b", "static", True, (bridged,)), {}, frozenset())
+    assert not needs_probe(Domain("b", "static", True, (bridged,)), {},
+                           frozenset({("br0", "52:54:00:00:00:02")}))
+
+
+def test_only_libvirts_xml_files_and_a_crashed_daemon_wake_a_released_source(
+        tmp_path: Path) -> None:
+    # A socket-activated libvirtd exits on its own once no client holds it: it removes
+    # driver.pid and closes other files. Woken by those, a released source would start
+    # it again for ever. A crash leaves driver.pid behind, closed by the kernel.
+    from agent.sources.libvirt.release import libvirt_change
+
+    pid = tmp_path / "driver.pid"
+    assert libvirt_change(tmp_path / "vm1.xml", closed=False)
+    assert not libvirt_change(tmp_path / "vm1.xml.new", closed=True)
+    assert not libvirt_change(tmp_path / "nwfilter.leases", closed=True)
+    assert not libvirt_change(pid, closed=True)  # removed, then closed: a clean exit
+    pid.write_text("123")
+    assert libvirt_change(pid, closed=True)  # closed and still there: it died
+    assert not libvirt_change(pid, closed=False)  # written at a start

@@ -245,9 +245,12 @@ def leased_nics(all_leases: Iterable[Lease]) -> frozenset[tuple[str, str]]:
 
 def needs_probe(dom: Domain, bridges: Mapping[str, str],
                 leased: frozenset[tuple[str, str]]) -> bool:
-    """A running domain with a NIC that no lease explains (bridged, static address)."""
+    """A running domain with a NIC that no lease explains (bridged, static address).
+    A user-mode NIC is not one: what such a VM publishes comes from its forwards
+    (user_mode_state), and a probe would find only the guest's own inner address."""
     return dom.active and any(
-        nic.mac and (nic_bridge(nic, bridges), nic.mac) not in leased for nic in dom.nics
+        nic.mac and nic.kind != "user" and (nic_bridge(nic, bridges), nic.mac) not in leased
+        for nic in dom.nics
     )
 
 

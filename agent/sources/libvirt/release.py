@@ -16,6 +16,14 @@ libvirtd (LXC driver; the QEMU driver keeps its files the same way):
 Guest-agent lifecycle and addresses from interfaceAddresses() have no such
 file: a domain whose address comes from probing keeps the connection (the
 source says so in status).
+
+Only ``<name>.xml`` files count (``libvirt_change``). A socket-activated
+libvirtd exits on its own after a while with no client (``--timeout 120``),
+which a released source no longer is: it removes its ``driver.pid`` and
+closes other files as it goes. Woken by those, the source would connect,
+which starts libvirtd again, for ever. Its death does count when it crashed:
+the kernel then closes ``driver.pid`` (held open while it runs), and the file
+is still there, which a clean exit removes first.
 """
 
 from __future__ import annotations
@@ -49,6 +57,14 @@ def _user_dirs(env: Mapping[str, str]) -> tuple[Path, Path] | None:
     if run is None or config is None:
         return None
     return Path(run) / "libvirt", Path(config) / "libvirt"
+
+
+def libvirt_change(path: Path, closed: bool) -> bool:
+    """Whether a change to ``path`` in a watched directory is one the source follows
+    (``closed``: the file was closed after writing)."""
+    if path.suffix == ".xml":
+        return True
+    return path.name == "driver.pid" and closed and path.exists()
 
 
 def release_dirs(uri: str, env: Mapping[str, str] | None = None) -> Watched:

@@ -62,7 +62,7 @@ from agent.sources.libvirt.records import (
     snapshot,
     unsuperseded,
 )
-from agent.sources.libvirt.release import release_dirs
+from agent.sources.libvirt.release import libvirt_change, release_dirs
 from agent.sources.libvirt.traced import Traced
 from agent.sources.lifecycle import Awaited, Hints, Idle, Problem, Unavailable
 from agent.sources.parsed_dir import DirView, FileFormat, ParsedDir
@@ -275,7 +275,7 @@ class LibvirtSource(ServiceSource[_Conn]):
 
     def release_watch(self) -> Awaited | None:
         watched = release_dirs(self.uri)
-        why = watched.why_not or self._needs_connection()
+        why = watched.why_not or self.release_refused or self._needs_connection()
         if why != self._kept:
             self._kept = why
             self._publish()  # status says why it stays connected
@@ -283,7 +283,7 @@ class LibvirtSource(ServiceSource[_Conn]):
                 log.info("libvirt connection kept while idle", uri=self.uri, reason=why)
         if why is not None:
             return None
-        return Awaited(watched.dirs, "libvirt's state and config files")
+        return Awaited(watched.dirs, "libvirt's state and config files", counts=libvirt_change)
 
     async def follow(self, conn: _Conn) -> str | Idle:
         self._hints = conn.hints
@@ -627,6 +627,17 @@ def _register(lv: ModuleType, conn: Any, hint: Callable[[tuple[str, str]], None]
             registered.append(("domain", cb_id))
         except lv.libvirtError as e:
             log.debug("no agent lifecycle events on this driver", uri=uri, error=str(e))
+    # A NIC plugged or unplugged has no lifecycle event: the domain is read again.
+    device_cb = lambda _c, dom, _alias, _o: hint(("domain", dom.UUIDString()))  # noqa: E731
+    for name in ("VIR_DOMAIN_EVENT_ID_DEVICE_ADDED", "VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED"):
+        event_id = getattr(lv, name, None)
+        if event_id is None:
+            continue
+        try:
+            registered.append(("domain", conn.domainEventRegisterAny(None, event_id, device_cb,
+                                                                     None)))
+        except lv.libvirtError as e:
+            log.debug("no device events on this driver", uri=uri, event=name, error=str(e))
     net_cb = lambda _c, _net, _ev, _detail, _o: hint(_NETWORKS)  # noqa: E731
     registered.append((
         "network",
