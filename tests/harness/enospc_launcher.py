@@ -5,6 +5,10 @@ import errno
 import runpy
 import sys
 
+# This file's directory (tests/harness, which has an agent.py) must not shadow the
+# agent package.
+sys.path.pop(0)
+
 from agent.sources import dirwatch
 
 
