@@ -76,13 +76,30 @@ class Planner:
             return None
         patch, conflicts, multi = decided
         changed = sorted(n for n, e in patch.items() if old.entries.get(n) is not e)
-        peers_moved = any(n in self._peer_held or (e is not None and _peer(e))
-                          for n, e in patch.items())
+        peers_moved = self._peers_moved(patch)
         entries, lines = old.entries, old.lines
         if changed:
             entries, names = self._entries(old, patch, changed)
             lines = _spliced(old, self._names, entries, changed)
             self._names = names
+        self._remember(patch, multi)
+        self.changed = tuple(changed)
+        if not changed and not touched.rejections:
+            return old
+        refused = old.rejections
+        if touched.rejections or peers_moved:
+            refused = standing(rejections, [entries[n] for n in self._peer_held])
+        kept = [c for c in old.conflicts if c.name not in patch]
+        return Table(entries, tuple(sorted(kept + conflicts, key=_conflict_name)), refused, lines)
+
+    def _peers_moved(self, patch: Mapping[str, Entry | None]) -> bool:
+        """Whether a touched name was or is a user agent's (refusals may turn moot)."""
+        return any(n in self._peer_held or (e is not None and _peer(e)) for n, e in patch.items())
+
+    def _remember(self, patch: Mapping[str, Entry | None],
+                  multi: Mapping[str, list[Record] | None]) -> None:
+        """What the next patch needs to know of the touched names: their claims
+        (where more than one) and whether a user agent holds them."""
         for name, claims in multi.items():
             if claims is None:
                 self._multi.pop(name, None)
@@ -93,14 +110,6 @@ class Planner:
                 self._peer_held.add(name)
             else:
                 self._peer_held.discard(name)
-        self.changed = tuple(changed)
-        if not changed and not touched.rejections:
-            return old
-        refused = old.rejections
-        if touched.rejections or peers_moved:
-            refused = standing(rejections, [entries[n] for n in self._peer_held])
-        kept = [c for c in old.conflicts if c.name not in patch]
-        return Table(entries, tuple(sorted(kept + conflicts, key=_conflict_name)), refused, lines)
 
     def _decide(self, touched: _Touched) -> tuple[
             dict[str, Entry | None], list[Conflict], dict[str, list[Record] | None]] | None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Final
 
-from asyncinotify import Inotify, Mask, Watch
+from asyncinotify import Event, Inotify, Mask, Watch
 
 RESCAN: Final = ""
 
@@ -194,14 +194,16 @@ class Changes:
             watch = event.watch
             if watch is None or watch not in self._wanted:
                 continue
-            names = self._wanted[watch]
-            if event.mask & _SELF_GONE:
-                return event.path or watch.path
-            if names is not None:
-                if str(event.name) in names:
-                    return event.path or watch.path
-            elif self._counts is None or (event.path is not None and not event.mask & Mask.ISDIR
-                                          and self._counts(event.path,
-                                                           bool(event.mask & Mask.CLOSE_WRITE))):
+            if self._ends_wait(self._wanted[watch], event):
                 return event.path or watch.path
         raise AssertionError("inotify stream ended")  # pragma: no cover
+
+    def _ends_wait(self, names: frozenset[str] | None, event: Event) -> bool:
+        if event.mask & _SELF_GONE:
+            return True
+        if names is not None:  # an ancestor: only the awaited directory appearing
+            return str(event.name) in names
+        if self._counts is None:
+            return True
+        return (event.path is not None and not event.mask & Mask.ISDIR
+                and self._counts(event.path, bool(event.mask & Mask.CLOSE_WRITE)))
