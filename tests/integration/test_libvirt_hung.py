@@ -31,7 +31,7 @@ BOUND_S = 2
 # A file in a directory the released source watches (release.py): waking it makes it
 # connect, and the connect is what then hangs. The directory is the test's own
 # (tmpfs /run in the private namespace); the file is removed afterwards.
-WAKER = Path("/run/libvirt/lxc/namesync-test-wake")
+WAKER = Path("/run/libvirt/lxc/namesync-test-wake.xml")  # only <name>.xml wakes it
 
 
 @contextlib.contextmanager
