@@ -15,6 +15,7 @@ from tests.harness.agent import Agent, status_text
 from tests.harness.dns import Answer, dig
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network, lease_file
+from tests.harness.libvirt.guest import Guest
 from tests.harness.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
@@ -31,6 +32,18 @@ def answers(dnsmasq: Dnsmasq, name: str, *addrs: str, timeout: float = 10) -> No
     want = tuple(sorted(addrs))
     until(lambda: ask(dnsmasq, name).records == want, timeout=timeout,
           what=f"{name} -> {want}")
+
+
+def stays_and_goes(libvirtd: Libvirtd, network: Network,
+                   dnsmasq: Dnsmasq) -> tuple[str, str, Guest]:
+    """Two running guests whose names answer: "stays" outlives the fault a test makes,
+    "goes" (returned) is killed during it. Their addresses, and "goes"."""
+    stays = libvirtd.guest("stays", [network])
+    goes = libvirtd.guest("goes", [network])
+    ip_stays, ip_goes = stays.wait_for_lease(), goes.wait_for_lease()
+    answers(dnsmasq, f"stays.{ZONE}", ip_stays)
+    answers(dnsmasq, f"goes.{ZONE}", ip_goes)
+    return ip_stays, ip_goes, goes
 
 
 def nxdomain(dnsmasq: Dnsmasq, name: str, timeout: float = 10) -> None:
@@ -101,11 +114,7 @@ def test_libvirtd_killed_and_restarted_loses_no_name_and_keeps_none_stale(
         watch_lxc: Callable[..., None]) -> None:
     watch_lxc()
     agent.start()
-    stays = libvirtd.guest("stays", [libvirt_network])
-    goes = libvirtd.guest("goes", [libvirt_network])
-    ip_stays, ip_goes = stays.wait_for_lease(), goes.wait_for_lease()
-    answers(dnsmasq, f"stays.{ZONE}", ip_stays)
-    answers(dnsmasq, f"goes.{ZONE}", ip_goes)
+    ip_stays, ip_goes, goes = stays_and_goes(libvirtd, libvirt_network, dnsmasq)
 
     libvirtd.kill()
     until(lambda: libvirt_source(agent)["state"] == "disconnected", what="source disconnected")

@@ -23,7 +23,14 @@ from tests.harness.agent import Agent, agentctl
 from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.libvirt import Libvirtd, Network
 from tests.harness.wait import until
-from tests.integration.test_libvirt import ZONE, answers, ask, libvirt_source, nxdomain
+from tests.integration.test_libvirt import (
+    ZONE,
+    answers,
+    ask,
+    libvirt_source,
+    nxdomain,
+    stays_and_goes,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt, pytest.mark.timeout(150)]
 
@@ -103,11 +110,7 @@ def test_a_libvirtd_stopped_mid_call_is_reported_keeps_the_names_and_resyncs_whe
     # before it would release the connection (a connected source, mid-call).
     configure(3)
     agent.start()
-    stays = libvirtd.guest("stays", [libvirt_network])
-    goes = libvirtd.guest("goes", [libvirt_network])
-    ip_stays, ip_goes = stays.wait_for_lease(), goes.wait_for_lease()
-    answers(dnsmasq, f"stays.{ZONE}", ip_stays)
-    answers(dnsmasq, f"goes.{ZONE}", ip_goes)
+    ip_stays, ip_goes, goes = stays_and_goes(libvirtd, libvirt_network, dnsmasq)
     assert source(agent)["state"] == "connected"
 
     with stopped(libvirtd):
@@ -153,11 +156,7 @@ def test_a_libvirtd_stopped_while_released_hangs_the_reconnect_which_is_reported
         configure: Callable[[int], None]) -> None:
     configure(1)
     agent.start()
-    stays = libvirtd.guest("stays", [libvirt_network])
-    goes = libvirtd.guest("goes", [libvirt_network])
-    ip_stays, ip_goes = stays.wait_for_lease(), goes.wait_for_lease()
-    answers(dnsmasq, f"stays.{ZONE}", ip_stays)
-    answers(dnsmasq, f"goes.{ZONE}", ip_goes)
+    ip_stays, ip_goes, goes = stays_and_goes(libvirtd, libvirt_network, dnsmasq)
     until(lambda: source(agent)["state"] == "released", timeout=15, interval=0.1,
           what="released")
 
